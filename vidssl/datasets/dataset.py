@@ -1,0 +1,193 @@
+"""``VideoDataset``: decode → sample a clip → augment, skipping (and counting) bad files.
+
+One sample is a dict (see docs/internals.md)::
+
+    {"video":  float C×T×H×W,            # view 1
+     "video2": float C×T×H×W,            # views=2 only: an independent augmentation of the same frames
+     "audio":  float 1×n_mels×frames,    # audio configured only: log-mel of the clip's time span
+     "has_audio": bool,                  # audio configured only (False: silent input, see require_audio)
+     "index": int, "path": str, "label": int, "skipped": int}
+
+Every random choice of a sample comes from a ``torch.Generator`` seeded with (seed, epoch, index), so a
+sample does not depend on which worker loads it or on what was loaded before: resuming a run needs only
+the sampler's position, never a replay of the batches already seen.
+
+A file that fails (corrupt, truncated, empty, not a video, shorter than the clip, no audio where audio
+is required) is logged once, counted in ``failures``, and replaced by another index drawn from the same
+generator; ``skipped`` in the sample says how many bad files were met producing it, so a training loop
+can report the count even when workers live in other processes. After ``max_failures`` bad draws in a
+row the dataset stops with an error instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from vidssl.datasets.decode import VideoDecodeError, VideoReader
+from vidssl.datasets.formats import VideoEntry
+from vidssl.datasets.sampling import ClipTooShortError, clip_time_span
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class BadSampleError(RuntimeError):
+    """Too many bad files were met in a row: the dataset cannot produce a sample."""
+
+
+def sample_seed(seed: int, epoch: int, index: int, attempt: int = 0) -> int:
+    """A 63-bit seed for one (seed, epoch, index, attempt), well mixed so neighbours differ."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + attempt) & (
+        (1 << 64) - 1
+    )
+    # splitmix64 finaliser: nearby inputs give unrelated seeds.
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    x ^= x >> 31
+    return x & ((1 << 63) - 1)
+
+
+class VideoDataset(Dataset):
+    """Clips from a list of videos (files, or frame folders), augmented per view.
+
+    Args:
+        root: dataset root; entry paths are relative to it.
+        entries: the videos (from a loader in ``vidssl.datasets.formats``).
+        sampler: a clip layout from ``vidssl.datasets.sampling`` (frame indices per sample).
+        transform: frames ``uint8 T×H×W×3`` + generator → ``float C×T×H×W``.
+        views: 1, or 2 for two independent augmentations of the same frames (``video2``).
+        audio: a ``LogMel`` (or any waveform → features callable) to load the aligned audio; None: none.
+        audio_rate: sample rate the waveform is resampled to before ``audio``.
+        audio_seconds: fixed audio window centred on the clip; None: exactly the clip's time span
+            (set it when videos differ in fps, so every sample's audio has the same length).
+        require_audio: a video without sound is a bad sample (True) or gets silence (False).
+        backend: decoder for files (``"av"`` or ``"decord"``); folders always use ``"frames"``.
+        frames_fps: the frame rate assumed for frame folders.
+        seed: base seed of every random choice.
+        max_failures: bad draws in a row before giving up.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        entries: Sequence[VideoEntry],
+        sampler: Callable[[int, torch.Generator], list[int]],
+        transform: Transform,
+        views: int = 1,
+        audio: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        audio_rate: int = 16000,
+        audio_seconds: float | None = None,
+        require_audio: bool = True,
+        backend: str = "av",
+        frames_fps: float = 25.0,
+        seed: int = 0,
+        max_failures: int = 50,
+    ) -> None:
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views}")
+        if not entries:
+            raise ValueError(f"no videos to load under {root}")
+        self.root = Path(root)
+        self.entries = list(entries)
+        missing = [e.path for e in self.entries if not (self.root / e.path).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(self.entries)} videos listed for {self.root} do not exist, "
+                f"e.g. {missing[:5]}"
+            )
+        self.sampler = sampler
+        self.transform = transform
+        self.views = views
+        self.audio = audio
+        self.audio_rate = audio_rate
+        self.audio_seconds = audio_seconds
+        self.require_audio = require_audio
+        self.backend = backend
+        self.frames_fps = frames_fps
+        self.seed = seed
+        self.max_failures = max_failures
+        self.epoch = 0
+        self.failures: dict[str, str] = {}  # path -> reason, in this process
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws ``__getitem__`` makes."""
+        self.epoch = epoch
+
+    @property
+    def labels(self) -> list[int]:
+        return [e.label for e in self.entries]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+        candidate = index
+        for skipped in range(self.max_failures):
+            entry = self.entries[candidate]
+            if entry.path not in self.failures:
+                try:
+                    sample = self._load(entry, generator)
+                except (VideoDecodeError, ClipTooShortError, OSError) as err:  # a bug elsewhere still raises
+                    self._record_failure(entry.path, err)
+                else:
+                    sample.update(index=candidate, path=entry.path, label=entry.label, skipped=skipped)
+                    return sample
+            # Draw the replacement from the sample's own generator: deterministic for resume.
+            candidate = int(torch.randint(0, len(self.entries), (), generator=generator))
+        raise BadSampleError(
+            f"{self.max_failures} bad videos in a row under {self.root} (last: {entry.path}); "
+            f"{len(self.failures)} bad files so far, e.g. {dict(list(self.failures.items())[:3])}"
+        )
+
+    def _record_failure(self, path: str, err: Exception) -> None:
+        self.failures[path] = f"{type(err).__name__}: {err}"
+        log.warning("skipping bad video %s: %s (%d bad so far)", path, err, len(self.failures))
+
+    def _reader(self, entry: VideoEntry) -> VideoReader:
+        path = self.root / entry.path
+        if path.is_dir():
+            return VideoReader(path, backend="frames", fps=self.frames_fps)
+        return VideoReader(path, backend=self.backend)
+
+    def _load(self, entry: VideoEntry, generator: torch.Generator) -> dict[str, Any]:
+        reader = self._reader(entry)
+        try:
+            fps = reader.fps
+            first = 0 if entry.start is None else int(round(entry.start * fps))
+            last = reader.num_frames if entry.end is None else min(reader.num_frames, int(round(entry.end * fps)))
+            indices = [first + i for i in self.sampler(last - first, generator)]
+            frames = reader.get_frames(indices)
+            sample: dict[str, Any] = {"video": self.transform(frames, generator)}
+            if self.views == 2:
+                sample["video2"] = self.transform(frames, generator)
+            if self.audio is not None:
+                sample.update(self._load_audio(reader, entry, indices, fps))
+        finally:
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
+        return sample
+
+    def _load_audio(self, reader: VideoReader, entry: VideoEntry, indices: list[int], fps: float) -> dict:
+        start, duration = clip_time_span(indices, fps)
+        if self.audio_seconds is not None:
+            start = max(0.0, start + duration / 2 - self.audio_seconds / 2)
+            duration = self.audio_seconds
+        if reader.has_audio:
+            waveform = reader.get_audio(start, duration, self.audio_rate)
+        elif self.require_audio:
+            raise VideoDecodeError(self.root / entry.path, "no audio stream, and audio is required")
+        else:
+            waveform = torch.zeros(1, int(round(duration * self.audio_rate)))
+        return {"audio": self.audio(waveform), "has_audio": bool(reader.has_audio)}

@@ -1,0 +1,188 @@
+"""Pictures a user keeps: mask overlays, montages, contact sheets, spectrograms, cluster grids.
+
+Every function takes and returns plain ``uint8 H×W×3`` numpy images (or ``T×H×W×3`` stacks); writers
+save PNG (Pillow), GIF (Pillow) and MP4 (PyAV, H.264).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Anchors of the viridis colour map (matplotlib's default), interpolated linearly: enough for a
+# readable spectrogram without a plotting dependency.
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [72, 40, 120],
+        [62, 74, 137],
+        [49, 104, 142],
+        [38, 130, 142],
+        [31, 158, 137],
+        [53, 183, 121],
+        [109, 205, 89],
+        [180, 222, 44],
+        [253, 231, 37],
+    ],
+    dtype=np.float64,
+)
+
+
+def to_uint8_image(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A float image in [0, 1] (or uint8) → uint8; accepts ``H×W×3`` or ``3×H×W`` tensors."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
+            x = x.permute(1, 2, 0)
+        x = x.numpy()
+    if x.dtype != np.uint8:
+        x = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to viridis colours: ``(...)`` → ``(..., 3) uint8``."""
+    v = np.clip(np.nan_to_num(values), 0.0, 1.0) * (len(_VIRIDIS) - 1)
+    low = np.floor(v).astype(int)
+    high = np.minimum(low + 1, len(_VIRIDIS) - 1)
+    frac = (v - low)[..., None]
+    return (_VIRIDIS[low] * (1 - frac) + _VIRIDIS[high] * frac + 0.5).astype(np.uint8)
+
+
+def overlay_masks(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend DAVIS-palette colours of object masks over frames; background (0) is left as it is.
+
+    Inputs:  frames uint8 (T×)H×W×3, masks integer (T×)H×W with 0 = background
+    Outputs: uint8 (T×)H×W×3
+    """
+    from vidssl.datasets.formats import DAVIS_PALETTE
+
+    frames = np.asarray(frames)
+    masks = np.asarray(masks)
+    if frames.shape[:-1] != masks.shape:
+        raise ValueError(f"frames {frames.shape} and masks {masks.shape} differ in size")
+    colours = np.asarray(DAVIS_PALETTE, dtype=np.float64)[masks.astype(np.int64)]
+    out = frames.astype(np.float64)
+    fg = (masks > 0)[..., None]
+    out = np.where(fg, (1 - alpha) * out + alpha * colours, out)
+    return (out + 0.5).astype(np.uint8)
+
+
+def montage(images: Sequence[np.ndarray], ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """Tile equally sized ``H×W×3`` images row by row, ``ncols`` per row, with ``pad`` pixels between."""
+    if not images:
+        raise ValueError("montage of no images")
+    images = [to_uint8_image(np.asarray(im) if not isinstance(im, torch.Tensor) else im) for im in images]
+    h, w = images[0].shape[:2]
+    if any(im.shape[:2] != (h, w) for im in images):
+        raise ValueError("montage needs images of one size")
+    ncols = max(1, min(ncols, len(images)))
+    nrows = -(-len(images) // ncols)
+    sheet = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), fill, dtype=np.uint8)
+    for k, im in enumerate(images):
+        r, c = divmod(k, ncols)
+        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+    return sheet
+
+
+def clip_frames(clip: torch.Tensor, normalized: bool = True) -> list[np.ndarray]:
+    """A ``C×T×H×W`` clip (normalised as by the transforms, or in [0, 1]) → T uint8 frames."""
+    from vidssl.datasets.transforms import denormalize_video
+
+    clip = denormalize_video(clip.float()) if normalized else clip.float().clamp(0, 1)
+    return [to_uint8_image(clip[:, t]) for t in range(clip.shape[1])]
+
+
+def contact_sheet(clips: Sequence[torch.Tensor], max_frames: int = 8, normalized: bool = True) -> np.ndarray:
+    """One row per clip (``C×T×H×W``), up to ``max_frames`` frames evenly spaced across time."""
+    rows = []
+    for clip in clips:
+        frames = clip_frames(clip, normalized)
+        pick = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+        rows.append([frames[i] for i in pick])
+    ncols = max(len(r) for r in rows)
+    blank = np.full_like(rows[0][0], 255)
+    return montage([im for r in rows for im in r + [blank] * (ncols - len(r))], ncols=ncols)
+
+
+def spectrogram_image(logmel: torch.Tensor | np.ndarray, scale: int = 3) -> np.ndarray:
+    """A log-mel ``1×F×T`` (or ``F×T``) as a colour image, low frequencies at the bottom."""
+    x = torch.as_tensor(logmel).detach().float().cpu().squeeze(0).numpy()
+    lo, hi = np.percentile(x, 1), np.percentile(x, 99)
+    img = colormap((x - lo) / max(hi - lo, 1e-6))[::-1]
+    return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
+
+
+def cluster_grid(
+    rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None, band: int = 6
+) -> np.ndarray:
+    """One row of representative frames per cluster; a coloured band left of each row tells rows apart.
+
+    ``titles`` (one per row) are drawn with Pillow's default font when given.
+    """
+    from PIL import ImageDraw
+
+    from vidssl.datasets.formats import DAVIS_PALETTE
+
+    ncols = max(len(r) for r in rows)
+    h, w = np.asarray(rows[0][0]).shape[:2]
+    blank = np.full((h, w, 3), 255, np.uint8)
+    tiles = []
+    for k, r in enumerate(rows):
+        tag = np.full((h, w, 3), 255, np.uint8)
+        tag[:, :band] = DAVIS_PALETTE[1 + k % 255]
+        tiles.append(tag)
+        tiles += [to_uint8_image(np.asarray(im)) for im in r] + [blank] * (ncols - len(r))
+    grid = montage(tiles, ncols=ncols + 1)
+    if titles:
+        image = Image.fromarray(grid)
+        draw = ImageDraw.Draw(image)
+        for k, title in enumerate(titles):
+            draw.text((band + 4, 2 + k * (h + 2) + h // 2 - 6), str(title), fill=(0, 0, 0))
+        grid = np.asarray(image)
+    return grid
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8_image(image)).save(path)
+    return path
+
+
+def save_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float = 8.0) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(to_uint8_image(f)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def save_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: int = 8) -> Path:
+    """H.264 MP4 through PyAV; odd sizes are padded to even, as yuv420p requires."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = to_uint8_image(frames[0])
+    h, w = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for f in frames:
+            img = np.zeros((h, w, 3), np.uint8)
+            f = to_uint8_image(f)
+            img[: f.shape[0], : f.shape[1]] = f
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
