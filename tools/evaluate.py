@@ -25,13 +25,12 @@ def _need(cfg: DictConfig, *keys: str) -> None:
 
 
 def evaluate_davis(cfg: DictConfig) -> tuple[dict, str, Path]:
-    from vidssl.eval.davis import evaluate_results
+    from vidssl.eval.davis import evaluate_results, format_tables
 
     _need(cfg, "davis_root", "results")
     out = Path(cfg.out or cfg.results)
-    metrics, per_object, per_sequence = evaluate_results(cfg.davis_root, cfg.results, split=cfg.split, out_dir=out)
-    table = format_table([metrics]) + "\n\n" + format_table(per_sequence)
-    return metrics, table, out
+    metrics, per_object, _ = evaluate_results(cfg.davis_root, cfg.results, split=cfg.split, out_dir=out)
+    return metrics, format_tables(metrics, per_object, cfg.split), out
 
 
 def evaluate_clusters(cfg: DictConfig) -> tuple[dict, str, Path]:

@@ -1,0 +1,164 @@
+"""Dense per-frame features for label propagation: one frame in, one L2-normalised feature map out.
+
+A feature source is a callable ``frame (uint8 H×W×3) -> D×h×w`` float features whose vector at every
+cell has unit L2 norm, so that a dot product is a cosine similarity (what `vidssl.eval.propagate`
+expects). Sources:
+
+- `PixelFeatures`: Lab colour average-pooled to the feature stride, the classic baseline;
+- `EncoderFeatures`: any vidssl encoder; a frame encoder (B×3×H×W → B×D×h×w) runs on the frame
+  directly, a video encoder (B×3×T×H×W → B×D×T'×h×w) on the frame as a static clip of ``clip_len``
+  frames, its temporal axis averaged away;
+- `build_feature_fn("pixels" | "random" | "checkpoint", ...)`: what ``tools/propagate.py`` offers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vidssl.datasets.transforms import MEAN, STD, normalize_video
+
+FEATURE_SOURCES = ("pixels", "random", "checkpoint")
+
+
+def l2_normalize(features: Tensor, dim: int = 0, eps: float = 1e-6) -> Tensor:
+    """Unit L2 norm along ``dim`` (the channel axis); an all-zero vector stays zero instead of NaN."""
+    return features / features.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
+def _check_frame(frame: Tensor) -> None:
+    if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 frame H×W×3, got {frame.dtype} {tuple(frame.shape)}")
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """sRGB → CIE Lab (D65 white). Inputs: 3×H×W float in [0, 1]. Outputs: 3×H×W, L in [0, 100], a/b ≈ ±110."""
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = torch.tensor([[0.412453, 0.357580, 0.180423],
+                           [0.212671, 0.715160, 0.072169],
+                           [0.019334, 0.119193, 0.950227]], dtype=rgb.dtype, device=rgb.device)
+    white = torch.tensor([0.950456, 1.0, 1.088754], dtype=rgb.dtype, device=rgb.device)
+    xyz = torch.einsum("ij,jhw->ihw", to_xyz, linear) / white[:, None, None]
+    eps = (6 / 29) ** 3
+    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    lightness = 116 * f[1] - 16
+    return torch.stack([lightness, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+class PixelFeatures:
+    """Lab colour average-pooled over stride×stride cells: the raw-pixel baseline of label propagation.
+
+    Inputs: frame uint8 H×W×3. Outputs: 4×ceil(H/stride)×ceil(W/stride), unit norm per cell.
+
+    Normalisation: Lab is scaled to about [-1, 1] and a constant 1 is appended before the L2
+    normalisation, so the cosine of two cells falls with their Lab distance; normalising the three
+    Lab values alone would keep only their direction and equate a colour with every scaled copy of it.
+    """
+
+    def __init__(self, *, stride: int = 8, device: str | torch.device = "cpu") -> None:
+        if stride < 1:
+            raise ValueError(f"stride must be ≥ 1, got {stride}")
+        self.stride = stride
+        self.device = torch.device(device)
+
+    def __call__(self, frame: Tensor) -> Tensor:
+        _check_frame(frame)
+        rgb = frame.to(self.device).permute(2, 0, 1).float() / 255
+        lab = rgb_to_lab(rgb)
+        scaled = torch.stack([(lab[0] - 50) / 50, lab[1] / 50, lab[2] / 50])
+        # ceil_mode: the border cells average the pixels they do cover, giving the same grid as a
+        # stride-8 encoder with padding
+        pooled = F.avg_pool2d(scaled[None], self.stride, self.stride, ceil_mode=True)[0]  # (3, h, w)
+        ones = torch.ones_like(pooled[:1])
+        return l2_normalize(torch.cat([pooled, ones]), dim=0)
+
+
+def _is_video_encoder(encoder: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv3d) for m in encoder.modules())
+
+
+class EncoderFeatures:
+    """Dense features of an encoder, L2-normalised over channels.
+
+    Inputs: frame uint8 H×W×3. Outputs: D×h×w (h×w: the encoder's last feature map).
+
+    Arguments:
+      encoder: a frame encoder (B×3×H×W → B×D×h×w) or a video encoder (B×3×T×H×W → B×D×T'×h×w).
+      video: whether it is a video encoder; None decides by whether it contains a 3D convolution.
+      clip_len: a video encoder sees the frame repeated clip_len times (1: a single-frame clip);
+        its output's temporal axis is averaged.
+      device: where to run; None keeps the encoder where it is (a given device moves it there).
+      mean, std: the input normalisation the encoder was trained with (vidssl's transforms' default).
+    The encoder is switched to eval mode during each call and back afterwards.
+    """
+
+    def __init__(self, encoder: nn.Module, *, video: bool | None = None, clip_len: int = 1,
+                 device: str | torch.device | None = None, mean: tuple[float, ...] = MEAN,
+                 std: tuple[float, ...] = STD) -> None:
+        if clip_len < 1:
+            raise ValueError(f"clip_len must be ≥ 1, got {clip_len}")
+        if device is not None:
+            encoder = encoder.to(device)
+        parameter = next(encoder.parameters(), None)
+        self.device = parameter.device if parameter is not None else torch.device(device or "cpu")
+        self.encoder = encoder
+        self.video = _is_video_encoder(encoder) if video is None else video
+        self.clip_len = clip_len
+        self.mean, self.std = mean, std
+
+    @torch.inference_mode()
+    def __call__(self, frame: Tensor) -> Tensor:
+        _check_frame(frame)
+        # eval mode for the call only: a training loop may pass its own encoder for periodic evaluation
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            out = self._features(frame)
+        finally:
+            self.encoder.train(was_training)
+        return l2_normalize(out.float(), dim=0)
+
+    def _features(self, frame: Tensor) -> Tensor:
+        clip = frame.to(self.device).permute(2, 0, 1)[:, None].float() / 255  # (3, 1, H, W)
+        clip = normalize_video(clip, self.mean, self.std)
+        if self.video:
+            out = self.encoder(clip.expand(-1, self.clip_len, -1, -1)[None])  # (1, D, T', h, w)
+            if out.ndim != 5:
+                raise ValueError(f"a video encoder must return B×D×T×h×w, got {tuple(out.shape)}")
+            return out[0].mean(dim=1)
+        out = self.encoder(clip[:, 0][None])  # (1, D, h, w)
+        if out.ndim != 4:
+            raise ValueError(f"a frame encoder must return B×D×h×w, got {tuple(out.shape)}; pass video=True "
+                             f"for a video encoder")
+        return out[0]
+
+
+def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str | Path | None = None,
+                     stride: int = 8, clip_len: int = 1,
+                     device: str | torch.device = "cpu") -> PixelFeatures | EncoderFeatures:
+    """The feature source named on the command line.
+
+    Arguments:
+      features: "pixels" (Lab pixels pooled to ``stride``), "random" (the ``encoder_cfg`` encoder at
+        its fixed-seed random initialisation) or "checkpoint" (the encoder a checkpoint was trained
+        with, built from the checkpoint's own config; ``encoder_cfg`` only as a fallback).
+    """
+    if features == "pixels":
+        return PixelFeatures(stride=stride, device=device)
+    if features not in FEATURE_SOURCES:
+        raise ValueError(f"features={features!r}: expected one of {', '.join(FEATURE_SOURCES)}")
+    from vidssl.checkpoint import load_encoder  # hydra is imported there; pixels do not need it
+
+    if features == "random":
+        if encoder_cfg is None:
+            raise ValueError("features=random needs an encoder config (encoder=NAME)")
+        encoder = load_encoder("random", encoder_cfg)
+    else:
+        if checkpoint in (None, "", "random"):
+            raise ValueError("features=checkpoint needs checkpoint=PATH (a .pt file or a run directory)")
+        encoder = load_encoder(checkpoint, encoder_cfg)
+    return EncoderFeatures(encoder, clip_len=clip_len, device=device)
