@@ -71,6 +71,8 @@ class VideoDataset(Dataset):
             (set it when videos differ in fps, so every sample's audio has the same length).
         require_audio: a video without sound is a bad sample (True) or gets silence (False).
         backend: decoder for files (``"av"`` or ``"decord"``); folders always use ``"frames"``.
+        decode_threads: decoder threads per reader (0: one per core); 1 suits loader workers, which
+            already run one decode per core.
         frames_fps: the frame rate assumed for frame folders.
         seed: base seed of every random choice.
         max_failures: bad draws in a row before giving up.
@@ -89,6 +91,7 @@ class VideoDataset(Dataset):
         audio_seconds: float | None = None,
         require_audio: bool = True,
         backend: str = "av",
+        decode_threads: int = 1,
         frames_fps: float = 25.0,
         seed: int = 0,
         max_failures: int = 50,
@@ -113,6 +116,7 @@ class VideoDataset(Dataset):
         self.audio_seconds = audio_seconds
         self.require_audio = require_audio
         self.backend = backend
+        self.decode_threads = decode_threads
         self.frames_fps = frames_fps
         self.seed = seed
         self.max_failures = max_failures
@@ -158,7 +162,7 @@ class VideoDataset(Dataset):
         path = self.root / entry.path
         if path.is_dir():
             return VideoReader(path, backend="frames", fps=self.frames_fps)
-        return VideoReader(path, backend=self.backend)
+        return VideoReader(path, backend=self.backend, num_threads=self.decode_threads)
 
     def _load(self, entry: VideoEntry, generator: torch.Generator) -> dict[str, Any]:
         reader = self._reader(entry)
