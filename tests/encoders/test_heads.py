@@ -1,0 +1,95 @@
+"""ConvGRU, MLP and 1×1-conv heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vidssl.encoders.heads import ConvGRU, ConvGRUCell, ConvHead, MLPHead
+
+
+def test_convgru_shapes_and_state():
+    torch.manual_seed(0)
+    gru = ConvGRU(8, 6, kernel_size=3, num_layers=2)
+    x = torch.randn(2, 5, 8, 4, 4)  # B×T×C×H×W
+    output, hidden = gru(x)
+    assert output.shape == (2, 5, 6, 4, 4)
+    assert hidden.shape == (2, 2, 6, 4, 4)  # layers × B × C × H × W
+    torch.testing.assert_close(output[:, -1], hidden[-1])  # the top layer's last output is its state
+
+
+def test_convgru_matches_a_step_by_step_reference():
+    torch.manual_seed(0)
+    gru = ConvGRU(4, 3, kernel_size=1, num_layers=2)
+    x = torch.randn(2, 4, 4, 3, 3)
+    output, hidden = gru(x)
+    # Reference: run the cells by hand, layer by layer; the first layer's states feed the second.
+    h0 = h1 = None
+    top = []
+    for t in range(x.shape[1]):
+        h0 = gru.cells[0](x[:, t], h0)
+        h1 = gru.cells[1](h0, h1)
+        top.append(h1)
+    torch.testing.assert_close(output, torch.stack(top, dim=1))
+    torch.testing.assert_close(hidden, torch.stack([h0, h1]))
+
+
+def test_convgru_resumes_from_a_hidden_state():
+    torch.manual_seed(0)
+    gru = ConvGRU(4, 3, num_layers=2)
+    x = torch.randn(2, 6, 4, 2, 2)
+    full, full_hidden = gru(x)
+    first, hidden = gru(x[:, :4])
+    second, second_hidden = gru(x[:, 4:], hidden)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full)
+    torch.testing.assert_close(second_hidden, full_hidden)
+
+
+def test_convgru_cell_update_gate_interpolates():
+    # With every gate weight zero, the update gate is sigmoid(0) = 1/2 and the candidate tanh(0) = 0:
+    # the new state is half the old one.
+    cell = ConvGRUCell(2, 2)
+    for p in cell.parameters():
+        nn.init.zeros_(p)
+    h = torch.randn(1, 2, 3, 3)
+    torch.testing.assert_close(cell(torch.randn(1, 2, 3, 3), h), h / 2)
+
+
+def test_convgru_gradients_flow_and_bad_input():
+    gru = ConvGRU(4, 3)
+    output, _ = gru(torch.randn(2, 3, 4, 2, 2))
+    output.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gru.parameters())
+    with pytest.raises(ValueError, match="B×T×4×H×W"):
+        gru(torch.randn(2, 4, 2, 2))
+
+
+def test_mlp_head_layers():
+    torch.manual_seed(0)
+    head = MLPHead(16, 32, 8, 3)
+    assert [type(m) for m in head.layers] == [
+        nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear
+    ]
+    assert head(torch.randn(4, 16)).shape == (4, 8)
+    single = MLPHead(16, 32, 8, 1)
+    assert len(single.layers) == 1 and single(torch.randn(4, 16)).shape == (4, 8)
+    plain = MLPHead(in_dim=16, hidden_dim=32, out_dim=8, norm=None)
+    assert [type(m) for m in plain.layers] == [nn.Linear, nn.ReLU, nn.Linear]
+
+
+def test_conv_head_is_a_per_position_mlp():
+    torch.manual_seed(0)
+    head = ConvHead(6, 10, 4, 2)
+    x = torch.randn(2, 6, 3, 5)
+    out = head(x)
+    assert out.shape == (2, 4, 3, 5)
+    # Each position is transformed independently by the same two-layer MLP.
+    w1, b1 = head.layers[0].weight[:, :, 0, 0], head.layers[0].bias
+    w2, b2 = head.layers[2].weight[:, :, 0, 0], head.layers[2].bias
+    y, xx = 1, 4
+    expected = w2 @ torch.relu(w1 @ x[0, :, y, xx] + b1) + b2
+    torch.testing.assert_close(out[0, :, y, xx], expected)
+    assert ConvHead(6, 6, 4, 1, dims=3)(torch.randn(1, 6, 2, 3, 3)).shape == (1, 4, 2, 3, 3)
+    with pytest.raises(ValueError, match="4-D"):
+        head(torch.randn(2, 6, 3))

@@ -1,0 +1,69 @@
+"""Rank/world helpers and collectives that degrade to no-ops without torch.distributed.
+
+Library code calls these unconditionally: in a single process `world_size() == 1` and every collective
+returns its input, so the same code runs under `python` and under `torchrun`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["is_dist", "rank", "world_size", "all_gather_cat", "all_reduce_sum", "all_reduce_max"]
+
+
+def is_dist() -> bool:
+    """True when a torch.distributed process group is initialised (and has more than zero members)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's global rank (0 without torch.distributed)."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 without torch.distributed)."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate `t` from every rank along dim 0, in rank order.
+
+    Inputs: t (N_r, ...) — N_r may differ between ranks; the trailing shape must agree.
+    Outputs: (sum_r N_r, ...). Gradient flows only to this rank's own slice (the other ranks' rows
+    are constants here; each rank back-propagates through its own rows), which is what contrastive
+    losses with cross-rank negatives need.
+    """
+    if world_size() == 1:
+        return t
+    n = world_size()
+    # Sizes first, so that ranks with a short last batch can take part: all_gather needs equal shapes.
+    local_size = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
+    sizes = [torch.zeros_like(local_size) for _ in range(n)]
+    dist.all_gather(sizes, local_size)
+    counts = [int(s.item()) for s in sizes]
+    longest = max(counts)
+    padded = t.detach()
+    if t.shape[0] < longest:
+        pad = t.new_zeros((longest - t.shape[0], *t.shape[1:]))
+        padded = torch.cat([padded, pad], dim=0)
+    gathered = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(gathered, padded.contiguous())
+    parts = [g[:c] for g, c in zip(gathered, counts)]
+    parts[rank()] = t  # the local slice keeps its autograd history
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks, in place, and return it (no gradient; `t` unchanged in one process)."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of `t` over ranks, in place, and return it (no gradient)."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t

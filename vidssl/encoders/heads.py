@@ -1,0 +1,167 @@
+"""Heads that sit on an encoder: the ConvGRU aggregator of CPC/DPC and MLP / 1×1-conv projections."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ConvGRUCell", "ConvGRU", "MLPHead", "ConvHead"]
+
+
+class ConvGRUCell(nn.Module):
+    """One convolutional GRU step: the gates are convolutions over [input, hidden] feature maps.
+
+    Inputs: x B×C_in×H×W, h B×C_h×H×W or None (zeros). Outputs: the new hidden state B×C_h×H×W.
+    """
+
+    def __init__(self, input_channels: int, hidden_channels: int, kernel_size: int = 1) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"ConvGRUCell needs an odd kernel_size (same padding), got {kernel_size}")
+        self.hidden_channels = hidden_channels
+        padding = kernel_size // 2
+        # reset and update gates in one convolution, the candidate state in another (it sees r·h).
+        self.gates = nn.Conv2d(input_channels + hidden_channels, 2 * hidden_channels, kernel_size, padding=padding)
+        self.candidate = nn.Conv2d(input_channels + hidden_channels, hidden_channels, kernel_size, padding=padding)
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:])
+        reset, update = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
+        candidate = torch.tanh(self.candidate(torch.cat([x, reset * h], dim=1)))
+        return (1 - update) * h + update * candidate
+
+
+class ConvGRU(nn.Module):
+    """A stack of ConvGRU cells run over time (DPC's aggregation function).
+
+    Inputs: x B×T×C_in×H×W; hidden L×B×C_h×H×W or None (zeros), L = num_layers.
+    Outputs: (output B×T×C_h×H×W — the top layer's state after each step,
+              hidden L×B×C_h×H×W — every layer's state after the last step, as nn.GRU's h_n).
+    Dropout (if any) is applied to each layer's output sequence before the next layer.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        hidden_channels: int,
+        *,
+        kernel_size: int = 1,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"ConvGRU needs num_layers >= 1, got {num_layers}")
+        self.input_channels = input_channels
+        self.hidden_channels = hidden_channels
+        self.num_layers = num_layers
+        self.cells = nn.ModuleList(
+            ConvGRUCell(input_channels if i == 0 else hidden_channels, hidden_channels, kernel_size)
+            for i in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.ndim != 5 or x.shape[2] != self.input_channels:
+            raise ValueError(
+                f"ConvGRU expects B×T×{self.input_channels}×H×W, got shape {tuple(x.shape)}"
+            )
+        if hidden is not None and hidden.shape[0] != self.num_layers:
+            raise ValueError(f"ConvGRU hidden must be {self.num_layers}×B×C×H×W, got {tuple(hidden.shape)}")
+        finals = []
+        sequence = x
+        for layer, cell in enumerate(self.cells):
+            h = None if hidden is None else hidden[layer]
+            states = []
+            for t in range(sequence.shape[1]):
+                h = cell(sequence[:, t], h)
+                states.append(h)
+            sequence = torch.stack(states, dim=1)  # (B, T, C_h, H, W)
+            finals.append(h)
+            if layer < self.num_layers - 1:
+                sequence = self.dropout(sequence)
+        return sequence, torch.stack(finals, dim=0)
+
+
+class MLPHead(nn.Module):
+    """Linear → norm → ReLU, repeated, then a final Linear (SimCLR/MoCo v2/SwAV projection heads).
+
+    Inputs: x N×in_dim. Outputs: N×out_dim. num_layers counts Linear layers (1 = a single Linear);
+    norm=None drops the normalisation.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        *,
+        norm: Callable[[int], nn.Module] | None = nn.BatchNorm1d,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"MLPHead needs num_layers >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim, bias=norm is None))  # a norm's shift replaces the bias
+            if norm is not None:
+                layers.append(norm(hidden_dim))
+            layers.append(nn.ReLU(inplace=True))
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, out_dim))
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class ConvHead(nn.Module):
+    """A per-position projection: 1×1 convolutions with ReLU between (DPC's prediction head).
+
+    Inputs: x B×in_channels×S… with len(S…) = dims. Outputs: B×out_channels×S….
+    num_layers counts convolutions (1 = a single linear projection); norm (e.g. nn.BatchNorm2d) is
+    applied after each hidden convolution when given.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        num_layers: int = 2,
+        *,
+        dims: int = 2,
+        norm: Callable[[int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        if dims not in _CONV:
+            raise ValueError(f"ConvHead dims must be 1, 2 or 3, got {dims}")
+        if num_layers < 1:
+            raise ValueError(f"ConvHead needs num_layers >= 1, got {num_layers}")
+        conv = _CONV[dims]
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(num_layers - 1):
+            layers.append(conv(channels, hidden_channels, 1))
+            if norm is not None:
+                layers.append(norm(hidden_channels))
+            layers.append(nn.ReLU(inplace=True))
+            channels = hidden_channels
+        layers.append(conv(channels, out_channels, 1))
+        self.layers = nn.Sequential(*layers)
+        self.dims = dims
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != self.dims + 2:
+            raise ValueError(f"ConvHead(dims={self.dims}) expects a {self.dims + 2}-D input, got {tuple(x.shape)}")
+        return self.layers(x)
