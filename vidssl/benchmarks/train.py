@@ -1,0 +1,221 @@
+"""Training speed and memory: forward+backward clips/s and peak memory per encoder or per task step.
+
+    python tools/benchmark.py suite=train                          # every video encoder, 16×112×112, batch 8
+    python tools/benchmark.py suite=train encoders=[r3d_18] precisions=[bf16] batch_size=16
+    python tools/benchmark.py suite=train task=memdpc              # one training step of a task, as configured
+    python tools/benchmark.py suite=train task=dpc overrides=[task.data.transform.size=128,...]   # paper shape
+
+Encoders get random clips ``B×3×frames×size×size`` and the loss ``mean(pool(features)²)``. A task gets a
+batch cut by its own ``data`` config (its sampler and transform applied to random uint8 frames, audio to
+random waveforms), then runs forward, backward, an AdamW step and its ``on_train_step_end``.
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the growth of the process's
+resident memory during the timed steps (sampled every 2 ms).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import default_collate
+
+from vidssl.encoders import pool
+from vidssl.engine import PRECISIONS, move_batch, to_channels_last
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+VIDEO_ENCODERS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "r2d3d_18")
+AUDIO_RATE = 16000  # VideoDataset's default resampling rate
+FPS = 25.0  # frame rate assumed when cutting the audio window of a fabricated sample
+
+
+class PeakRSS:
+    """Largest growth of this process's resident memory (bytes) while the block runs; Linux only."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak = 0
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def _poll(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self.rss() - self.base)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.rss()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss() - self.base)
+
+
+def _compose(overrides: Sequence[str]):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("pretrain", overrides=["dataset.root=unused", "trainer.out_dir=unused", *overrides])
+
+
+def task_batch(data: dict[str, Any], batch_size: int, seed: int = 0) -> dict[str, Any]:
+    """A batch shaped exactly as ``VideoDataset`` would cut it for a task's ``data`` config.
+
+    Random uint8 frames (128×171, the usual resized video) go through the task's own sampler and
+    transform; when audio is configured a random waveform of the clip's duration goes through it.
+    """
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(batch_size):
+        span = data["sampler"].span
+        indices = data["sampler"](span, g)
+        frames = torch.randint(0, 256, (len(indices), 128, 171, 3), dtype=torch.uint8, generator=g)
+        sample: dict[str, Any] = {"video": data["transform"](frames, g)}
+        if data.get("views", 1) == 2:
+            sample["video2"] = data["transform"](frames, g)
+        if data.get("audio") is not None:
+            seconds = (indices[-1] - indices[0] + 1) / FPS
+            waveform = 0.1 * torch.randn(1, int(seconds * AUDIO_RATE), generator=g)
+            sample.update(audio=data["audio"](waveform), has_audio=True)
+        sample.update(index=index, path=f"fake_{index}.mp4", label=-1, skipped=0)
+        samples.append(sample)
+    return default_collate(samples)
+
+
+def _time_steps(step: Callable[[], None], *, steps: int, warmup: int, device: torch.device) -> tuple[float, int]:
+    """Seconds per step (mean over ``steps`` after ``warmup``) and peak memory in bytes (warmup included)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as rss:
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
+    return seconds, peak
+
+
+def _build(name: str, task: str | None, overrides: Sequence[str], batch_size: int, frames: int,
+           size: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The module to train and its batch: an encoder with random clips, or a task with its own batch."""
+    if task is None:
+        encoder = instantiate(_compose([f"encoder={name}", *overrides]).encoder)
+        return encoder, {"video": torch.randn(batch_size, 3, frames, size, size)}
+    cfg = _compose([f"task={task}", *overrides])
+    model = instantiate(cfg.task.model)
+    return model, task_batch(instantiate(cfg.task.data, _convert_="all"), batch_size)
+
+
+def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size: int, frames: int, size: int,
+            precision: str, steps: int, warmup: int, channels_last: bool, device: str) -> dict[str, Any]:
+    """One row: build, warm up and time one (encoder or task, precision) in this process."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model, batch = _build(name, task, overrides, batch_size, frames, size)
+    model.to(dev).train()
+    if channels_last:
+        to_channels_last(model)
+    batch = move_batch(batch, dev, channels_last)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    dtype = PRECISIONS[precision]
+    hook = getattr(model, "on_train_step_end", None) if task is not None else None
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext():
+            if task is not None:
+                loss = model(batch)["loss"]
+            else:
+                loss = pool(model(batch["video"])).float().square().mean()
+        loss.backward()
+        if task is not None:  # a task's training step also updates weights and runs its hook
+            optimizer.step()
+            if hook is not None:
+                hook(1, 1000)
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds, peak = _time_steps(step, steps=steps, warmup=warmup, device=dev)
+    clips = batch["video"].shape[0]
+    return {
+        "encoder": type(model.encoder).__name__ if task is not None else name, "task": task or "-",
+        "input": "x".join(str(s) for s in batch["video"].shape[1:]), "batch": clips, "precision": precision,
+        "device": dev.type, "clips_per_s": round(clips / seconds, 2), "step_s": round(seconds, 3),
+        "peak_mem_mb": round(peak / 2**20, 1),
+    }
+
+
+def run(
+    *,
+    encoders: Sequence[str] = VIDEO_ENCODERS,
+    task: str | None = None,
+    overrides: Sequence[str] = (),
+    batch_size: int = 8,
+    frames: int = 16,
+    size: int = 112,
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    steps: int = 1,
+    warmup: int | None = None,
+    channels_last: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Benchmark encoders (``task=None``) or one training step of ``task``.
+
+    Args:
+        encoders: encoder config names (``configs/encoder/<name>.yaml``); ignored when ``task`` is given.
+        task: a task config name; its default encoder unless ``overrides`` has ``encoder=...``.
+        overrides: Hydra overrides applied to the pretrain config (e.g. the paper's input shape).
+        batch_size, frames, size: the encoder input ``batch_size×3×frames×size×size`` (``frames`` and
+            ``size`` apply to encoders only; a task's clip shape comes from its data config).
+        precisions: "fp32", "bf16", "fp16" (fp16 rows are skipped on the CPU).
+        steps, warmup: timed and untimed iterations; warmup None means 2 on a GPU (cuDNN picks its
+            kernels on the first calls) and 0 on the CPU, where one step takes seconds and its one-off
+            setup is small beside it (so the default run stays within minutes on 2 cores).
+        channels_last: channels-last weights and inputs.
+        device: "auto", "cpu" or "cuda".
+    Outputs: {"rows": [{encoder, task, input, batch, precision, device, clips_per_s, step_s, peak_mem_mb}]}.
+
+    Each row runs in a child process, so one row's freed memory (which the CPU allocator keeps) cannot
+    hide the next row's peak.
+    """
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    if warmup is None:
+        warmup = 2 if dev == "cuda" else 0
+    names = list(encoders) if task is None else [task]
+    # A fork server: a fresh process that imports torch once and forks each row's child from itself.
+    # Forking this process instead can deadlock (its OpenMP/CUDA state and threads do not survive a fork),
+    # and spawning pays the torch import for every row.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    rows = []
+    for name in names:
+        for precision in precisions:
+            if precision == "fp16" and dev != "cuda":
+                continue  # fp16 autocast is a GPU mode
+            options = dict(name=name, task=task, overrides=list(overrides), batch_size=batch_size, frames=frames,
+                           size=size, precision=precision, steps=steps, warmup=warmup,
+                           channels_last=channels_last, device=dev)
+            with context.Pool(1) as child:
+                rows.append(child.apply(measure, kwds=options))
+    return {"rows": rows}
