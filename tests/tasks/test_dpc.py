@@ -1,0 +1,162 @@
+"""DPC: shapes, gradients, where the dense positives are, no peeking at the future, the curriculum."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidssl.tasks.dpc import DPC, dense_prediction_loss, encode_blocks, scheduled_pred_step
+
+
+class TinyVideoEncoder(nn.Module):
+    """B×3×T×H×W → B×8×T×H/4×W/4, no normalisation layer (so blocks never see each other's stats)."""
+
+    out_channels = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv3d(3, 8, (1, 4, 4), stride=(1, 4, 4)), nn.ReLU(), nn.Conv3d(8, 8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _video(b: int = 3, num_seq: int = 4, seq_len: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, 3, num_seq * seq_len, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_forward_shapes_finite_and_gradients_reach_every_part() -> None:
+    torch.manual_seed(0)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2)
+    out = task({"video": _video()})
+    assert set(out) == {"loss", "accuracy", "pred_step"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+    assert out["pred_step"] == 2 and 0 <= out["accuracy"] <= 1
+    # Chance level: log of the number of candidates (3 clips × 2 steps × 2×2 positions), roughly.
+    assert out["loss"] > 0.3 * math.log(3 * 2 * 4)
+    out["loss"].backward()
+    for part in (task.encoder, task.aggregator, task.predictor):
+        for name, p in part.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_encode_blocks_cuts_time_into_blocks_and_pools_each() -> None:
+    encoder = TinyVideoEncoder()
+    video = _video(b=2, num_seq=4, seq_len=3)
+    maps = encode_blocks(encoder, video, num_seq=4)
+    assert maps.shape == (2, 4, 8, 2, 2)
+    # Block n of clip b is frames n*3 .. n*3+2 of that clip, encoded on its own.
+    block = video[1:2, :, 6:9]
+    torch.testing.assert_close(maps[1, 2], encoder(block).mean(2)[0])
+    with pytest.raises(ValueError, match="num_seq"):
+        encode_blocks(encoder, _video(num_seq=4, seq_len=3)[:, :, :11], num_seq=4)
+
+
+def _dense_reference(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """Anchor by anchor: logits against every (clip, step, position), positive = the same triple."""
+    b, k, d, h, w = pred.shape
+    keys = [(bi, ki, y, x) for bi in range(b) for ki in range(k) for y in range(h) for x in range(w)]
+    losses, hits = [], 0
+    for anchor in keys:
+        p = pred[anchor[0], anchor[1], :, anchor[2], anchor[3]]
+        logits = torch.stack([p @ target[bi, ki, :, y, x] for bi, ki, y, x in keys])
+        positive = keys.index(anchor)
+        losses.append(-torch.log_softmax(logits, 0)[positive])
+        hits += int(logits.argmax() == positive)
+    return torch.stack(losses).mean().item(), hits / len(keys)
+
+
+def test_dense_loss_matches_slow_reference() -> None:
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.randn(2, 3, 5, 2, 3, generator=g), torch.randn(2, 3, 5, 2, 3, generator=g)
+    loss, accuracy = dense_prediction_loss(pred, target, temperature=1.0, normalize=False)
+    want_loss, want_accuracy = _dense_reference(pred, target)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-5)
+    assert accuracy.item() == pytest.approx(want_accuracy)
+
+
+def test_perfect_predictor_scores_one_and_misplaced_predictions_score_zero() -> None:
+    b, k, h, w = 2, 3, 2, 2
+    n = b * k * h * w
+    # Every (clip, step, position) gets its own one-hot feature, so only the exact triple matches.
+    target = torch.eye(n).reshape(b, k, h, w, n).permute(0, 1, 4, 2, 3)  # (B, K, D=n, H, W)
+    loss, accuracy = dense_prediction_loss(20 * target, target, temperature=1.0, normalize=False)
+    assert accuracy == 1 and loss < 1e-3
+    for shifted in (target.roll(1, dims=0), target.roll(1, dims=1), target.roll(1, dims=3), target.roll(1, dims=4)):
+        loss, accuracy = dense_prediction_loss(10 * shifted, target, temperature=1.0, normalize=False)
+        assert accuracy == 0 and loss > 5, "a prediction for another clip/step/position must not count"
+
+
+def test_predictions_never_see_the_future_blocks() -> None:
+    torch.manual_seed(0)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2)
+    captured = []
+    task.predictor.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
+    video = _video()
+    task({"video": video})
+    changed = video.clone()
+    changed[:, :, 2 * 3 :] = torch.randn_like(changed[:, :, 2 * 3 :])  # replace the 2 future blocks
+    task({"video": changed})
+    first, second = captured[:2], captured[2:]
+    assert len(first) == len(second) == 2
+    for a, c in zip(first, second):
+        torch.testing.assert_close(a, c)
+
+
+def test_rollout_aggregates_rectified_context_and_feeds_predictions_back() -> None:
+    # Replay the recurrence by hand with a 2-layer ConvGRU: the predictor's k-th input must be the top
+    # layer's state after the observed blocks and the k-1 earlier (rectified) predictions.
+    torch.manual_seed(0)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, num_layers=2)
+    inputs, outputs = [], []
+
+    def hook(module, args, output):
+        inputs.append(args[0].detach())
+        outputs.append(output.detach())
+
+    task.predictor.register_forward_hook(hook)
+    video = _video()
+    task({"video": video})
+    with torch.no_grad():
+        features = encode_blocks(task.encoder, video, num_seq=4)
+        _, hidden = task.aggregator(F.relu(features[:, :2]))  # hidden: (layers, B, D, H, W)
+        torch.testing.assert_close(inputs[0], hidden[-1])
+        _, hidden = task.aggregator(F.relu(outputs[0]).unsqueeze(1), hidden)
+        torch.testing.assert_close(inputs[1], hidden[-1])
+    assert not torch.allclose(inputs[0], inputs[1])
+
+
+def test_curriculum_schedule_and_resume_state() -> None:
+    assert [scheduled_pred_step([1, 2, 3], s, 9) for s in range(10)] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
+    torch.manual_seed(0)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=3, pred_step_schedule=[1, 2, 3])
+    assert task({"video": _video()})["pred_step"] == 1
+    task.on_train_step_end(5, 9)
+    out = task({"video": _video()})
+    assert out["pred_step"] == 2 and torch.isfinite(out["loss"])
+    # The horizon lives in the state dict, so a resumed run continues the curriculum.
+    fresh = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=3, pred_step_schedule=[1, 2, 3])
+    fresh.load_state_dict(task.state_dict())
+    assert int(fresh.pred_step) == 2
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="pred_step"):
+        DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=4)
+    with pytest.raises(ValueError, match="pred_step"):
+        DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step_schedule=[1, 0])
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=1)
+    with pytest.raises(ValueError, match="num_seq=4"):
+        task({"video": torch.randn(1, 3, 10, 8, 8)})
+
+
+def test_normalised_scores_use_the_temperature() -> None:
+    g = torch.Generator().manual_seed(2)
+    pred, target = torch.randn(2, 2, 4, 1, 2, generator=g), torch.randn(2, 2, 4, 1, 2, generator=g)
+    loss, _ = dense_prediction_loss(pred, target, temperature=0.5, normalize=True)
+    want, _ = _dense_reference(F.normalize(pred, dim=2) / 0.5, F.normalize(target, dim=2))
+    assert loss.item() == pytest.approx(want, rel=1e-5)

@@ -1,0 +1,130 @@
+"""MemDPC: memory addressing, reading, gradients, bidirectional prediction, no peeking at the future."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vidssl.tasks.memdpc import MemDPC
+
+
+class TinyVideoEncoder(nn.Module):
+    """B×3×T×H×W → B×8×T×H/4×W/4, no normalisation layer (so blocks never see each other's stats)."""
+
+    out_channels = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv3d(3, 8, (1, 4, 4), stride=(1, 4, 4)), nn.ReLU(), nn.Conv3d(8, 8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _video(b: int = 3, num_seq: int = 4, seq_len: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, 3, num_seq * seq_len, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _task(**kw) -> MemDPC:
+    kw = {"num_seq": 4, "pred_step": 2, "memory_size": 16, **kw}
+    return MemDPC(encoder=TinyVideoEncoder(), **kw)
+
+
+def test_addressing_is_a_distribution_over_slots_and_temperature_sharpens_it() -> None:
+    torch.manual_seed(0)
+    task = _task()
+    hidden = torch.randn(2, 8, 3, 3)
+    weights = task.address(hidden)
+    assert weights.shape == (2, 16, 3, 3)
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(1), torch.ones(2, 3, 3))
+    torch.testing.assert_close(weights, torch.softmax(task.addresser(hidden), dim=1))
+
+    def entropy(w: torch.Tensor) -> float:
+        return -(w * w.log()).sum(1).mean().item()
+
+    sharp = _task(memory_temperature=0.1)
+    sharp.load_state_dict(task.state_dict())
+    assert entropy(sharp.address(hidden)) < entropy(weights)
+
+
+def test_read_is_the_weighted_sum_of_memory_entries() -> None:
+    torch.manual_seed(0)
+    task = _task()
+    weights = torch.softmax(torch.randn(2, 16, 2, 3), dim=1)
+    got = task.read(weights)
+    want = torch.zeros(2, 8, 2, 3)
+    for b in range(2):
+        for y in range(2):
+            for x in range(3):
+                for m in range(16):
+                    want[b, :, y, x] += weights[b, m, y, x] * task.memory[m]
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+    # All weight on one slot reads exactly that entry.
+    one_hot = torch.zeros(1, 16, 1, 1)
+    one_hot[0, 5] = 1
+    torch.testing.assert_close(task.read(one_hot)[0, :, 0, 0], task.memory[5].detach())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_forward_finite_and_gradients_reach_encoder_memory_and_predictor(bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    task = _task(bidirectional=bidirectional)
+    out = task({"video": _video()})
+    assert set(out) == {"loss", "accuracy", "pred_step", "memory_entropy"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+    assert 0 <= out["memory_entropy"] <= math.log(16) + 1e-5
+    out["loss"].backward()
+    parts = [task.encoder, task.addresser, task.aggregator] + ([task.aggregator_backward] if bidirectional else [])
+    for part in parts:
+        for name, p in part.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert task.memory.grad is not None and task.memory.grad.abs().sum() > 0
+    assert (task.aggregator_backward is not None) == bidirectional
+
+
+def test_forward_predictions_never_see_the_future_blocks() -> None:
+    torch.manual_seed(0)
+    task = _task(bidirectional=False)
+    captured = []
+    task.addresser.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
+    video = _video()
+    task({"video": video})
+    changed = video.clone()
+    changed[:, :, 2 * 3 :] = torch.randn_like(changed[:, :, 2 * 3 :])  # the 2 future blocks
+    task({"video": changed})
+    assert len(captured) == 4
+    for a, c in zip(captured[:2], captured[2:]):
+        torch.testing.assert_close(a, c)
+
+
+def test_backward_direction_predicts_the_first_blocks_from_the_last() -> None:
+    torch.manual_seed(0)
+    task = _task(bidirectional=True)
+    captured = []
+    task.addresser.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
+    video = _video()
+    task({"video": video})
+    changed = video.clone()
+    changed[:, :, : 2 * 3] = torch.randn_like(changed[:, :, : 2 * 3])  # the first 2 blocks
+    task({"video": changed})
+    # Calls 0-1: forward direction (reads the changed blocks), 2-3: backward (must not).
+    assert not torch.allclose(captured[0], captured[4])
+    for a, c in zip(captured[2:4], captured[6:8]):
+        torch.testing.assert_close(a, c)
+
+
+def test_curriculum_and_bad_arguments() -> None:
+    task = _task(pred_step_schedule=[1, 3])
+    assert task({"video": _video()})["pred_step"] == 1
+    task.on_train_step_end(10, 10)
+    assert task({"video": _video()})["pred_step"] == 3
+    with pytest.raises(ValueError, match="memory_size"):
+        _task(memory_size=0)
+    with pytest.raises(ValueError, match="memory_temperature"):
+        _task(memory_temperature=0.0)
+    with pytest.raises(ValueError, match="pred_step"):
+        _task(pred_step=4)
