@@ -1,0 +1,283 @@
+"""``make demo``: the main job on the embedded synthetic corpus, through the public command lines.
+
+Each step runs the same ``tools/*.py`` commands a user types (they are printed before they run), so
+the demo doubles as a worked example. Outputs land in one folder:
+
+    OUT/corpus/                 the synthetic audio-visual corpus (videos, manifest, DAVIS layout)
+    OUT/preview/                contact sheets of augmented views, log-mel images of aligned audio
+    OUT/runs/<task>/            training runs (checkpoints, config.yaml, TensorBoard events)
+    OUT/memdpc/                 retrieval metrics, trained vs random init
+    OUT/crw/                    propagated masks, J&F tables, overlay GIF/MP4 and montage PNGs
+    OUT/selavi/                 pseudo-labels, clustering tables, cluster grid PNGs
+    OUT/summary.md              every table of the run
+
+Rerunning resumes: a finished training run is found complete and skipped by the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vidssl import viz
+from vidssl.eval.report import format_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoSettings:
+    """The demo's budget, sized to finish in about 10 minutes on 2 CPU cores.
+
+    Narrow encoders (``base_width``) and a few hundred steps: enough for each method to beat its
+    random-init baseline on the synthetic corpus (the learning tests measure the same settings).
+    """
+
+    steps: dict[str, int] = field(default_factory=lambda: {"memdpc": 150, "crw": 100, "selavi": 150})
+    overrides: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "memdpc": ["encoder.base_width=8", "optim.lr=2e-3", "trainer.warmup_steps=10"],
+            "crw": ["encoder.base_width=16", "optim.lr=3e-4"],
+            "selavi": [],
+        }
+    )
+    batch_size: int = 8
+    num_workers: int = 2
+
+
+def run_tool(tool: str, *args: str, log: list[str], threads: int | None = None) -> None:
+    """Run ``python tools/<tool>.py args...`` from the repository root, echoing the command."""
+    command = [sys.executable, f"tools/{tool}.py", *args]
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    shown = ("" if threads is None else f"OMP_NUM_THREADS={threads} ") + "python " + " ".join(command[1:])
+    print(f"\n$ {shown}", flush=True)
+    log.append(shown)
+    subprocess.run(command, cwd=REPO, env=env, check=True)
+
+
+def read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def step_corpus(out: Path, log: list[str]) -> Path:
+    corpus = out / "corpus"
+    if (corpus / "manifest.csv").exists():
+        print(f"corpus already at {corpus}")
+    else:
+        run_tool("make_synthetic", f"out={corpus}", log=log)
+    return corpus
+
+
+def step_preview(corpus: Path, out: Path) -> list[Path]:
+    """Clips as the models see them: two augmented views per clip plus the aligned audio's log-mel."""
+    from vidssl.datasets.dataset import VideoDataset
+    from vidssl.datasets.formats import VideoEntry, synthetic
+    from vidssl.datasets.samples import sample_clips
+    from vidssl.datasets.sampling import ClipSampler
+    from vidssl.datasets.transforms import ClipTransform, LogMel
+    from vidssl.preview import preview_dataset
+
+    def dataset(root: Path, entries: list) -> VideoDataset:
+        return VideoDataset(
+            root=root,
+            entries=entries,
+            sampler=ClipSampler(num_frames=16, stride=2),
+            transform=ClipTransform(size=112),
+            views=2,
+            audio=LogMel(n_mels=64),
+        )
+
+    entries = synthetic(corpus, split="train")[::7][:4]
+    written = preview_dataset(dataset(corpus, entries), out / "preview", "synthetic")
+    real = sample_clips()["bigbuckbunny"]
+    written += preview_dataset(dataset(real.parent, [VideoEntry(real.name)]), out / "preview", "bigbuckbunny")
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+def pretrain(task: str, corpus: Path, out: Path, settings: DemoSettings, log: list[str], *extra: str) -> Path:
+    run = out / "runs" / task
+    steps = settings.steps[task]
+    run_tool(
+        "pretrain",
+        f"task={task}",
+        "dataset=synthetic",
+        f"dataset.root={corpus}",
+        f"trainer.max_steps={steps}",
+        f"trainer.batch_size={settings.batch_size}",
+        f"trainer.num_workers={settings.num_workers}",
+        f"trainer.checkpoint_every={max(steps // 3, 1)}",
+        f"trainer.out_dir={run}",
+        *settings.overrides[task],
+        *extra,
+        log=log,
+        # Loader workers already keep both cores busy decoding; a second intra-op thread only contends.
+        threads=1,
+    )
+    return run / "checkpoints" / "last.pt"
+
+
+def encoder_overrides(settings: DemoSettings, task: str) -> list[str]:
+    """The task's encoder settings, so ``checkpoint=random`` builds the same encoder untrained."""
+    return [o for o in settings.overrides[task] if o.startswith("encoder")]
+
+
+def step_memdpc(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
+    checkpoint = pretrain("memdpc", corpus, out, settings, log)
+    rows = []
+    for name, ckpt in (("MemDPC", checkpoint), ("random init", "random")):
+        folder = out / "memdpc" / name.replace(" ", "_")
+        run_tool(
+            "evaluate",
+            "metric=retrieval",
+            f"checkpoint={ckpt}",
+            "encoder=r2d3d_18",
+            *encoder_overrides(settings, "memdpc"),
+            "dataset=synthetic",
+            f"dataset.root={corpus}",
+            f"out={folder}",
+            log=log,
+        )
+        rows.append({"features": name, **{k: v for k, v in read_metrics(folder).items() if k.startswith("R@")}})
+    return "Video retrieval on the held-out split (MemDPC)\n" + format_table(rows)
+
+
+def real_clip_sequence(out: Path, num_frames: int = 40, stride: int = 2) -> Path:
+    """A one-sequence DAVIS layout cut from a real sample clip, with a hand-drawn first-frame mask."""
+    from vidssl.datasets.decode import VideoReader
+    from vidssl.datasets.formats import write_mask
+    from vidssl.datasets.samples import sample_clips
+    from PIL import Image
+
+    root = out / "real_clip_davis"
+    name = "bikes"
+    frames_dir = root / "JPEGImages" / "480p" / name
+    if not frames_dir.exists():
+        reader = VideoReader(sample_clips()[name], backend="av")
+        frames = reader.get_frames(list(range(0, num_frames * stride, stride))).numpy()
+        frames_dir.mkdir(parents=True)
+        for t, frame in enumerate(frames):
+            Image.fromarray(frame).save(frames_dir / f"{t:05d}.jpg", quality=95)
+        # The "simple region": an ellipse in the middle third of the first frame stands for an object.
+        h, w = frames.shape[1:3]
+        yy, xx = np.mgrid[:h, :w]
+        mask = (((yy - h / 2) / (h / 5)) ** 2 + ((xx - w / 2) / (w / 8)) ** 2 <= 1).astype(np.uint8)
+        write_mask(root / "Annotations" / "480p" / name / "00000.png", mask)
+        (root / "ImageSets" / "2017").mkdir(parents=True)
+        (root / "ImageSets" / "2017" / "val.txt").write_text(name + "\n")
+    return root
+
+
+def overlays(davis_root: Path, results: Path, out: Path, stem: str, split: str = "val", max_sequences: int = 4
+             ) -> list[Path]:
+    """Overlay GIF + MP4 for each of the first sequences and one montage PNG (first/middle/last frame)."""
+    from PIL import Image
+
+    from vidssl.datasets.formats import davis, read_mask
+
+    written, tiles = [], []
+    for seq in davis(davis_root, split=split)[:max_sequences]:
+        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in seq.frames])
+        masks = np.stack([read_mask(results / seq.name / (p.stem + ".png")) for p in seq.frames])
+        over = viz.overlay_masks(frames, masks)
+        written.append(viz.save_gif(out / f"{stem}_{seq.name}.gif", over))
+        written.append(viz.save_mp4(out / f"{stem}_{seq.name}.mp4", over))
+        tiles += [over[0], over[len(over) // 2], over[-1]]
+    written.append(viz.save_png(out / f"{stem}_montage.png", viz.montage(tiles, ncols=3)))
+    return written
+
+
+def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
+    davis_root = corpus / "davis"
+    # A fixed third of the val sequences keeps three propagation runs inside the demo's budget;
+    # `split=val` runs the whole split.
+    sets = davis_root / "ImageSets" / "2017"
+    (sets / "demo.txt").write_text("".join((sets / "val.txt").read_text().splitlines(True)[::3]))
+    # The periodic evaluator propagates a few val sequences during training and writes the overlays
+    # to TensorBoard (RUN/ events, tag propagation/<sequence>).
+    evaluator = f"{{_target_:vidssl.eval.periodic.PropagationEvaluator,davis_root:'{davis_root}',max_sequences:2}}"
+    checkpoint = pretrain("crw", corpus, out, settings, log, f"trainer.evaluator={evaluator}",
+                          f"trainer.eval_every={settings.steps['crw'] // 2}")
+    rows = []
+    for features in ("checkpoint", "random", "pixels"):
+        results = out / "crw" / f"results_{features}"
+        extra = {"checkpoint": [f"checkpoint={checkpoint}"], "random": encoder_overrides(settings, "crw")}
+        extra = extra.get(features, [])
+        run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", f"features={features}",
+                 *extra, log=log, threads=1)
+        run_tool("evaluate", "metric=davis", f"davis_root={davis_root}", "split=demo", f"results={results}", log=log)
+        name = {"checkpoint": "CRW", "random": "random init", "pixels": "Lab pixels"}[features]
+        metrics = read_metrics(results)
+        rows.append({"features": name, **{k: metrics[k] for k in ("J&F-Mean", "J-Mean", "F-Mean")}})
+    written = overlays(davis_root, out / "crw" / "results_checkpoint", out / "crw", "synthetic", split="demo")
+    real = real_clip_sequence(out / "crw")
+    real_results = out / "crw" / "results_real_clip"
+    run_tool("propagate", f"davis_root={real}", f"out={real_results}", "features=checkpoint",
+             f"checkpoint={checkpoint}", log=log, threads=1)
+    written += overlays(real, real_results, out / "crw", "real_clip")
+    for path in written:
+        print(f"wrote {path}")
+    return "Label propagation on 8 sequences of the synthetic DAVIS val split (CRW)\n" + format_table(rows)
+
+
+def step_selavi(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
+    checkpoint = pretrain("selavi", corpus, out, settings, log)
+    rows = []
+    for name, ckpt in (("SeLaVi", checkpoint), ("random init", "random")):
+        folder = out / "selavi" / name.replace(" ", "_")
+        labels = folder / "labels.csv"
+        run_tool("pseudo_label", f"checkpoint={ckpt}", "task=selavi", "dataset=synthetic",
+                 f"dataset.root={corpus}", f"out={labels}", log=log)
+        run_tool("evaluate", "metric=clusters", f"labels={labels}", f"manifest={corpus / 'manifest.csv'}",
+                 f"out={folder}", log=log)
+        metrics = read_metrics(folder)
+        rows.append({"labels": name, **{k: metrics[k] for k in ("NMI", "ARI", "accuracy", "purity")}})
+    return "Pseudo-labels against the true classes (SeLaVi)\n" + format_table(rows)
+
+
+def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
+    """Run every step; returns the summary file."""
+    settings = settings or DemoSettings()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log: list[str] = []
+    started = time.time()
+    steps = [
+        ("synthetic corpus", lambda: step_corpus(out, log)),
+    ]
+    corpus = out / "corpus"
+    steps += [
+        ("data pipeline preview", lambda: step_preview(corpus, out)),
+        ("MemDPC pretraining + retrieval", lambda: step_memdpc(corpus, out, settings, log)),
+        ("CRW pretraining + label propagation", lambda: step_crw(corpus, out, settings, log)),
+        ("SeLaVi pretraining + pseudo-labels", lambda: step_selavi(corpus, out, settings, log)),
+    ]
+    tables = []
+    for k, (title, step) in enumerate(steps, 1):
+        print(f"\n=== [{k}/{len(steps)}] {title}  ({time.time() - started:.0f} s so far)", flush=True)
+        result = step()
+        if isinstance(result, str):
+            print("\n" + result, flush=True)
+            tables.append(result)
+    summary = out / "summary.md"
+    summary.write_text(
+        "# vidssl demo\n\n"
+        + "\n\n".join(f"```\n{t}\n```" for t in tables)
+        + "\n\n## Commands\n\n```\n"
+        + "\n".join(log)
+        + "\n```\n"
+    )
+    print(f"\n=== done in {time.time() - started:.0f} s; tables in {summary}")
+    for t in tables:
+        print("\n" + t)
+    return summary
