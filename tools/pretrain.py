@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> None:
         **instantiate(cfg.task.data, _convert_="all"),
         backend=cfg.loader.backend,
         decode_threads=cfg.loader.decode_threads,
+        index=cfg.loader.index,
         require_audio=cfg.loader.require_audio,
         seed=cfg.trainer.seed,
     )

@@ -117,3 +117,13 @@ def test_workers_give_the_same_samples(root):
     batch = next(iter(loader))
     assert batch["video"].shape == (3, 3, 8, 32, 32)
     assert all(torch.equal(batch["video"][i], serial[i]) for i in range(3))
+
+
+def test_index_sets_bad_and_short_files_aside_up_front(root, tmp_path):
+    names = ["good0.mp4", "random.mp4", "short.mp4", "good1.mp4"]
+    ds = make(root, names, index=tmp_path / "train.index.json")
+    assert set(ds.failures) == {"random.mp4", "short.mp4"} and "frames" in ds.failures["short.mp4"]
+    assert (tmp_path / "train.index.json").exists()
+    assert ds[1]["path"] in {"good0.mp4", "good1.mp4"}  # a set-aside file is never decoded
+    again = make(root, names, index=tmp_path / "train.index.json")  # reused from the cache
+    assert again.failures == ds.failures

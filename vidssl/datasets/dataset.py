@@ -76,6 +76,10 @@ class VideoDataset(Dataset):
         frames_fps: the frame rate assumed for frame folders.
         seed: base seed of every random choice.
         max_failures: bad draws in a row before giving up.
+        index: a metadata cache file (``vidssl.datasets.index``): when given, every file is probed once
+            (in parallel, reused while its size and mtime hold) and files that cannot be read or are
+            shorter than the sampler's span are set aside before training, logged and counted in
+            ``failures``, instead of being met one by one mid-epoch.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class VideoDataset(Dataset):
         frames_fps: float = 25.0,
         seed: int = 0,
         max_failures: int = 50,
+        index: str | Path | None = None,
     ) -> None:
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")
@@ -122,6 +127,26 @@ class VideoDataset(Dataset):
         self.max_failures = max_failures
         self.epoch = 0
         self.failures: dict[str, str] = {}  # path -> reason, in this process
+        if index is not None:
+            self._screen(Path(index))
+
+    def _screen(self, index: Path) -> None:
+        """Mark unreadable and too-short files as failures up front, from the (cached) metadata index."""
+        from vidssl.datasets.index import build_index
+
+        files = [e.path for e in self.entries if not (self.root / e.path).is_dir()]
+        metas = build_index(self.root, files, index, backend=self.backend)
+        span = getattr(self.sampler, "span", 1)
+        for path, meta in metas.items():
+            if isinstance(meta, str):
+                self.failures[path] = meta
+            elif meta.num_frames < span:
+                self.failures[path] = f"{meta.num_frames} frames, but a clip spans {span}"
+        if self.failures:
+            log.warning("%d of %d videos set aside by the index %s, e.g. %s", len(self.failures),
+                        len(self.entries), index, dict(list(self.failures.items())[:3]))
+        if len(self.failures) == len(self.entries):
+            raise BadSampleError(f"no usable video under {self.root}: {dict(list(self.failures.items())[:3])}")
 
     def __len__(self) -> int:
         return len(self.entries)
