@@ -12,7 +12,6 @@ clips nearest each cluster's centre.
 from __future__ import annotations
 
 import csv
-import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from torch.utils.data import DataLoader
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.formats import VideoEntry
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

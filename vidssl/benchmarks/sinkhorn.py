@@ -124,6 +124,7 @@ def run(
     repeats: int = 3,
     device: str = "cpu",
     seed: int = 0,
+    task_step: bool = True,
 ) -> dict:
     """Benchmark every (scale, dtype, iterations) configuration; returns ``{"rows": [...], "config": {...}}``.
 
@@ -159,7 +160,32 @@ def run(
     config = dict(n=n, k=k, epsilon=epsilon, repeats=repeats, device=device, seed=seed,
                   scores="scale × cosine(unit features 128-d, unit prototypes)",
                   memory="peak extra over the call (VmHWM delta on CPU, max_memory_allocated on CUDA)")
+    if task_step:
+        rows.append(selavi_step(device=device))
     return {"rows": rows, "config": config}
+
+
+def selavi_step(*, batch_size: int = 16, device: str = "cpu") -> dict:
+    """One SeLaVi training step at the synthetic defaults (task config, encoder width 16), as a row.
+
+    Its Sinkhorn calls are the scheduled relabelling's; decoding is not included (random batch).
+    """
+    from hydra.utils import instantiate
+
+    from vidssl.benchmarks.train import PeakRSS, _compose
+    from vidssl.tasks.selavi import benchmark_step, example_batch
+
+    cfg = _compose(["task=selavi", "encoder.base_width=16"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.task.model).to(device)
+    batch = {k: v.to(device) for k, v in example_batch(batch_size=batch_size).items()}
+    with PeakRSS() as rss:
+        timing = benchmark_step(model, batch)
+    # CUDA: the allocator's peak; CPU: the growth of resident memory during the timed steps.
+    peak = timing["peak_memory_mb"] if device != "cpu" else rss.peak / 2**20
+    return {"name": "selavi training step", "n": batch_size, "device": device,
+            "seconds": timing["seconds_per_step"], "clips_per_second": timing["clips_per_second"],
+            "peak_mb": peak}
 
 
 if __name__ == "__main__":

@@ -514,7 +514,7 @@ def _projection(in_dim: int, hidden_dim: int) -> nn.Module:
 
 
 def example_batch(
-    *, batch_size: int = 8, num_frames: int = 8, size: int = 64, n_mels: int = 64, audio_frames: int = 101,
+    *, batch_size: int = 8, num_frames: int = 8, size: int = 64, n_mels: int = 40, audio_frames: int = 101,
     audio: bool = True, seed: int = 0,
 ) -> dict[str, Tensor]:
     """A random batch of the task's synthetic-default shapes (for timing, not learning)."""
