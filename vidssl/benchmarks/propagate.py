@@ -17,25 +17,16 @@ allocator.
 from __future__ import annotations
 
 import ctypes
-import re
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from vidssl.benchmarks.memory import peak_extra_mib
 from vidssl.eval.propagate import _reference_step, propagate_step
 
 METHODS: dict[str, Callable] = {"windowed": propagate_step, "dense_mask": _reference_step}
-
-
-def _rss_mib() -> tuple[float, float]:
-    """(peak, current) resident set size of this process in MiB."""
-    status = Path("/proc/self/status").read_text()
-    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
-    now = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-    return peak / 1024, now / 1024
 
 
 def _return_freed_memory_to_os() -> bool:
@@ -46,27 +37,6 @@ def _return_freed_memory_to_os() -> bool:
         return bool(libc.mallopt(m_mmap_threshold, 64 * 1024)) and bool(libc.malloc_trim(0) >= 0)
     except OSError:
         return False
-
-
-def _peak_extra_mib(step: Callable[[], torch.Tensor], device: torch.device) -> float | None:
-    """Memory one call of `step` needs beyond what is allocated before it, in MiB."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        result = step()
-        torch.cuda.synchronize(device)
-        del result
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        return None
-    _, before = _rss_mib()
-    result = step()
-    peak, _ = _rss_mib()
-    del result
-    return peak - before
 
 
 def _labels(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -133,7 +103,7 @@ def run(
         memory_ok = dev.type == "cuda" or _return_freed_memory_to_os()
         for method in methods:
             with torch.inference_mode():
-                peak = _peak_extra_mib(lambda: step(method, queries[0]), dev) if memory_ok else None
+                peak = peak_extra_mib(lambda: step(method, queries[0]), dev) if memory_ok else None
             ref = masks[methods[0]]
             mismatched = sum(int((a != b).sum()) for a, b in zip(masks[method], ref))
             rows.append({

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from vidssl.benchmarks.memory import peak_extra_mib
 from vidssl.losses import sinkhorn_knopp
 
 __all__ = ["run", "swav_sinkhorn"]
@@ -52,32 +51,6 @@ def swav_sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torc
         q /= n
     q *= n
     return q.T
-
-
-def _status_mib(field: str) -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024
-
-
-def _peak_extra_mib(step: Callable[[], torch.Tensor], device: torch.device) -> float | None:
-    """Memory one call of `step` needs beyond what was allocated before it, in MiB (None if unmeasurable)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        result = step()
-        torch.cuda.synchronize(device)
-        del result
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
-    except OSError:
-        return None
-    before = _status_mib("VmRSS")
-    result = step()
-    peak = _status_mib("VmHWM")
-    del result
-    return peak - before
 
 
 def _scores(n: int, k: int, scale: float, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
@@ -109,7 +82,7 @@ def _measure(config: dict) -> dict:
             seconds[name] = min(seconds[name], time.perf_counter() - start)
             finite[name] = bool(torch.isfinite(q).all())
             del q
-    peak = {name: _peak_extra_mib(form, device) for name, form in forms.items()}
+    peak = {name: peak_extra_mib(form, device) for name, form in forms.items()}
     return {"seconds": seconds, "finite": finite, "peak_mb": peak}
 
 
