@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from vidssl.datasets.formats import DavisSequence, read_mask, write_mask
-from vidssl.eval.features import EncoderFeatures, PixelFeatures, build_feature_fn, rgb_to_lab
+from vidssl.eval.features import EncoderFeatures, PixelFeatures, build_feature_fn
 from vidssl.eval.propagate import (
     _reference_step,
     first_frame_labels,
@@ -181,14 +181,6 @@ def test_pixel_features_track_a_moving_square():
 
 # --------------------------------------------------------------------------------------------------
 # Feature sources
-
-
-def test_rgb_to_lab_known_colours():
-    rgb = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]).T[:, :, None]  # 3×3×1
-    lab = rgb_to_lab(rgb)[:, :, 0].T
-    torch.testing.assert_close(lab[0], torch.tensor([100.0, 0.0, 0.0]), atol=0.05, rtol=0)
-    torch.testing.assert_close(lab[1], torch.tensor([0.0, 0.0, 0.0]), atol=0.05, rtol=0)
-    torch.testing.assert_close(lab[2], torch.tensor([53.24, 80.09, 67.20]), atol=0.05, rtol=0)
 
 
 def test_pixel_features_shape_and_norm():

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidssl.color import rgb_to_lab
 from vidssl.datasets.transforms import MEAN, STD, normalize_video
 
 FEATURE_SOURCES = ("pixels", "random", "checkpoint")
@@ -33,20 +34,6 @@ def l2_normalize(features: Tensor, dim: int = 0, eps: float = 1e-6) -> Tensor:
 def _check_frame(frame: Tensor) -> None:
     if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
         raise ValueError(f"expected a uint8 frame H×W×3, got {frame.dtype} {tuple(frame.shape)}")
-
-
-def rgb_to_lab(rgb: Tensor) -> Tensor:
-    """sRGB → CIE Lab (D65 white). Inputs: 3×H×W float in [0, 1]. Outputs: 3×H×W, L in [0, 100], a/b ≈ ±110."""
-    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    to_xyz = torch.tensor([[0.412453, 0.357580, 0.180423],
-                           [0.212671, 0.715160, 0.072169],
-                           [0.019334, 0.119193, 0.950227]], dtype=rgb.dtype, device=rgb.device)
-    white = torch.tensor([0.950456, 1.0, 1.088754], dtype=rgb.dtype, device=rgb.device)
-    xyz = torch.einsum("ij,jhw->ihw", to_xyz, linear) / white[:, None, None]
-    eps = (6 / 29) ** 3
-    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lightness = 116 * f[1] - 16
-    return torch.stack([lightness, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
 
 
 class PixelFeatures:
@@ -68,7 +55,7 @@ class PixelFeatures:
     def __call__(self, frame: Tensor) -> Tensor:
         _check_frame(frame)
         rgb = frame.to(self.device).permute(2, 0, 1).float() / 255
-        lab = rgb_to_lab(rgb)
+        lab = rgb_to_lab(rgb[None])[0]  # (3, H, W)
         scaled = torch.stack([(lab[0] - 50) / 50, lab[1] / 50, lab[2] / 50])
         # ceil_mode: the border cells average the pixels they do cover, giving the same grid as a
         # stride-8 encoder with padding

@@ -12,11 +12,8 @@ from typing import Any
 
 def _plain(value: Any) -> Any:
     """Tensors / numpy scalars → Python numbers so json can write them."""
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return value.item()
-        except (ValueError, RuntimeError):
-            pass
+    if hasattr(value, "tolist"):
+        return value.tolist()  # tensors and numpy values; a 0-d one becomes a Python number
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
