@@ -10,7 +10,7 @@ A checkpoint is a dict of plain tensors and Python values, so it loads with
      "best":      {"metric": str, "value": float | None},  "smoothed_loss": float (EMA of the loss),
      "config":    the resolved run config (plain dict; its "encoder" entry rebuilds the backbone)}
 
-A run directory holds ``RUN/checkpoints/{step_XXXXXXX.pt, last.pt, best.pt}`` and ``RUN/config.yaml``.
+A run directory holds ``RUN/checkpoints/{step_<step>.pt, last.pt, best.pt}`` and ``RUN/config.yaml``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def step_path(checkpoint_dir: Path, step: int) -> Path:
 
 
 def prune_step_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
-    """Delete all but the ``keep_last`` newest ``step_XXXXXXX.pt`` files."""
+    """Delete all but the ``keep_last`` newest ``step_<step, 7 digits>.pt`` files."""
     steps = sorted(checkpoint_dir.glob("step_*.pt"))  # zero-padded names sort by step
     for old in steps[: max(0, len(steps) - keep_last)]:
         old.unlink(missing_ok=True)

@@ -163,7 +163,7 @@ class Trainer:
         batch_size: samples per batch in each process.
         out_dir: the run directory (checkpoints, TensorBoard events, config.yaml); reusing it resumes.
         num_workers: DataLoader worker processes.
-        checkpoint_every: write ``step_XXXXXXX.pt`` + ``last.pt`` every this many steps (and at the end).
+        checkpoint_every: write ``step_<step, 7 digits>.pt`` + ``last.pt`` every this many steps (and at the end).
         keep_last: how many ``step_*.pt`` files to keep (``last.pt`` and ``best.pt`` always stay).
         log_every: TensorBoard/progress update period in steps.
         seed: seed of the batch order and of the training RNG (rank r draws from seed + r).

@@ -9,28 +9,7 @@ import torch
 from torch import nn
 
 from vidssl.tasks.crw import CRW, affinity_logits, cycle_loss, palindrome_walks, transition_matrices
-
-
-class TinyEncoder(nn.Module):
-    """A trainable stride-8 frame encoder: B×3×H×W → B×16×H/8×W/8."""
-
-    out_channels = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 8, stride=8))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class SpaceToDepth(nn.Module):
-    """A parameter-free stride-8 encoder: each 8×8 cell's pixels are its feature (distinct on noise)."""
-
-    out_channels = 3 * 64
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pixel_unshuffle(x, 8)
+from tiny_encoders import SpaceToDepth, TinyFrameEncoder
 
 
 def _nodes(b: int, d: int, t: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -50,7 +29,7 @@ def test_runs_on_the_library_frame_encoder() -> None:
 
 def test_forward_shapes_finite_and_gradients_reach_the_encoder() -> None:
     torch.manual_seed(0)
-    encoder = TinyEncoder()
+    encoder = TinyFrameEncoder()
     task = CRW(encoder=encoder, embed_dim=8)
     out = task({"video": torch.randn(2, 3, 4, 32, 32)})
     assert set(out) == {"loss", "walk_accuracy", "walk_accuracy_longest", "transition_entropy"}
@@ -62,7 +41,7 @@ def test_forward_shapes_finite_and_gradients_reach_the_encoder() -> None:
 
 def test_patch_nodes_are_normalised_and_counted() -> None:
     torch.manual_seed(0)
-    task = CRW(encoder=TinyEncoder(), embed_dim=8, patch_size=16, patch_stride=8)
+    task = CRW(encoder=TinyFrameEncoder(), embed_dim=8, patch_size=16, patch_stride=8)
     nodes = task.embed(torch.randn(2, 3, 3, 32, 32))
     assert nodes.shape == (2, 8, 3, 9)  # (32 - 16) / 8 + 1 = 3 patches a side
     torch.testing.assert_close(nodes.norm(dim=1), torch.ones(2, 3, 9))

@@ -15,28 +15,7 @@ from vidssl.tasks.mast import (
     rgb_to_lab,
     window_mask,
 )
-
-
-class TinyEncoder(nn.Module):
-    """A trainable stride-8 frame encoder: B×3×H×W → B×16×H/8×W/8."""
-
-    out_channels = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 8, stride=8))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class SpaceToDepth(nn.Module):
-    """A parameter-free stride-8 encoder: each 8×8 cell's pixels are its feature (distinct on noise)."""
-
-    out_channels = 3 * 64
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pixel_unshuffle(x, 8)
+from tiny_encoders import SpaceToDepth, TinyFrameEncoder
 
 
 def test_lab_of_known_colours_and_round_trip() -> None:
@@ -103,7 +82,7 @@ def test_runs_on_the_library_frame_encoder() -> None:
 
 def test_forward_shapes_finite_and_gradients_reach_the_encoder() -> None:
     torch.manual_seed(0)
-    encoder = TinyEncoder()
+    encoder = TinyFrameEncoder()
     task = MAST(encoder=encoder, channel_dropout=1.0)
     out = task({"video": torch.randn(2, 3, 4, 32, 32)})
     assert set(out) == {"loss", "l1", "l1_static"}

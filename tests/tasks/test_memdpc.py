@@ -6,22 +6,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from vidssl.tasks.memdpc import MemDPC
-
-
-class TinyVideoEncoder(nn.Module):
-    """B×3×T×H×W → B×8×T×H/4×W/4, no normalisation layer (so blocks never see each other's stats)."""
-
-    out_channels = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv3d(3, 8, (1, 4, 4), stride=(1, 4, 4)), nn.ReLU(), nn.Conv3d(8, 8, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from tiny_encoders import TinyVideoEncoder
 
 
 def _video(b: int = 3, num_seq: int = 4, seq_len: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
