@@ -40,11 +40,12 @@ class DemoSettings:
     random-init baseline on the synthetic corpus (the learning tests measure the same settings).
     """
 
-    steps: dict[str, int] = field(default_factory=lambda: {"memdpc": 150, "crw": 100, "selavi": 40})
+    steps: dict[str, int] = field(default_factory=lambda: {"memdpc": 150, "crw": 200, "selavi": 40})
     overrides: dict[str, list[str]] = field(
         default_factory=lambda: {
             "memdpc": ["encoder.base_width=8", "optim.lr=2e-3", "trainer.warmup_steps=10", "trainer.batch_size=8"],
-            "crw": ["encoder.base_width=16", "optim.lr=3e-4", "trainer.batch_size=8"],
+            # task=crw's own encoder, named so that `features=random` rebuilds the same one untrained
+            "crw": ["encoder=resnet18_dense_reflect", "encoder.base_width=16", "optim.lr=3e-4", "trainer.batch_size=8"],
             "selavi": ["encoder.base_width=16", "trainer.warmup_steps=5", "trainer.batch_size=16"],
         }
     )
@@ -197,7 +198,7 @@ def overlays(davis_root: Path, results: Path, out: Path, stem: str, split: str =
 
 def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
     davis_root = corpus / "davis"
-    # A fixed third of the val sequences keeps three propagation runs inside the demo's budget;
+    # A fixed third of the val sequences keeps four propagation runs inside the demo's budget;
     # `split=val` runs the whole split.
     sets = davis_root / "ImageSets" / "2017"
     (sets / "demo.txt").write_text("".join((sets / "val.txt").read_text().splitlines(True)[::3]))
@@ -207,14 +208,18 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
     checkpoint = pretrain("crw", corpus, out, settings, log, f"trainer.evaluator={evaluator}",
                           f"trainer.eval_every={settings.steps['crw'] // 2}")
     rows = []
-    for features in ("checkpoint", "random", "pixels"):
-        results = out / "crw" / f"results_{features}"
-        extra = {"checkpoint": [f"checkpoint={checkpoint}"], "random": encoder_overrides(settings, "crw")}
-        extra = extra.get(features, [])
-        run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", f"features={features}",
-                 *extra, log=log, threads=1)
+    sources = {  # name -> (results folder, propagate.py arguments)
+        "CRW": ("checkpoint", ["features=checkpoint", f"checkpoint={checkpoint}"]),
+        "random init": ("random", ["features=random", *encoder_overrides(settings, "crw")]),
+        # the zero-padded encoder that `features=random` builds by default (and MAST trains)
+        "random init, zero padding": ("random_zeros", ["features=random", "encoder.base_width=16"]),
+        "Lab pixels": ("pixels", ["features=pixels"]),
+    }
+    for name, (folder, arguments) in sources.items():
+        results = out / "crw" / f"results_{folder}"
+        run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", *arguments, log=log,
+                 threads=1)
         run_tool("evaluate", "metric=davis", f"davis_root={davis_root}", "split=demo", f"results={results}", log=log)
-        name = {"checkpoint": "CRW", "random": "random init", "pixels": "Lab pixels"}[features]
         metrics = read_metrics(results)
         rows.append({"features": name, **{k: metrics[k] for k in ("J&F-Mean", "J-Mean", "F-Mean")}})
     written = overlays(davis_root, out / "crw" / "results_checkpoint", out / "crw", "synthetic", split="demo")

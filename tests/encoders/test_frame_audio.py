@@ -39,6 +39,27 @@ def test_frame_encoder_rejects_a_clip():
         resnet18_dense(base_width=4)(torch.randn(1, 3, 2, 32, 32))
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_frame_encoder_padding_leaves_no_position_cue(mode):
+    # A constant frame has nothing to tell its cells apart but the border: with zero padding the
+    # border cells differ from the centre; with a content-preserving padding every cell is the same.
+    constant = torch.full((1, 3, 64, 64), 0.3)
+    zeros = resnet18_dense(base_width=4).eval()
+    padded = resnet18_dense(base_width=4, padding_mode=mode).eval()
+    padded.load_state_dict(zeros.state_dict())  # the same weights: only the padding differs
+    with torch.no_grad():
+        by_zeros, by_mode = zeros(constant), padded(constant)
+    assert tuple(by_mode.shape) == tuple(by_zeros.shape) == (1, 32, 8, 8)
+    assert (by_zeros - by_zeros[..., 4:5, 4:5]).abs().amax() > 1e-3
+    torch.testing.assert_close(by_mode, by_mode[..., 4:5, 4:5].expand_as(by_mode), rtol=1e-5, atol=1e-6)
+    assert all(m.padding_mode == mode for m in padded.modules() if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0))
+
+
+def test_frame_encoder_rejects_an_unknown_padding_mode():
+    with pytest.raises(ValueError, match="padding_mode"):
+        resnet18_dense(base_width=4, padding_mode="mirror")
+
+
 def test_audio_encoder_shapes_and_gradients():
     torch.manual_seed(0)
     encoder = audio_cnn(base_width=8)

@@ -34,7 +34,10 @@ Trained R@1 stays within 0.00-0.07 of chance (random init: 0.139) and of random 
 vs 0.50). The earlier "R@5 gain over random init" (+0.17 to +0.33 with one centred clip) came from the
 random encoder's R@5 being *below* chance (0.29) on that single, noisy set of 24 queries, not from
 class information: a one-frame shift of the evaluation clips moved random init's R@5 from 0.29 to 0.42.
-The numbers are printed by every run (`pytest -s`) so the gap can be tracked. Wall time of this file:
+A second round (frame-residual input, same-video hard negatives, a corpus variant with shared
+backgrounds, 1000-step runs, a 5-clip protocol) is in docs/methods/predictive_coding.md: none gave a
+gain that survived a second seed. The numbers are printed by every run (`pytest -s`) so the gap can be
+tracked. Wall time of this file:
 7 min 22 s on the 2 cores under load ~7 from other runs (4 min 53 s user CPU), corpus included.
 """
 

@@ -112,12 +112,10 @@ class CRW(nn.Module):
       patch_size: None makes every cell of the encoder's dense map a node; an int cuts each frame
         into patch_size² patches (stride `patch_stride`), encodes each patch on its own and pools
         it to one node, as the paper does — a patch cannot see where it sits in the frame, so the
-        walk cannot come home by remembering positions
+        walk cannot come home by remembering positions. Dense nodes need an encoder whose border
+        does not give positions away either: task=crw uses `resnet18_dense_reflect` (with zero
+        padding, the walk was solved by position and propagation stayed at random init's level)
       patch_stride: step between patches (defaults to patch_size // 2, overlapping by half)
-      frame_jitter: in training, every frame is cropped on its own at a random offset of up to
-        2·frame_jitter pixels (each side loses frame_jitter on average), so that the same node index
-        is not the same place in neighbouring frames: without it, dense nodes can come home by
-        encoding their position (the border's zero padding tells it) instead of their appearance
     """
 
     def __init__(
@@ -129,7 +127,6 @@ class CRW(nn.Module):
         edge_dropout: float = 0.1,
         patch_size: int | None = None,
         patch_stride: int | None = None,
-        frame_jitter: int = 0,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -144,26 +141,6 @@ class CRW(nn.Module):
         self.edge_dropout = edge_dropout
         self.patch_size = patch_size
         self.patch_stride = patch_stride or (max(1, patch_size // 2) if patch_size else None)
-        if frame_jitter < 0:
-            raise ValueError(f"CRW frame_jitter must be ≥ 0, got {frame_jitter}")
-        self.frame_jitter = frame_jitter
-
-    def jitter_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """Crop every frame independently at a random offset.
-
-        Inputs:  video B×C×T×H×W
-        Outputs: B×C×T×(H-2j)×(W-2j) with j = frame_jitter
-        """
-        j = self.frame_jitter
-        b, _, t, h, w = video.shape
-        if 2 * j >= min(h, w):
-            raise ValueError(f"CRW frame_jitter {j} leaves nothing of {h}×{w} frames")
-        offsets = torch.randint(0, 2 * j + 1, (b, t, 2)).tolist()
-        crops = [
-            [video[i, :, k, y : y + h - 2 * j, x : x + w - 2 * j] for k, (y, x) in enumerate(offsets[i])]
-            for i in range(b)
-        ]
-        return torch.stack([torch.stack(frames, dim=1) for frames in crops])
 
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """Node embeddings of every frame.
@@ -191,8 +168,6 @@ class CRW(nn.Module):
         video = batch["video"]
         if video.ndim != 5 or video.shape[2] < 2:
             raise ValueError(f"CRW needs batch['video'] B×C×T×H×W with T ≥ 2, got {tuple(video.shape)}")
-        if self.training and self.frame_jitter > 0:
-            video = self.jitter_frames(video)
         nodes = self.embed(video)
         logits = affinity_logits(nodes, self.temperature)
         forward, backward = transition_matrices(logits, self.edge_dropout if self.training else 0.0)
