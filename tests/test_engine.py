@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vidssl.checkpoint import load_checkpoint, rng_state, set_rng_state
-from vidssl.engine import Trainer, cosine_schedule, move_batch
+from vidssl.engine import Trainer, cosine_schedule, model_config_changes, move_batch
 from vidssl.samplers import ResumableBatchSampler, epoch_permutation
 
 
@@ -141,6 +141,29 @@ def test_rerun_with_same_out_dir_resumes_and_a_finished_run_stays_finished(tmp_p
     summary = make_trainer(tmp_path, max_steps=12).fit(task, ToyDataset(), sgd)
     assert summary["step"] == 12 and task.hook_steps == [9, 10, 11, 12]
     assert make_trainer(tmp_path, max_steps=12).fit(ToyTask(), ToyDataset(), sgd)["step"] == 12
+
+
+def test_resuming_with_a_different_model_config_is_refused(tmp_path):
+    config = {"encoder": {"_target_": "toy", "padding_mode": "zeros"}, "task": {"model": {"temperature": 0.1}},
+              "trainer": {"max_steps": 4}}
+    make_trainer(tmp_path, max_steps=4).fit(ToyTask(), ToyDataset(), sgd, config=config)
+    # the same weights' shapes, another model: refused, naming what changed
+    changed = {**config, "encoder": {"_target_": "toy", "padding_mode": "reflect"}}
+    with pytest.raises(ValueError, match=r"different model config \(encoder.padding_mode\)"):
+        make_trainer(tmp_path, max_steps=8).fit(ToyTask(), ToyDataset(), sgd, config=changed)
+    # a longer run of the same model resumes
+    longer = {**config, "trainer": {"max_steps": 8}}
+    assert make_trainer(tmp_path, max_steps=8).fit(ToyTask(), ToyDataset(), sgd, config=longer)["step"] == 8
+
+
+def test_model_config_changes_lists_dotted_keys():
+    saved = {"encoder": {"a": 1, "b": {"c": 2}}, "task": {"model": {"t": 0.1}, "data": {"size": 64}},
+             "dataset": {"root": "x"}}
+    new = {"encoder": {"a": 1, "b": {"c": 3}, "d": 4}, "task": {"model": {"t": 0.2}, "data": {"size": 80}},
+           "dataset": {"root": "y"}}
+    # the data, its augmentation and the dataset may change between a run and its continuation
+    assert model_config_changes(saved, new) == ["encoder.b.c", "encoder.d", "task.model.t"]
+    assert model_config_changes(None, new) == [] and model_config_changes(saved, {"trainer": {}}) == []
 
 
 def test_accumulation_matches_one_large_batch(tmp_path):

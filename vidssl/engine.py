@@ -9,7 +9,9 @@ scalars and a progress bar.
 Resume: if ``out_dir/checkpoints/last.pt`` exists, ``fit`` continues from it — model, optimiser, scaler,
 every RNG of every rank, the step, and the sampler's (epoch, position). Each sample's randomness lives
 in the dataset, seeded by (seed, epoch, index) (``set_epoch`` is called when the dataset has it), so the
-run continues mid-epoch without reading any batch twice, and with any number of loader workers.
+run continues mid-epoch without reading any batch twice, and with any number of loader workers. A rerun
+whose ``encoder`` or ``task.model`` config differs from the checkpoint's is refused, naming the keys: weights
+of the same shapes would otherwise load into a different model without complaint.
 
 Distributed: launched by torchrun, ``fit`` joins the process group (NCCL on CUDA, gloo on CPU), wraps
 the task in DDP, shards every global batch by rank (``vidssl.samplers``) and leaves logging and
@@ -117,6 +119,38 @@ def to_channels_last(module: nn.Module) -> nn.Module:
         if param.ndim in (4, 5):
             param.data = param.data.contiguous(memory_format=_memory_format(param.ndim))
     return module
+
+
+# The config sections that define the model: a resumed run must match them. Everything else (max_steps,
+# out_dir, the data and its augmentation, logging) may change between a run and its continuation.
+MODEL_SECTIONS = ("encoder", "task.model")
+
+
+def model_config_changes(saved: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """Dotted keys under MODEL_SECTIONS whose values differ between two run configs (sorted).
+
+    A section missing from either config (or a missing config) is not compared.
+    """
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}.{key}").items()}
+
+    def find(config: dict[str, Any] | None, path: str) -> Any:
+        for key in path.split("."):
+            if not isinstance(config, dict) or key not in config:
+                return None
+            config = config[key]
+        return config
+
+    changes = []
+    for section in MODEL_SECTIONS:
+        before, after = find(saved, section), find(new, section)
+        if before is None or after is None:
+            continue
+        old, now = flat(before, section), flat(after, section)
+        changes += [k for k in old.keys() | now.keys() if old.get(k, "<absent>") != now.get(k, "<absent>")]
+    return sorted(changes)
 
 
 def _join_process_group() -> tuple[int, bool]:
@@ -319,6 +353,12 @@ class Trainer:
         last = self.checkpoint_dir / "last.pt"
         if last.exists():
             state = load_checkpoint(last)
+            # Weights of the same shapes load into a different model (another padding, temperature,
+            # …) without complaint, so the configs are compared as well.
+            changed = model_config_changes(state.get("config"), config)
+            if changed:
+                raise ValueError(f"{last} was trained with a different model config ({', '.join(changed)}); "
+                                 "resume with the same task and encoder settings, or start a new trainer.out_dir")
             try:
                 task.load_state_dict(state["model"])
             except RuntimeError as err:
