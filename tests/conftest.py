@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# Shared test helpers (tests/tiny_encoders.py) import by name under --import-mode=importlib.
+# Shared test helpers (tests/tiny_encoders.py, tests/media_helpers.py) import by name under --import-mode=importlib.
 sys.path.insert(0, str(Path(__file__).parent))
 
 

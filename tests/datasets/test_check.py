@@ -10,25 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from media_helpers import remux_faststart
 from vidssl.datasets.check import check_dataset, check_file, report_path_for
 from vidssl.datasets.formats import VideoEntry, csv_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def remux_faststart(src: Path, dst: Path) -> None:
-    """Copy the video packets of `src` into an mp4 whose header comes first, so a truncated copy still opens."""
-    with av.open(str(src)) as source, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is not None:  # the demuxer's final flush packet
-                packet.stream = stream
-                out.mux(packet)
 
 
 @pytest.fixture(scope="module")

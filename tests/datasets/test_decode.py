@@ -19,6 +19,7 @@ import torch
 import torchaudio
 from PIL import Image
 
+from media_helpers import remux_faststart
 from vidssl.datasets.decode import BACKENDS, DEFAULT_BACKEND, VideoDecodeError, VideoMeta, VideoReader, probe
 
 CLIPS = ("bigbuckbunny", "bikes", "carphone")
@@ -55,16 +56,6 @@ def reference_audio(sample_clips) -> torch.Tensor:
             chunks += [f.to_ndarray() for f in resampler.resample(frame)]
     chunks += [f.to_ndarray() for f in resampler.resample(None)]
     return torch.from_numpy(np.concatenate(chunks, axis=1))
-
-
-def remux_faststart(src: Path, dst: Path) -> None:
-    """Copy the video packets of `src` into an mp4 whose header comes first, so a truncated copy still opens."""
-    with av.open(str(src)) as source, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is not None:  # the demuxer's final flush packet
-                packet.stream = stream
-                out.mux(packet)
 
 
 # ----------------------------------------------------------------------------------------------- frames
