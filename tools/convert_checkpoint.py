@@ -1,0 +1,26 @@
+"""Convert a checkpoint of the authors' code into a vidssl checkpoint.
+
+    python tools/convert_checkpoint.py source=videowalk|dpc|memdpc|selavi in=OFFICIAL.pth out=CKPT.pt
+
+The result holds ``encoder``, ``model`` and ``config`` and loads with ``torch.load(weights_only=True)``;
+use it as ``checkpoint=CKPT.pt`` in the evaluation tools or ``trainer.init_from=CKPT.pt``.
+The logic lives in ``vidssl.convert``.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from vidssl.convert import convert_checkpoint
+
+
+@hydra.main(config_path="../configs", config_name="convert_checkpoint", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    state = convert_checkpoint(cfg.source, cfg["in"], cfg.out)
+    print(f"wrote {cfg.out}: {len(state['encoder'])} encoder tensors, {len(state['model'])} model tensors "
+          f"(source={cfg.source})")
+
+
+if __name__ == "__main__":
+    main()
