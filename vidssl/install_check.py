@@ -1,5 +1,7 @@
 """Check that the compiled stack loads together, in one line: ``python -m vidssl.install_check``.
 
+The stack: torch, torchvision, torchaudio, av, decord and OpenCV (``cv2``, for optical flow).
+
 torch, torchvision and torchaudio are built against each other: a torchaudio or torchvision release that does
 not match the installed torch fails only when its compiled library loads (``undefined symbol``), and then
 every task fails, far from the cause. ``make test`` and ``make demo`` run this first, so such an install is
@@ -14,7 +16,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-STACK = ("torch", "torchvision", "torchaudio", "av", "decord")
+STACK = ("torch", "torchvision", "torchaudio", "av", "decord", "cv2")
+# The distribution that installs each module (its name in requirements.lock), where the two differ.
+DISTRIBUTIONS = {"cv2": "opencv-contrib-python-headless"}
 BUILT_AGAINST_TORCH = ("torchvision", "torchaudio")
 LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
 
@@ -47,13 +51,18 @@ def _av() -> None:
         av.codec.Codec(codec, "r")
 
 
+def _cv2() -> None:
+    cv2 = importlib.import_module("cv2")
+    cv2.optflow.DualTVL1OpticalFlow_create()  # TV-L1 is in the contrib build only
+
+
 def _decord() -> None:
     decord = importlib.import_module("decord")
     decord.VideoReader  # noqa: B018 - the attribute exists only when the native library loaded
 
 
 EXERCISES: dict[str, Callable[[], None]] = {
-    "torch": _torch, "torchvision": _torchvision, "torchaudio": _torchaudio, "av": _av, "decord": _decord,
+    "torch": _torch, "torchvision": _torchvision, "torchaudio": _torchaudio, "av": _av, "decord": _decord, "cv2": _cv2,
 }
 
 
@@ -62,7 +71,7 @@ def installed_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in STACK:
         try:
-            versions[name] = importlib.metadata.version(name)
+            versions[name] = importlib.metadata.version(DISTRIBUTIONS.get(name, name))
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
@@ -72,11 +81,12 @@ def locked_versions(lock_file: Path = LOCK_FILE) -> dict[str, str]:
     """The stack's versions pinned in ``requirements.lock`` (empty when vidssl runs outside its repository)."""
     if not lock_file.is_file():
         return {}
+    module_of = {DISTRIBUTIONS.get(name, name): name for name in STACK}
     pins = {}
     for line in lock_file.read_text().splitlines():
         name, sep, version = line.partition("==")
-        if sep and name.strip().lower() in STACK:
-            pins[name.strip().lower()] = version.strip()
+        if sep and name.strip().lower() in module_of:
+            pins[module_of[name.strip().lower()]] = version.strip()
     return pins
 
 
@@ -88,7 +98,7 @@ def _failure(name: str, err: BaseException, installed: dict[str, str | None], lo
     else:
         what += " does not work"
     reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line, however long the loader's message
-    pinned = [f"{n}=={v}" for n, v in locked.items() if (installed.get(n) or "").split("+")[0] != v]
+    pinned = [f"{DISTRIBUTIONS.get(n, n)}=={v}" for n, v in locked.items() if (installed.get(n) or "").split("+")[0] != v]
     fix = (f"requirements.lock pins {', '.join(pinned)}; reinstall with: rm -rf .venv && make install" if pinned
            else "reinstall with: rm -rf .venv && make install")
     return f"{what} ({reason}); {fix}"
