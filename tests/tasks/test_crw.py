@@ -204,6 +204,8 @@ def test_bad_input_is_named() -> None:
         CRW(encoder=SpaceToDepth(), temperature=0.0)
     with pytest.raises(ValueError, match="shortest_cycle"):
         CRW(encoder=SpaceToDepth(), shortest_cycle=0)
+    with pytest.raises(ValueError, match="at least one walk"):
+        cycle_loss([])
     with pytest.raises(ValueError, match="patch_jitter_scale"):
         CRW(encoder=SpaceToDepth(), patch_jitter_scale=(0.7, 1.2))
     with pytest.raises(ValueError, match="feature_dropout"):

@@ -122,6 +122,8 @@ def cycle_loss(walks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, t
     Outputs: (loss scalar, accuracy scalar, accuracy of the longest cycle scalar) where accuracy is
              the fraction of start nodes whose most probable end node is themselves
     """
+    if not walks:
+        raise ValueError("cycle_loss needs at least one walk (clips shorter than the shortest cycle + 1?)")
     n = walks[0].shape[-1]
     target = torch.arange(n, device=walks[0].device)
     losses, accuracies = [], []
