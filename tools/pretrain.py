@@ -5,12 +5,16 @@
     torchrun --nproc_per_node=2 tools/pretrain.py ...        # the same, distributed (DDP)
 
 Rerunning the same command with the same trainer.out_dir resumes from RUN/checkpoints/last.pt.
-Everything is built (and every config key checked) before the first step runs.
+Every mandatory key is checked before Hydra starts, and everything is built (every config key checked)
+before the first step runs. RUN/pretrain.log keeps the console's lines, each logged step (also with the
+progress bar on) and the traceback of a failed run; RUN/scalars.{csv,txt} every logged scalar.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
@@ -18,13 +22,59 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidssl.cli import explain_instantiation_errors
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+log = logging.getLogger("vidssl.pretrain")
+
+
+def missing_mandatory_keys(overrides: list[str]) -> list[str] | None:
+    """The ``???`` keys the config still has after these command-line overrides (None: not checkable here).
+
+    Hydra resolves ``hydra.run.dir`` (``${trainer.out_dir}``) before ``main`` runs, so a missing
+    ``trainer.out_dir`` would otherwise end in a long "error during Hydra's exception formatting".
+    Command lines with Hydra flags (``--multirun``, ``-cn``...) are left to Hydra.
+    """
+    if any(arg.startswith("-") for arg in overrides):
+        return None
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pretrain", overrides=[o for o in overrides if not o.lstrip("+~").startswith("hydra.")])
+    return sorted(OmegaConf.missing_keys(cfg))
+
+
+def _log_failure_to_file() -> None:
+    """The traceback of the exception being handled, into the run's log file only (Hydra prints it on the console)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "the run failed", None, sys.exc_info())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+class _NotOnConsole(logging.Filter):
+    """Keeps the per-step lines off the console while the progress bar shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "vidssl.engine.steps"
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except Exception:
+        _log_failure_to_file()
+        raise
+
+
+def train(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SystemExit(f"missing mandatory values: {', '.join(missing)} (set them, e.g. {missing[0]}=...)")
+    if cfg.trainer.progress:
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.addFilter(_NotOnConsole())
     from vidssl.datasets.dataset import VideoDataset
     from vidssl.engine import seed_everything
 
@@ -51,4 +101,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    absent = missing_mandatory_keys(sys.argv[1:])
+    if absent:
+        sys.exit(f"missing mandatory value{'s' if len(absent) > 1 else ''}: {', '.join(absent)} "
+                 f"(set {'them' if len(absent) > 1 else 'it'} on the command line, e.g. {absent[0]}=...)")
     main()

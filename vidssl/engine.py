@@ -30,6 +30,7 @@ Several machines (run the same line on each; any free port on the first node)::
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -61,6 +62,8 @@ from vidssl.checkpoint import (
 from vidssl.samplers import ResumableBatchSampler
 
 log = logging.getLogger(__name__)
+# The per-step lines: tools/pretrain.py keeps them in the log file only while the progress bar is shown.
+step_log = logging.getLogger(f"{__name__}.steps")
 
 Evaluator = Callable[[nn.Module, int, SummaryWriter | None], dict[str, float]]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -153,6 +156,24 @@ def model_config_changes(saved: dict[str, Any] | None, new: dict[str, Any] | Non
     return sorted(changes)
 
 
+def param_groups(module: nn.Module, *, decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: biases and normalisation parameters without weight decay.
+
+    Parameters with fewer than two dimensions (biases, BatchNorm/LayerNorm scales and shifts, learned
+    temperatures) go into a group with ``weight_decay=0``, as DINO, nanoGPT, MoCo and the DPC code train;
+    decaying a norm's scale towards 0 only fights the normalisation. ``decay_norm_and_bias=True`` puts
+    every parameter into one group, which then takes the optimiser's own weight decay (the official DPC
+    and MemDPC training). Empty groups are left out.
+    """
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if decay_norm_and_bias:
+        return [{"params": trainable}]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    groups = [{"params": decay}] if decay else []
+    return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+
+
 def _join_process_group() -> tuple[int, bool]:
     """Join torchrun's process group when launched by it; returns (local_rank, whether we joined it)."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -162,6 +183,78 @@ def _join_process_group() -> tuple[int, bool]:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return local_rank, True
+
+
+def _leave_process_group(*, finished: bool) -> None:
+    """Leave torchrun's process group; after a finished run, only once every rank is done with it.
+
+    gloo runs each collective on its own worker threads (``pt_gloo_runloop``), which
+    ``destroy_process_group`` does not stop (torch 2.11: they live until the process exits). A worker
+    that lets go of a finished collective whose tensor's Python object is already gone must take the
+    GIL; when the interpreter is shutting down by then, the thread is torn out of C++ code and the
+    process aborts with "terminate called without an active exception" (the race pytorch/pytorch#179291
+    describes). A rank that writes no checkpoint reaches its exit milliseconds after the final
+    ``all_gather_object`` of the RNG states, so on a loaded machine rank 1 sometimes lost that race. The
+    barrier holds every rank until all of them have finished all their collectives (gloo's barrier
+    waits for the work in flight), which leaves the workers the time of a round trip through the other
+    ranks to drop them while the interpreter is alive. After a failure no barrier: the other ranks may
+    never come.
+    """
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _first_forward(model: nn.Module, batch: dict[str, Any], task: nn.Module) -> dict[str, Any]:
+    """The run's first forward, whose failure most often means a task and an encoder that do not fit."""
+    try:
+        return model(batch)
+    except (RuntimeError, AttributeError, TypeError, KeyError, ValueError) as err:
+        encoder = type(getattr(task, "encoder", None)).__name__
+        shapes = {k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        raise RuntimeError(f"the first training step failed: task {type(task).__name__} with encoder {encoder} on "
+                           f"a batch of {shapes}: {type(err).__name__}: {err} (do the task, its clips and the "
+                           f"encoder fit together? e.g. a 3-D task needs a video encoder)") from err
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+class RunLog:
+    """Rank 0's record of a run's scalars: TensorBoard events, and the same values as text in the run folder.
+
+    ``RUN/scalars.csv`` holds one ``step,name,value`` row per scalar, ``RUN/scalars.txt`` one line per
+    logging step (``step 10 train/loss 0.6931 ...``): greppable, readable without TensorBoard. Both are
+    appended to, so a resumed run continues them (steps after the last checkpoint appear twice, as in
+    TensorBoard).
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = SummaryWriter(str(out_dir))
+        csv_path = out_dir / "scalars.csv"
+        write_header = not csv_path.exists()
+        self._csv = csv_path.open("a", newline="")
+        self._rows = csv.writer(self._csv)
+        if write_header:
+            self._rows.writerow(["step", "name", "value"])
+        self._text = (out_dir / "scalars.txt").open("a")
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.tensorboard.add_scalar(name, value, step)
+            self._rows.writerow([step, name, f"{float(value):.8g}"])
+        self._text.write(f"step {step} " + " ".join(f"{k} {float(v):.6g}" for k, v in scalars.items()) + "\n")
+        self._csv.flush()
+        self._text.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()
+        self._csv.close()
+        self._text.close()
 
 
 class _StopRequest:
@@ -209,12 +302,20 @@ class Trainer:
         channels_last: channels-last weights and inputs (faster convolutions on recent GPUs).
         eval_every: call ``evaluator`` every this many steps (0: never).
         evaluator: ``(task, step, writer) -> {metric: value}``, on rank 0, with the task in eval mode.
-        best_metric: what ``best.pt`` is best at: "loss" (the smoothed training loss) or a metric key of
+        best_metric: what ``best.pt`` is best at: "auto" (the evaluator's ``best_metric`` attribute when it
+            has one, else the loss), "loss" (the smoothed training loss) or a metric key of
             the evaluator.
-        best_mode: "min" or "max": whether a lower or a higher ``best_metric`` is better.
+        best_mode: "min" or "max": whether a lower or a higher ``best_metric`` is better; "auto": "min" for
+            the loss, the evaluator's ``best_mode`` attribute (else "max") for its metrics.
         progress: show a progress bar (rank 0); otherwise log a line every ``log_every`` steps.
         device: "auto" (CUDA if present, one GPU per local rank), "cpu" or "cuda".
         find_unused_parameters: passed to DDP, for tasks whose step leaves some parameters unused.
+        decay_norm_and_bias: weight decay on biases and normalisation parameters too (off: they are
+            exempt, see ``param_groups``).
+        init_from: a checkpoint whose weights a new run starts from (ignored when ``out_dir`` already
+            holds a run to resume): fine-tuning, or continuing a converted official checkpoint.
+        init_part: what ``init_from`` loads: "model" (the whole task) or "encoder" (the backbone only).
+        init_strict: refuse weights with missing or unexpected keys (off: load what fits, and list the rest).
     """
 
     def __init__(
@@ -236,11 +337,15 @@ class Trainer:
         channels_last: bool = False,
         eval_every: int = 0,
         evaluator: Evaluator | None = None,
-        best_metric: str = "loss",
-        best_mode: str = "min",
+        best_metric: str = "auto",
+        best_mode: str = "auto",
         progress: bool = True,
         device: str = "auto",
         find_unused_parameters: bool = False,
+        decay_norm_and_bias: bool = False,
+        init_from: str | Path | None = None,
+        init_part: str = "model",
+        init_strict: bool = True,
     ) -> None:
         positive = {"max_steps": max_steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every,
                     "log_every": log_every, "accumulate": accumulate}
@@ -253,12 +358,18 @@ class Trainer:
                 raise ValueError(f"trainer.{name} must be >= 0, got {value}")
         if precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if best_metric == "auto":
+            best_metric = getattr(evaluator, "best_metric", "loss") if evaluator is not None else "loss"
+        if best_mode == "auto":
+            best_mode = "min" if best_metric == "loss" else getattr(evaluator, "best_mode", "max")
         if best_mode not in ("min", "max"):
-            raise ValueError(f"trainer.best_mode must be 'min' or 'max', got {best_mode!r}")
+            raise ValueError(f"trainer.best_mode must be 'min', 'max' or 'auto', got {best_mode!r}")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"trainer.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        if init_part not in ("model", "encoder"):
+            raise ValueError(f"trainer.init_part must be 'model' or 'encoder', got {init_part!r}")
         if best_metric != "loss" and evaluator is None:
             raise ValueError(f"trainer.best_metric={best_metric!r} needs an evaluator that reports it")
         self.max_steps = max_steps
@@ -282,16 +393,99 @@ class Trainer:
         self.progress = progress
         self.device = device
         self.find_unused_parameters = find_unused_parameters
+        self.decay_norm_and_bias = decay_norm_and_bias
+        self.init_from = None if init_from in (None, "") else Path(init_from)
+        self.init_part = init_part
+        self.init_strict = init_strict
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
+    def _schedule_settings(self) -> dict[str, Any]:
+        return {"kind": "cosine", "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
+                "min_lr_ratio": self.min_lr_ratio}
+
+    def _report_schedule_change(self, saved: dict[str, Any] | None, step: int) -> None:
+        """Say on the console when a resumed run's LR schedule differs from the one its checkpoint followed.
+
+        The schedule is a function of the step and these settings, so restoring it means restoring the
+        step (done) and following the same settings; when they changed (a longer run, another warmup),
+        the new ones apply from ``step`` on, and the LR jumps: the line gives both multipliers.
+        """
+        now = self._schedule_settings()
+        if saved is None or saved == now:
+            return
+        changes = [f"{key} {saved.get(key)} -> {value}" for key, value in now.items() if saved.get(key) != value]
+        if step >= self.max_steps:
+            log.warning("the resumed run's LR schedule changed (%s)", ", ".join(changes))
+            return
+        old = cosine_schedule(max_steps=saved["max_steps"], warmup_steps=saved["warmup_steps"],
+                              min_ratio=saved["min_lr_ratio"])
+        new = cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps, min_ratio=self.min_lr_ratio)
+        before = old[min(step, len(old) - 1)]
+        log.warning("the resumed run's LR schedule changed (%s): from step %d on the new one applies, the LR "
+                    "multiplier goes from %.4g (the checkpoint's schedule) to %.4g", ", ".join(changes), step,
+                    before, new[step])
+
+    def _load_initial_weights(self, task: nn.Module, config: dict[str, Any] | None, *, quiet: bool) -> None:
+        """Load ``init_from``'s task or encoder weights into ``task``, naming every key that does not fit."""
+        path = self.init_from
+        state = load_checkpoint(path)
+        part = self.init_part
+        if part not in state:
+            raise KeyError(f"trainer.init_from={path} has no {part!r} weights (it holds {sorted(state)}); "
+                           f"{'use trainer.init_part=encoder' if part == 'model' else 'is it a vidssl checkpoint?'}")
+        saved_task = ((state.get("config") or {}).get("task") or {}).get("model") or {}
+        run_task = ((config or {}).get("task") or {}).get("model") or {}
+        if part == "model" and saved_task.get("_target_") and run_task.get("_target_") \
+                and saved_task["_target_"] != run_task["_target_"]:
+            raise ValueError(f"trainer.init_from={path} holds a {saved_task['_target_']} task, this run trains "
+                             f"{run_task['_target_']}: use trainer.init_part=encoder to take its backbone only")
+        target = task if part == "model" else task.encoder
+        weights = state[part]
+        own = target.state_dict()
+        missing = sorted(own.keys() - weights.keys())
+        unexpected = sorted(weights.keys() - own.keys())
+        shapes = sorted(f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own.keys() & weights.keys()
+                        if weights[k].shape != own[k].shape)
+        problems = [f"{name} ({len(keys)}): {', '.join(keys)}" for name, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch, checkpoint vs run", shapes))
+                    if keys]
+        if problems and self.init_strict:
+            raise RuntimeError(f"trainer.init_from={path}: its {part} weights do not fit this run's "
+                               f"{'task' if part == 'model' else 'encoder'}; " + "; ".join(problems)
+                               + " (trainer.init_strict=false loads what fits)")
+        fitting = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
+        target.load_state_dict(fitting, strict=False)
+        if not quiet:
+            log.info("initialised the %s from %s (%d tensors)%s", part, path, len(fitting),
+                     "; not loaded: " + "; ".join(problems) if problems else "")
+
+    def _log_start(self, task: nn.Module, dataset: Dataset, device: torch.device, world: int, step: int) -> None:
+        """The start summary: what is trained, on what, how, and where it goes."""
+        params = sum(p.numel() for p in task.parameters())
+        trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
+        set_aside = len(getattr(dataset, "failures", {}))
+        clips = f"{len(dataset)} clips" + (f" ({set_aside} set aside as unreadable or too short)" if set_aside else "")
+        per_step = self.batch_size * world * self.accumulate
+        log.info("training %s: %s parameters (%s trainable) on %s, precision %s", type(task).__name__,
+                 f"{params:,}", f"{trainable:,}", device, self.precision)
+        log.info("data: %s; batch %d per process x %d process(es) x %d accumulated = %d clips per step",
+                 clips, self.batch_size, world, self.accumulate, per_step)
+        log.info("steps %d -> %d (warmup %d, cosine to %g x LR); weight decay on %s", step, self.max_steps,
+                 self.warmup_steps, self.min_lr_ratio,
+                 "every parameter" if self.decay_norm_and_bias else "weights only (not biases/norms)")
+        log.info("checkpoints: %s (every %d steps; best.pt by %s, %s is better); scalars: %s/scalars.{csv,txt}",
+                 self.checkpoint_dir, self.checkpoint_every,
+                 "the smoothed training loss" if self.best_metric == "loss" else f"the evaluator's {self.best_metric}",
+                 "lower" if self.best_mode == "min" else "higher", self.out_dir)
+
     def fit(
         self,
         task: nn.Module,
         dataset: Dataset,
-        optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        optimizer_factory: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
         *,
         config: dict[str, Any] | None = None,
         collate_fn: Callable[[Sequence[Any]], Any] = default_collate,
@@ -301,7 +495,7 @@ class Trainer:
         Args:
             task: the method (``forward(batch) -> {"loss", ...}``, ``encoder``).
             dataset: map-style dataset of sample dicts (``set_epoch`` is called if it exists).
-            optimizer_factory: trainable parameters → optimiser (a Hydra partial of AdamW/SGD).
+            optimizer_factory: parameter groups (``param_groups``) → optimiser (a Hydra partial of AdamW/SGD).
             config: the resolved run config, stored in every checkpoint and as ``config.yaml``.
             collate_fn: list of samples → batch.
         Outputs:
@@ -310,11 +504,14 @@ class Trainer:
             FloatingPointError: the loss became NaN/inf; nothing is saved for that step.
         """
         local_rank, joined = _join_process_group()
+        finished = False
         try:
-            return self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank)
+            summary = self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank)
+            finished = True
+            return summary
         finally:
             if joined:
-                dist.destroy_process_group()
+                _leave_process_group(finished=finished)
 
     def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank) -> dict[str, Any]:
         rank, world = distributed.rank(), distributed.world_size()
@@ -331,7 +528,7 @@ class Trainer:
         task.to(device)
         if self.channels_last:
             to_channels_last(task)
-        optimizer = optimizer_factory([p for p in task.parameters() if p.requires_grad])
+        optimizer = optimizer_factory(param_groups(task, decay_norm_and_bias=self.decay_norm_and_bias))
         for group in optimizer.param_groups:
             # The schedule multiplies the base LR; keep it in the group so it travels with the state.
             group.setdefault("initial_lr", group["lr"])
@@ -363,7 +560,12 @@ class Trainer:
                 task.load_state_dict(state["model"])
             except RuntimeError as err:
                 raise RuntimeError(f"{last} holds a different model than this run's config: {err}") from err
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError as err:
+                raise ValueError(f"{last}: its optimiser state does not fit this run's parameter groups ({err}); "
+                                 "resume with the same optimiser and trainer.decay_norm_and_bias, or start a "
+                                 "new trainer.out_dir") from err
             scaler.load_state_dict(state["scaler"])
             step = state["step"]
             epoch = state["sampler"]["epoch"]
@@ -379,9 +581,14 @@ class Trainer:
             smoothed_loss = state.get("smoothed_loss")
             if is_main:
                 log.info("resuming from %s at step %d (epoch %d, batch %d)", last, step, epoch, position)
+                self._report_schedule_change(state.get("scheduler"), step)
         else:
             seed_everything(self.seed + rank)
+            if self.init_from is not None:
+                self._load_initial_weights(task, config, quiet=not is_main)
         if step >= self.max_steps:
+            if is_main:
+                log.info("already finished at step %d: nothing to do (raise trainer.max_steps to continue)", step)
             return {"step": step, "loss": smoothed_loss, "best": best, "interrupted": False,
                     "checkpoint": str(last)}
 
@@ -397,8 +604,7 @@ class Trainer:
                 "model": task.state_dict(),
                 "encoder": task.encoder.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": {"kind": "cosine", "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
-                              "min_lr_ratio": self.min_lr_ratio},
+                "scheduler": self._schedule_settings(),
                 "scaler": scaler.state_dict(),
                 "step": step,
                 "rng": rngs,
@@ -419,7 +625,8 @@ class Trainer:
                 return True
             return value < best["value"] if self.best_mode == "min" else value > best["value"]
 
-        writer = SummaryWriter(str(self.out_dir)) if is_main else None
+        run_log = RunLog(self.out_dir) if is_main else None
+        writer = run_log.tensorboard if run_log is not None else None
         if is_main and config is not None:
             from omegaconf import OmegaConf
 
@@ -444,11 +651,16 @@ class Trainer:
                     yield batch
                 epoch, position = epoch + 1, 0
 
+        if is_main:
+            self._log_start(task, dataset, device, world, step)
+        started = time.perf_counter()
+
         # ---- the loop --------------------------------------------------------------------------------
         data = batches()
         bar = tqdm(total=self.max_steps, initial=step, disable=not (self.progress and is_main),
                    dynamic_ncols=True, unit="step")
         interrupted = False
+        first_step = True
         log_keys: list[str] | None = None
         clips_since_log, time_of_log = 0, time.perf_counter()
         try:
@@ -469,11 +681,12 @@ class Trainer:
                         sync = nullcontext() if world == 1 or last_micro else model.no_sync()
                         with sync:
                             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                                out = model(batch)
+                                out = _first_forward(model, batch, task) if first_step else model(batch)
                             scaler.scale(out["loss"] / self.accumulate).backward()
                         for key, value in out.items():
                             value = torch.as_tensor(value, device=device).detach().float()
                             totals[key] = totals.get(key, 0) + value / self.accumulate
+                    first_step = False
                     if log_keys is None:
                         log_keys = sorted(totals)
 
@@ -510,17 +723,16 @@ class Trainer:
                         now = time.perf_counter()
                         clips_per_sec = clips_since_log / max(now - time_of_log, 1e-9)
                         clips_since_log, time_of_log = 0, now
-                        if writer is not None:
-                            for key, value in values.items():
-                                writer.add_scalar(f"train/{key}", value, step)
-                            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                            writer.add_scalar("train/clips_per_sec", clips_per_sec, step)
-                            writer.add_scalar("train/epoch", epoch, step)
+                        if run_log is not None:
+                            scalars = {f"train/{key}": value for key, value in values.items()}
+                            scalars.update({"train/lr": optimizer.param_groups[0]["lr"],
+                                            "train/clips_per_sec": clips_per_sec, "train/epoch": epoch})
                             if skipped:
-                                writer.add_scalar("train/skipped_videos", skipped, step)
+                                scalars["train/skipped_videos"] = skipped
+                            run_log.write(step, scalars)
                         bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{clips_per_sec:.1f}")
-                        if is_main and not self.progress:
-                            log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.max_steps,
+                        if is_main:
+                            step_log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.max_steps,
                                      values["loss"], optimizer.param_groups[0]["lr"], clips_per_sec)
 
                     # ---- evaluation and checkpoints -----------------------------------------------------
@@ -530,9 +742,8 @@ class Trainer:
                             task.eval()
                             metrics = self.evaluator(task, step, writer)
                             task.train()
-                            for key, value in metrics.items():
-                                if writer is not None:
-                                    writer.add_scalar(f"eval/{key}", value, step)
+                            run_log.write(step, {f"eval/{key}": value for key, value in metrics.items()})
+                            log.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
                             if self.best_metric in metrics and improves(metrics[self.best_metric]):
                                 best["value"] = float(metrics[self.best_metric])
                                 new_best = True
@@ -554,7 +765,13 @@ class Trainer:
         finally:
             data.close()  # shuts the loader's workers down
             bar.close()
-            if writer is not None:
-                writer.close()
+            if run_log is not None:
+                run_log.close()
+        if is_main and not interrupted:
+            best_file = self.checkpoint_dir / "best.pt"
+            log.info("finished at step %d in %s: loss %.4g (smoothed); last: %s; best (%s %s): %s", step,
+                     _duration(time.perf_counter() - started), smoothed_loss, last, best["metric"],
+                     "none yet" if best["value"] is None else f"{best['value']:.4g}",
+                     best_file if best_file.exists() else "not written")
         return {"step": step, "loss": smoothed_loss, "best": best, "interrupted": interrupted,
                 "checkpoint": str(last)}

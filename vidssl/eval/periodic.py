@@ -47,6 +47,10 @@ class PropagationEvaluator:
       ``overlay_frames`` frames side by side with the propagated masks drawn over them.
     """
 
+    # What the trainer's best.pt is best at when trainer.best_metric is left at "auto".
+    best_metric = "J&F-Mean"
+    best_mode = "max"
+
     def __init__(
         self,
         davis_root: str | Path,
