@@ -121,20 +121,14 @@ def _int_field(row: dict[str, str], column: str, path: Path, line: int) -> int |
 def _manifest_labels(path: Path) -> dict[str, int | None]:
     """Ground truth by path. Labels are read as ``dataset=csv`` reads them: all integers (kept; -1 or
     empty: unlabelled), or else class names (each name one class; empty: unlabelled)."""
+    from vidssl.datasets.formats import _is_int  # the same integer test as dataset=csv
+
     rows = _read_csv(path, ["path", "label"])
     texts = {row["path"]: (row.get("label") or "").strip() for row in rows}
     if all(_is_int(t) for t in texts.values() if t):
         return {p: int(t) if t else None for p, t in texts.items()}
     names = {name: i for i, name in enumerate(sorted({t for t in texts.values() if t}))}
     return {p: names[t] if t else None for p, t in texts.items()}
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 def evaluate_labels(
