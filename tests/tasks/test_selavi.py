@@ -342,3 +342,21 @@ def test_ddp_relabelling_matches_single_process(tmp_path) -> None:
         got = torch.load(f"{out}.{rank}", weights_only=True)
         assert torch.equal(got["labels"], single.table.labels)  # every rank holds every rank's labels
         assert torch.allclose(got["audio_w"], single.heads["audio"][0][-1].weight)  # same alignment
+
+
+def test_the_engine_drives_the_relabelling_schedule(tmp_path) -> None:
+    """Trainer.fit calls on_train_step_start with a loader over the training dataset: the first
+    relabelling runs before step 1, the others on schedule, and a resumed run continues the schedule."""
+    from vidssl.engine import Trainer
+
+    data = clips(16)
+    task = make_task(num_relabels=3, align_modalities=False)
+    trainer = Trainer(max_steps=6, batch_size=8, out_dir=tmp_path, num_workers=0, progress=False, device="cpu",
+                      checkpoint_every=3)
+    trainer.fit(task, data, functools.partial(torch.optim.SGD, lr=0.01))
+    assert task.relabels_done == 3  # at steps 0, 1.9 -> 2, 3.8 -> 4 of 6
+    assert task.table.labels.shape == (2, 16) and bool((task.table.labels >= 0).all())
+    resumed = make_task(num_relabels=3, align_modalities=False)
+    Trainer(max_steps=6, batch_size=8, out_dir=tmp_path, num_workers=0, progress=False, device="cpu").fit(
+        resumed, data, functools.partial(torch.optim.SGD, lr=0.01))
+    assert resumed.relabels_done == 3 and torch.equal(resumed.table.labels, task.table.labels)

@@ -74,9 +74,14 @@ def warm_up_batchnorm(
     generator = torch.Generator().manual_seed(seed + distributed.rank())
     done = 0
     while done < batches:
-        for batch in make_loader(shuffle=True, generator=generator):
+        # Whole batches only: batch norm cannot take a batch of one clip in train mode.
+        before = done
+        for batch in make_loader(shuffle=True, generator=generator, drop_last=True):
             forward(_to(batch, device))
             done += 1
             if done == batches:
                 break
+        if done == before:
+            raise ValueError("SeLaVi: the dataset holds fewer clips than one training batch; the batch-norm "
+                             "warm-up needs at least one (or set bn_warmup_batches=0)")
     module.train(was_training)
