@@ -222,11 +222,11 @@ def encoder_features(
         return [(f,) for f in features]
 
     found = _each_clip(dataset, compute, batch_size=batch_size, num_workers=num_workers, device=device)
-    paths = [e.path for i, e in enumerate(dataset.entries) if i in found]
-    if not paths:
-        raise ValueError(f"no clip of {dataset.root} could be decoded: {dict(list(_missing(dataset, found).items())[:5])}")
-    features = torch.stack([found[i][0] for i, _ in enumerate(dataset.entries) if i in found])
-    return paths, features, _missing(dataset, found)
+    skipped = _missing(dataset, found)
+    if not found:
+        raise ValueError(f"no clip of {dataset.root} could be decoded: {dict(list(skipped.items())[:5])}")
+    kept = [i for i in range(len(dataset.entries)) if i in found]
+    return [dataset.entries[i].path for i in kept], torch.stack([found[i][0] for i in kept]), skipped
 
 
 def balanced_kmeans(

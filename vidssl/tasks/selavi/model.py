@@ -49,7 +49,8 @@ class SeLaVi(nn.Module):
         fusion: "split" (heads per modality, one shared label) or "concat" (heads on the concatenated
             features).
         align_modalities: permute the audio heads' clusters to the video heads' before the first
-            labelling (split fusion with audio only).
+            labelling; None: whenever there are audio heads (split fusion with audio); true without
+            them is an error.
         epsilon: Sinkhorn's entropic regularisation on the mean log-probabilities (λ = 1/ε; SeLaVi's 20).
         labels: "scheduled" — hard labels per clip, recomputed by an eval-mode pass over the whole
             dataset at the ``num_relabels`` steps of ``relabel_steps`` (the first at step 0), Sinkhorn run
@@ -78,7 +79,7 @@ class SeLaVi(nn.Module):
         head_hidden: int = 512,
         head_dropout: float = 0.3,
         fusion: str = "split",
-        align_modalities: bool = True,
+        align_modalities: bool | None = None,
         epsilon: float = 0.05,
         labels: str = "scheduled",
         num_relabels: int | None = None,
@@ -107,7 +108,10 @@ class SeLaVi(nn.Module):
                 raise ValueError(f"SeLaVi: {name} must be one of {allowed}, got {value!r}")
         if fusion == "concat" and audio_encoder is None:
             raise ValueError("SeLaVi: fusion='concat' needs an audio_encoder")
-        if align_modalities and (audio_encoder is None or fusion == "concat"):
+        has_audio_heads = audio_encoder is not None and fusion == "split"
+        if align_modalities is None:
+            align_modalities = has_audio_heads
+        if align_modalities and not has_audio_heads:
             raise ValueError("SeLaVi: align_modalities=true needs an audio_encoder and fusion='split' (there are "
                              "no audio heads to align otherwise); set align_modalities=false")
         self.encoder = encoder
@@ -116,7 +120,7 @@ class SeLaVi(nn.Module):
         self.fusion = fusion
         self.align_modalities = align_modalities
         self.epsilon = epsilon
-        self.labels = labels
+        self.label_mode = labels
         self.marginal = marginal
 
         widths = {"video": encoder.out_channels}
@@ -187,7 +191,7 @@ class SeLaVi(nn.Module):
         return codes
 
     def _sinkhorn_setting(self) -> dict[str, Any]:
-        if self.labels == "scheduled":
+        if self.label_mode == "scheduled":
             return {"tolerance": self.options["sinkhorn_tolerance"],
                     "max_iterations": self.options["sinkhorn_max_iterations"]}
         return {"iterations": self.options["sinkhorn_iterations"]}
@@ -196,7 +200,7 @@ class SeLaVi(nn.Module):
 
     def on_train_step_start(self, step: int, max_steps: int, make_loader: MakeLoader) -> None:
         """Relabel the dataset when the schedule says so (``step`` optimiser steps are done)."""
-        if self.labels != "scheduled":
+        if self.label_mode != "scheduled":
             return
         points = relabel_steps(max_steps, self.options["num_relabels"], self.options["schedule_power"])
         if self.relabels_done >= len(points) or step < points[self.relabels_done]:
@@ -250,7 +254,7 @@ class SeLaVi(nn.Module):
         logits = self.head_logits(features)
         indices = batch["index"].to(features["video" if "video" in features else "joint"].device).long()
         with torch.no_grad():
-            if self.labels == "scheduled":
+            if self.label_mode == "scheduled":
                 targets = self._stored_targets(indices)
             else:
                 targets = self._online_targets(features, logits)
@@ -262,7 +266,7 @@ class SeLaVi(nn.Module):
             out["entropy"] = normalised_entropy(combined_scores(logits)[0])
             if "audio" in logits:
                 out["agreement"] = (logits["video"][0].argmax(1) == logits["audio"][0].argmax(1)).float().mean()
-            if self.labels == "scheduled":
+            if self.label_mode == "scheduled":
                 device = out["loss"].device
                 out["label_changes"] = torch.tensor(self.last_label_changes, device=device)
                 out["sinkhorn_iterations"] = torch.tensor(float(self.last_sinkhorn_iterations), device=device)
@@ -352,6 +356,7 @@ def _mode_options(labels: str, given: dict[str, Any]) -> dict[str, Any]:
     mine, other = (SCHEDULED_ONLY, ONLINE_ONLY) if labels == "scheduled" else (ONLINE_ONLY, SCHEDULED_ONLY)
     stray = sorted(k for k in other if given.get(k) is not None)
     if stray:
-        raise ValueError(f"SeLaVi: {', '.join(stray)} only apply to labels={'online' if labels == 'scheduled' else 'scheduled'!r}, "
-                         f"not labels={labels!r}; remove them (or set them to null)")
+        owner = "online" if labels == "scheduled" else "scheduled"
+        raise ValueError(f"SeLaVi: {', '.join(stray)} only apply to labels={owner!r}, not labels={labels!r}; "
+                         "remove them (or set them to null)")
     return {k: default if given.get(k) is None else given[k] for k, default in mine.items()}
