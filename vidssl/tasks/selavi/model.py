@@ -207,7 +207,7 @@ class SeLaVi(nn.Module):
             return
         if self.relabels_done == 0 and step == 0:
             warm_up_batchnorm(self, lambda b: self.head_logits(self.embed(b)), make_loader,
-                              batches=self.options["bn_warmup_batches"], device=self._device(), seed=step)
+                              batches=self.options["bn_warmup_batches"], device=self._device(), seed=0)
         self.relabel(make_loader)
         self.relabels_done += 1
         log.info("SeLaVi relabelling %d/%d at step %d: %d Sinkhorn iterations (head 0), %.1f%% of labels changed",
@@ -252,7 +252,7 @@ class SeLaVi(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         features = self.embed(batch)
         logits = self.head_logits(features)
-        indices = batch["index"].to(features["video" if "video" in features else "joint"].device).long()
+        indices = batch["index"].to(next(iter(features.values())).device).long()
         with torch.no_grad():
             if self.label_mode == "scheduled":
                 targets = self._stored_targets(indices)
