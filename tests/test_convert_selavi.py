@@ -65,3 +65,20 @@ def test_not_an_avmodel_is_named(tmp_path: Path) -> None:
     torch.save({"model": {"module.backbone.weight": torch.zeros(2)}}, path)
     with pytest.raises(ValueError, match="video_network"):
         convert_checkpoint("selavi", path, tmp_path / "out.pt")
+
+
+def test_linear_single_head_checkpoints_map_to_linear_heads() -> None:
+    """use_mlp=False, headcount=1: ``mlp_v`` / ``mlp_a`` are Linear layers (with bias)."""
+    from vidssl.convert.selavi import _heads
+    from vidssl.tasks.selavi.heads import cluster_head
+
+    weights = {"mlp_v.weight": torch.randn(5, 512), "mlp_v.bias": torch.randn(5),
+               "mlp_a.weight": torch.randn(5, 512), "mlp_a.bias": torch.randn(5)}
+    heads, num_clusters, hidden = _heads(weights)
+    assert (num_clusters, hidden) == ([5], 0)
+    head = cluster_head(512, 5, hidden=hidden)
+    head.load_state_dict({k.removeprefix("heads.video.0."): v for k, v in heads.items() if ".video." in k})
+    x = torch.randn(3, 512)
+    torch.testing.assert_close(head(x), x @ weights["mlp_v.weight"].T + weights["mlp_v.bias"])
+    with pytest.raises(ValueError, match="mlp_a"):
+        _heads({"mlp_v0.weight": torch.randn(5, 512), "mlp_v0.bias": torch.randn(5)})
