@@ -300,6 +300,8 @@ def test_contradictory_options_are_named() -> None:
     # unset: aligned exactly when there are audio heads
     assert make_task().align_modalities and not make_task(audio_encoder=None).align_modalities
     assert not make_task(fusion="concat").align_modalities
+    with pytest.raises(ValueError, match="marginal_std"):
+        make_task(marginal_std=0.2)  # the uniform marginal has no spread
     with pytest.raises(ValueError, match="labels"):
         make_task(labels="sometimes")
     with pytest.raises(ValueError, match="num_clusters"):

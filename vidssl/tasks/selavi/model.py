@@ -59,8 +59,8 @@ class SeLaVi(nn.Module):
             from the batch (plus a queue of ``queue_size`` clips once ``queue_after`` steps are done),
             ``sinkhorn_iterations`` iterations, ``targets`` "soft" or "hard". Options of the other mode
             must stay unset (None).
-        marginal: "uniform" (equipartition) or "gaussian" (cluster sizes ∝ N(1, marginal_std), one
-            draw per head from ``seed``, given to clusters in the order of their current mass).
+        marginal: "uniform" (equipartition) or "gaussian" (cluster sizes ∝ N(1, marginal_std), default
+            0.1, one draw per head from ``seed``, given to clusters in the order of their current mass).
 
     ``forward(batch)`` reads ``batch["video"]``, ``batch["audio"]`` (with an audio encoder) and
     ``batch["index"]``, and returns ``loss`` (cross-entropy of every head of every modality to the shared
@@ -93,7 +93,7 @@ class SeLaVi(nn.Module):
         queue_size: int | None = None,
         queue_after: int | None = None,
         marginal: str = "uniform",
-        marginal_std: float = 0.1,
+        marginal_std: float | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -106,6 +106,8 @@ class SeLaVi(nn.Module):
                                      ("targets", self.options.get("targets", "soft"), TARGETS)):
             if value not in allowed:
                 raise ValueError(f"SeLaVi: {name} must be one of {allowed}, got {value!r}")
+        if marginal_std is not None and marginal != "gaussian":
+            raise ValueError(f"SeLaVi: marginal_std applies to marginal='gaussian', not {marginal!r}; remove it")
         if fusion == "concat" and audio_encoder is None:
             raise ValueError("SeLaVi: fusion='concat' needs an audio_encoder")
         has_audio_heads = audio_encoder is not None and fusion == "split"
@@ -133,7 +135,8 @@ class SeLaVi(nn.Module):
             for s, d in widths.items()
         })
         generator = torch.Generator().manual_seed(seed)
-        self.marginals = [gaussian_marginal(k, marginal_std, generator) if marginal == "gaussian" else None
+        std = 0.1 if marginal_std is None else marginal_std
+        self.marginals = [gaussian_marginal(k, std, generator) if marginal == "gaussian" else None
                           for k in num_clusters]
         self.table = LabelTable(len(num_clusters)) if labels == "scheduled" else None
         queue_size = self.options.get("queue_size", 0)
