@@ -210,7 +210,8 @@ def test_online_codes_each_step() -> None:
     # soft codes of 3 Sinkhorn iterations on the batch; recomputed in eval mode (no dropout)
     task.eval()
     out = task(b)
-    logits = task.head_logits(task.embed(b))
+    with torch.no_grad():
+        logits = task.head_logits(task.embed(b))
     codes = [sinkhorn_knopp(s, 0.05, 3) for s in task.combined_scores(logits)]
     expected = sum(-(codes[h] * F.log_softmax(logits["video"][h], 1)).sum(1).mean() for h in range(2)) / 2
     assert float(out["loss_video"]) == pytest.approx(float(expected), rel=1e-5)
