@@ -12,7 +12,8 @@ heads are scored the same way (``modalities=[audio]`` / ``[video]``).
 Measured on this 2-core machine, 40 steps of batch 16 at encoder width 16 (the test's settings, the task's
 defaults: MLP heads, 5 relabellings, Sinkhorn to SeLaVi's tolerance): NMI trained / random init —
 audio-visual 0.827 / 0.294, audio heads 0.854 / 0.660, video heads 0.163 / 0.196 (the video heads need
-far longer than this budget: reported, not asserted); training 154 s, the whole test 303 s under load.
+far longer than this budget: reported, not asserted); training 106-154 s, the whole test 220-303 s under
+load (two runs, the same figures).
 Other schedules, same settings, on a corpus from `tools/make_synthetic.py`: 10 relabellings 0.568, 20
 relabellings 0.678 (random init 0.294). The bar, +0.2 over random init, is under every margin measured.
 
