@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidssl import distributed
 from vidssl.encoders import pool
 from vidssl.tasks.selavi.heads import cluster_head, combined_scores, stream_losses
 from vidssl.tasks.selavi.labelling import (
@@ -213,9 +214,10 @@ class SeLaVi(nn.Module):
                               batches=self.options["bn_warmup_batches"], device=self._device(), seed=0)
         self.relabel(make_loader)
         self.relabels_done += 1
-        log.info("SeLaVi relabelling %d/%d at step %d: %d Sinkhorn iterations (head 0), %.1f%% of labels changed",
-                 self.relabels_done, len(points), step, self.last_sinkhorn_iterations,
-                 100 * self.last_label_changes)
+        if distributed.rank() == 0:
+            log.info("SeLaVi relabelling %d/%d at step %d: %d Sinkhorn iterations (head 0), %.1f%% of labels "
+                     "changed", self.relabels_done, len(points), step, self.last_sinkhorn_iterations,
+                     100 * self.last_label_changes)
 
     @torch.no_grad()
     def relabel(self, make_loader: MakeLoader) -> None:
