@@ -7,13 +7,15 @@
 
 Encoders get random clips ``B×3×frames×size×size`` and the loss ``mean(pool(features)²)``. A task gets a
 batch cut by its own ``data`` config (its sampler and transform applied to random uint8 frames, audio to
-random waveforms), then runs forward, backward, an AdamW step and its ``on_train_step_end``.
+random waveforms), then runs forward, backward, an AdamW step and its ``on_train_step_end`` (its
+``on_train_step_start``, if any, runs once before the timed steps, with a loader of that one batch).
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the growth of the process's
 resident memory during the timed steps (sampled every 2 ms).
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import threading
 import time
@@ -26,7 +28,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from vidssl.encoders import pool
 from vidssl.engine import PRECISIONS, move_batch, to_channels_last
@@ -139,6 +141,10 @@ def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dtype = PRECISIONS[precision]
     hook = getattr(model, "on_train_step_end", None) if task is not None else None
+    start = getattr(model, "on_train_step_start", None) if task is not None else None
+    if start is not None:  # untimed, before the steps: e.g. SeLaVi's first relabelling, over this batch
+        rows = [{k: v[i] for k, v in batch.items() if torch.is_tensor(v)} for i in range(len(batch["video"]))]
+        start(0, 1, functools.partial(DataLoader, rows, batch_size=len(rows)))
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext():
