@@ -101,7 +101,10 @@ def test_resume_line_once_schedule_change_and_already_finished(tmp_path, caplog)
     changed = [m for m in messages(caplog) if "LR schedule changed" in m]
     assert len(changed) == 1 and "max_steps 4 -> 6" in changed[0] and "from step 4 on" in changed[0]
     caplog.clear()
-    assert trainer(tmp_path, max_steps=6).fit(Task(), Data(), sgd)["step"] == 6
+    faster = lambda groups: torch.optim.SGD(groups, lr=0.5, weight_decay=0.1)  # noqa: E731
+    assert trainer(tmp_path, max_steps=6).fit(Task(), Data(), faster)["step"] == 6
+    kept = [m for m in messages(caplog) if "was trained at base LR 0.05, the optimiser config says 0.5" in m]
+    assert len(kept) == 1 and "the checkpoint's is kept" in kept[0]
     assert "already finished at step 6: nothing to do (raise trainer.max_steps to continue)" in messages(caplog)
     assert not [m for m in messages(caplog) if "LR schedule changed" in m]  # the same schedule: no line
 

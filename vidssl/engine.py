@@ -563,12 +563,18 @@ class Trainer:
                 task.load_state_dict(state["model"])
             except RuntimeError as err:
                 raise RuntimeError(f"{last} holds a different model than this run's config: {err}") from err
+            configured_lr = [group["initial_lr"] for group in optimizer.param_groups]
             try:
                 optimizer.load_state_dict(state["optimizer"])
             except ValueError as err:
                 raise ValueError(f"{last}: its optimiser state does not fit this run's parameter groups ({err}); "
                                  "resume with the same optimiser and trainer.decay_norm_and_bias, or start a "
                                  "new trainer.out_dir") from err
+            restored_lr = [group["initial_lr"] for group in optimizer.param_groups]
+            if is_main and restored_lr != configured_lr:
+                log.warning("%s was trained at base LR %s, the optimiser config says %s: the checkpoint's is kept "
+                            "(start a new trainer.out_dir, or trainer.init_from=%s, to train at another LR)",
+                            last, restored_lr[0], configured_lr[0], last)
             scaler.load_state_dict(state["scaler"])
             step = state["step"]
             epoch = state["sampler"]["epoch"]
@@ -669,6 +675,7 @@ class Trainer:
         first_step = True
         log_keys: list[str] | None = None
         clips_since_log, time_of_log = 0, time.perf_counter()
+        skipped_total = 0  # bad files this rank met and replaced
         try:
             with _StopRequest() as stop:
                 while step < self.max_steps:
@@ -695,6 +702,7 @@ class Trainer:
                             value = torch.as_tensor(value, device=device).detach().float()
                             totals[key] = totals.get(key, 0) + value / self.accumulate
                     first_step = False
+                    skipped_total += skipped
                     if log_keys is None:
                         log_keys = sorted(totals)
 
@@ -777,9 +785,10 @@ class Trainer:
                 run_log.close()
         if is_main and not interrupted:
             best_file = self.checkpoint_dir / "best.pt"
-            log.info("finished at step %d in %s: loss %.4g (smoothed); last: %s; best (%s %s): %s", step,
+            log.info("finished at step %d in %s: loss %.4g (smoothed); last: %s; best (%s %s): %s%s", step,
                      _duration(time.perf_counter() - started), smoothed_loss, last, best["metric"],
                      "none yet" if best["value"] is None else f"{best['value']:.4g}",
-                     best_file if best_file.exists() else "not written")
+                     best_file if best_file.exists() else "not written",
+                     f"; {skipped_total} unreadable clips replaced (rank 0)" if skipped_total else "")
         return {"step": step, "loss": smoothed_loss, "best": best, "interrupted": interrupted,
                 "checkpoint": str(last)}
