@@ -4,9 +4,11 @@ A task is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, .
 an ``encoder`` attribute and optionally ``on_train_step_end(step, max_steps)`` (momentum updates, queue
 refresh) and ``on_train_step_start(step, max_steps, make_loader)`` (before each step; ``make_loader(**kw)``
 is a ``DataLoader`` over the training dataset with the trainer's collate, workers and batch size, any of
-them overridable: SeLaVi's passes over the whole dataset to relabel it). ``Trainer.fit`` does the rest: optimiser, per-step cosine LR schedule with warmup, bf16/fp16
-autocast, gradient clipping and accumulation, DDP, atomic checkpoints with exact resume, TensorBoard
-scalars and a progress bar.
+them overridable: SeLaVi's passes over the whole dataset to relabel it). ``Trainer.fit`` does the
+rest: optimiser (biases and norm parameters without weight decay, see ``param_groups``), per-step
+cosine LR schedule with warmup, bf16/fp16 autocast, gradient clipping and accumulation, DDP, atomic
+checkpoints with exact resume, a start summary and an end line, every scalar in TensorBoard and in
+``RUN/scalars.{csv,txt}``, and a progress bar.
 
 Resume: if ``out_dir/checkpoints/last.pt`` exists, ``fit`` continues from it — model, optimiser, scaler,
 every RNG of every rank, the step, and the sampler's (epoch, position). Each sample's randomness lives
