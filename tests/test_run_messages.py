@@ -122,6 +122,8 @@ def test_best_checkpoint_follows_the_evaluators_metric(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     run = trainer(tmp_path, evaluator=Evaluator(), eval_every=1, checkpoint_every=10)
     assert (run.best_metric, run.best_mode) == ("score", "max")
+    never_evaluated = trainer(tmp_path, evaluator=Evaluator())  # eval_every=0: best.pt by the loss
+    assert (never_evaluated.best_metric, never_evaluated.best_mode) == ("loss", "min")
     summary = run.fit(Task(), Data(), sgd)
     assert summary["best"] == {"metric": "score", "value": 0.9}
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
@@ -142,6 +144,10 @@ def test_init_from_loads_model_or_encoder_and_names_keys_that_do_not_fit(tmp_pat
     task = Task()
     trainer(tmp_path / "model", max_steps=1, init_from=str(ckpt)).fit(task, Data(), sgd)
     assert any(m.startswith(f"initialised the model from {ckpt} (6 tensors)") for m in messages(caplog))
+    caplog.clear()
+    trainer(tmp_path / "model", max_steps=2, init_from=str(ckpt)).fit(Task(), Data(), sgd)  # resumes instead
+    assert f"trainer.init_from={ckpt} is not used: the run resumes from its own last.pt" in messages(caplog)
+    assert not any(m.startswith("initialised") for m in messages(caplog))
 
     class Wider(Task):
         def __init__(self) -> None:

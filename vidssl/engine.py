@@ -308,7 +308,7 @@ class Trainer:
         eval_every: call ``evaluator`` every this many steps (0: never).
         evaluator: ``(task, step, writer) -> {metric: value}``, on rank 0, with the task in eval mode.
         best_metric: what ``best.pt`` is best at: "auto" (the evaluator's ``best_metric`` attribute when it
-            has one, else the loss), "loss" (the smoothed training loss) or a metric key of
+            has one and ``eval_every`` > 0, else the loss), "loss" (the smoothed training loss) or a metric key of
             the evaluator.
         best_mode: "min" or "max": whether a lower or a higher ``best_metric`` is better; "auto": "min" for
             the loss, the evaluator's ``best_mode`` attribute (else "max") for its metrics.
@@ -363,8 +363,8 @@ class Trainer:
                 raise ValueError(f"trainer.{name} must be >= 0, got {value}")
         if precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if best_metric == "auto":
-            best_metric = getattr(evaluator, "best_metric", "loss") if evaluator is not None else "loss"
+        if best_metric == "auto":  # the evaluator's metric only when it runs
+            best_metric = getattr(evaluator, "best_metric", "loss") if evaluator is not None and eval_every else "loss"
         if best_mode == "auto":
             best_mode = "min" if best_metric == "loss" else getattr(evaluator, "best_mode", "max")
         if best_mode not in ("min", "max"):
@@ -592,6 +592,8 @@ class Trainer:
             smoothed_loss = state.get("smoothed_loss")
             if is_main:
                 log.info("resuming from %s at step %d (epoch %d, batch %d)", last, step, epoch, position)
+                if self.init_from is not None:
+                    log.info("trainer.init_from=%s is not used: the run resumes from its own last.pt", self.init_from)
                 self._report_schedule_change(state.get("scheduler"), step)
         else:
             seed_everything(self.seed + rank)
