@@ -214,6 +214,8 @@ def _first_forward(model: nn.Module, batch: dict[str, Any], task: nn.Module) -> 
     """The run's first forward, whose failure most often means a task and an encoder that do not fit."""
     try:
         return model(batch)
+    except torch.OutOfMemoryError:
+        raise  # a batch too large, not a mismatch
     except (RuntimeError, AttributeError, TypeError, KeyError, ValueError) as err:
         encoder = type(getattr(task, "encoder", None)).__name__
         shapes = {k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
