@@ -191,23 +191,48 @@ def _join_process_group() -> tuple[int, bool]:
 
 
 def _leave_process_group(*, finished: bool) -> None:
-    """Leave torchrun's process group; after a finished run, only once every rank is done with it.
+    """Leave torchrun's process group once gloo's worker threads have let go of every collective.
 
-    gloo runs each collective on its own worker threads (``pt_gloo_runloop``), which
-    ``destroy_process_group`` does not stop (torch 2.11: they live until the process exits). A worker
-    that lets go of a finished collective whose tensor's Python object is already gone must take the
-    GIL; when the interpreter is shutting down by then, the thread is torn out of C++ code and the
-    process aborts with "terminate called without an active exception" (the race pytorch/pytorch#179291
-    describes). A rank that writes no checkpoint reaches its exit milliseconds after the final
-    ``all_gather_object`` of the RNG states, so on a loaded machine rank 1 sometimes lost that race. The
-    barrier holds every rank until all of them have finished all their collectives (gloo's barrier
-    waits for the work in flight), which leaves the workers the time of a round trip through the other
-    ranks to drop them while the interpreter is alive. After a failure no barrier: the other ranks may
-    never come.
+    gloo runs each collective on its own worker threads (``pt_gloo_runloop``), and a run's process group
+    outlives ``destroy_process_group`` (DDP keeps a reference; torch 2.11 joins the threads only when the
+    group is freed). A worker that lets go of a finished collective whose tensor's Python object is
+    already gone must take the GIL; if the interpreter is shutting down by then, the thread is torn out
+    of C++ code and the process aborts with "terminate called without an active exception" (the race
+    pytorch/pytorch#179291 describes). Rank 1, which writes no checkpoint, exits right after the last
+    collective, so on a loaded machine it sometimes lost that race; starving its worker threads (nice
+    19, one core shared with a busy process) made it lose 4 runs in 6. The barrier (after a finished
+    run; after a failure the other ranks may never come) lets every rank finish its collectives; then
+    this process waits until its workers sleep.
     """
     if finished:
         dist.barrier()
+    _wait_for_idle_gloo_workers()
     dist.destroy_process_group()
+
+
+def _wait_for_idle_gloo_workers(timeout_s: float = 10.0) -> None:
+    """Sleep (the GIL released) until every gloo worker thread of this process has been asleep for 3 polls.
+
+    A worker that still holds a finished collective is runnable (or waits for the GIL, which the sleep
+    frees); an idle one sleeps on its queue. Linux only (``/proc``); elsewhere, and after ``timeout_s``,
+    it returns at once.
+    """
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return
+    deadline, asleep = time.monotonic() + timeout_s, 0
+    while asleep < 3 and time.monotonic() < deadline:
+        busy = False
+        for tid in os.listdir(tasks):
+            try:
+                if (tasks / tid / "comm").read_text().strip() != "pt_gloo_runloop":
+                    continue
+                state = (tasks / tid / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:  # the thread ended meanwhile
+                continue
+            busy = busy or state != "S"
+        asleep = 0 if busy else asleep + 1
+        time.sleep(0.01)
 
 
 def _first_forward(model: nn.Module, batch: dict[str, Any], task: nn.Module) -> dict[str, Any]:
