@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,52 @@ def test_normalised_scores_use_the_temperature() -> None:
     loss, _ = dense_prediction_loss(pred, target, temperature=0.5, normalize=True)
     want, _ = _dense_reference(F.normalize(pred, dim=2) / 0.5, F.normalize(target, dim=2))
     assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+# ---- equivalence with the official code (fixtures recorded by tests/fixtures/dpc/record.py) ----------------
+
+def test_matches_the_official_dpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same predictions, score matrix, loss and gradient norms as TengdaHan/DPC's DPC_RNN (copied weights,
+    same input, same ConvGRU dropout masks), and the same loss in eval mode (batch statistics)."""
+    import vidssl.tasks.dpc as dpc_module
+    from fixtures.dpc.official_state import ReplayDropout, assert_grad_norms, converted_case
+
+    task, video, expected = converted_case("dpc", tmp_path)
+    s = expected["setup"]
+    assert task.aggregator.hidden_dropout.p == s["p"]  # the converted config keeps the official dropout
+    task.aggregator.hidden_dropout = ReplayDropout(s["p"], s["seed_dropout"])
+    scored = []
+    original = dpc_module.dense_prediction_loss
+
+    def capture(pred, target, **kwargs):
+        scored.append((pred.detach(), target.detach()))
+        return original(pred, target, **kwargs)
+
+    monkeypatch.setattr(dpc_module, "dense_prediction_loss", capture)
+    task.train()
+    out = task({"video": video})
+    out["loss"].backward()
+    pred, target = scored[0]
+    torch.testing.assert_close(pred, expected["predictions"], atol=1e-5, rtol=1e-5)
+    rows = pred.permute(0, 1, 3, 4, 2).reshape(-1, pred.shape[2])  # (b, k, y, x) order, as the official rows
+    cols = target.permute(0, 1, 3, 4, 2).reshape(-1, target.shape[2])
+    torch.testing.assert_close(rows @ cols.T, expected["scores"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(expected["target"], torch.arange(len(rows)))
+    assert out["loss"].item() == pytest.approx(expected["loss"].item(), abs=1e-5)
+    assert out["accuracy"].item() == pytest.approx(expected["accuracy"].item())
+    assert_grad_norms(task, expected["grad_norms"])
+
+    task.eval()
+    with torch.no_grad():
+        assert task({"video": video})["loss"].item() == pytest.approx(expected["eval_loss"].item(), abs=1e-5)
+
+
+def test_paper_training_options_reach_the_heads() -> None:
+    torch.manual_seed(0)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, hidden_dropout=0.1, head_init="orthogonal")
+    assert task.aggregator.hidden_dropout.p == 0.1
+    w = task.predictor[0].weight.flatten(1)
+    torch.testing.assert_close(w @ w.T, torch.eye(w.shape[0]), atol=1e-5, rtol=0)  # gain 1
+    assert torch.equal(task.aggregator.cells[0].gates.bias, torch.zeros_like(task.aggregator.cells[0].gates.bias))
+    with pytest.raises(ValueError, match="head_init"):
+        DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, head_init="xavier")

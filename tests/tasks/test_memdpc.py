@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,50 @@ def test_curriculum_and_bad_arguments() -> None:
         _task(memory_temperature=0.0)
     with pytest.raises(ValueError, match="pred_step"):
         _task(pred_step=4)
+
+
+def test_matches_the_official_memdpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same addressing logits, score matrices, losses and gradient norms as TengdaHan/MemDPC's MemDPC_BD
+    (copied weights, same input, same dropout masks in both ConvGRUs), the same batch-norm running
+    statistics after the step, and the same loss in eval mode."""
+    import vidssl.tasks.memdpc as memdpc_module
+    from fixtures.dpc.official_state import ReplayDropout, assert_grad_norms, converted_case
+
+    task, video, expected = converted_case("memdpc", tmp_path)
+    s = expected["setup"]
+    assert task.aggregator.hidden_dropout.p == s["p"]
+    task.aggregator.hidden_dropout = ReplayDropout(s["p"], s["seed_dropout"])
+    task.aggregator_backward.hidden_dropout = ReplayDropout(s["p"], s["seed_dropout_backward"])
+    logits, scores = [], []
+    task.addresser.register_forward_hook(lambda m, i, o: logits.append(o.detach()))
+    original = memdpc_module.dense_prediction_loss
+
+    def capture(pred, target, **kwargs):
+        rows = pred.detach().permute(0, 1, 3, 4, 2).reshape(-1, pred.shape[2])  # (b, k, y, x) rows
+        cols = target.detach().permute(0, 1, 3, 4, 2).reshape(-1, target.shape[2])
+        scores.append(rows @ cols.T)
+        return original(pred, target, **kwargs)
+
+    monkeypatch.setattr(memdpc_module, "dense_prediction_loss", capture)
+    task.train()
+    out = task({"video": video})
+    out["loss"].backward()
+    torch.testing.assert_close(torch.stack(logits, 1), expected["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(scores), expected["scores"], atol=1e-5, rtol=1e-5)
+    assert out["loss"].item() == pytest.approx(expected["loss"].item(), abs=1e-5)
+    assert out["accuracy"].item() == pytest.approx(expected["top1"].mean().item())
+    assert_grad_norms(task, expected["grad_norms"])
+    torch.testing.assert_close(task.encoder.bn1.running_mean, expected["running_mean"])
+
+    task.eval()
+    with torch.no_grad():
+        assert task({"video": video})["loss"].item() == pytest.approx(expected["eval_loss"].item(), abs=1e-5)
+
+
+def test_paper_training_options_reach_every_head() -> None:
+    torch.manual_seed(0)
+    task = _task(hidden_dropout=0.1, head_init="orthogonal")  # MemDPC's gain: 0.1
+    assert task.aggregator.hidden_dropout.p == task.aggregator_backward.hidden_dropout.p == 0.1
+    for weight in (task.addresser[0].weight, task.aggregator_backward.cells[0].candidate.weight):
+        w = weight.flatten(1)
+        torch.testing.assert_close(w @ w.T, 0.01 * torch.eye(w.shape[0]), atol=1e-6, rtol=0)
