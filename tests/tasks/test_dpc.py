@@ -197,3 +197,57 @@ def test_paper_training_options_reach_the_heads() -> None:
     assert torch.equal(task.aggregator.cells[0].gates.bias, torch.zeros_like(task.aggregator.cells[0].gates.bias))
     with pytest.raises(ValueError, match="head_init"):
         DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, head_init="xavier")
+
+
+@pytest.mark.parametrize("preset", ["dpc_paper", "memdpc_paper"])
+def test_paper_preset_trains_a_few_steps(preset: str, synthetic_root: Path, tmp_path: Path) -> None:
+    """The paper presets run end to end (tiny sizes by override) and set the official training options."""
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from vidssl.checkpoint import load_checkpoint
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    tiny = ["encoder.base_width=4", "trainer.batch_size=2", "trainer.max_steps=2", "trainer.num_workers=0",
+            "trainer.device=cpu", "trainer.progress=false", "task.data.transform.size=64",
+            "task.data.sampler.stride=1"]  # the synthetic videos are 48-64 frames: 8×5 frames at stride 1
+    if preset == "memdpc_paper":
+        tiny.append("task.model.memory_size=32")
+    command = [sys.executable, "tools/pretrain.py", f"task={preset}", "dataset=synthetic",
+               f"dataset.root={synthetic_root}", f"trainer.out_dir={run}", *tiny]
+    result = subprocess.run(command, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.weight_decay == 1e-5
+    assert cfg.trainer.warmup_steps == 0 and cfg.trainer.min_lr_ratio == 1.0
+    model = cfg.task.model
+    assert model.hidden_dropout == 0.1 and model.head_init == "orthogonal" and model.temperature == 1.0
+    assert model.num_seq == 8 and model.pred_step == 3 and not model.normalize
+    assert cfg.task.data.transform.per_frame and cfg.task.data.transform.grayscale_mode == "channel"
+    assert cfg.encoder.get("track_running_stats", True) is (preset == "memdpc_paper")
+    state = load_checkpoint(run)
+    assert state["step"] == 2
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)  # constant: no schedule
+
+
+def test_converters_refuse_what_they_cannot_map() -> None:
+    from vidssl.convert import dpc as convert_dpc
+    from vidssl.convert import memdpc as convert_memdpc
+
+    with pytest.raises(KeyError, match="network_pred"):  # a fine-tuned classifier, not a pretraining run
+        convert_dpc.convert({"state_dict": {"module.backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7),
+                                            "module.final_fc.1.weight": torch.zeros(101, 256)}})
+    with pytest.raises(KeyError, match="memory bank"):
+        convert_memdpc.convert({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7)}})
+    blocks = {f"backbone.layer{s + 1}.{b}.conv1.weight": torch.zeros(1) for s, n in enumerate((3, 4, 6, 3))
+              for b in range(n)}
+    config = convert_dpc.encoder_config({**blocks, "backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7)})
+    assert config == {"_target_": "vidssl.encoders.video.r2d3d_34", "base_width": 64, "track_running_stats": False}
+    with pytest.raises(ValueError, match="R2D3D-18"):
+        convert_dpc.encoder_config({"backbone.layer1.0.conv1.weight": torch.zeros(1),
+                                    "backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7)})
