@@ -96,10 +96,13 @@ def context_readout(encoder: nn.Module, num_seq: int, model_state: Mapping[str, 
                     task_config: Mapping[str, Any] | None = None) -> ContextReadout:
     """The context read-out of a trained task (its `aggregator`, and `aggregator_backward` if it has one,
     from `model_state`, shaped by `task_config`'s kernel_size/num_layers), or, without a state, one
-    ConvGRU (1×1, one layer) at the fixed random-init seed with the papers' orthogonal init."""
+    ConvGRU (1×1, one layer) at the fixed random-init seed with the papers' orthogonal init. The ConvGRUs
+    drop 0.1 of their state in training mode (fine-tuning), as the papers' downstream model."""
     task_config = task_config or {}
     dim = encoder.out_channels
-    gru = dict(kernel_size=int(task_config.get("kernel_size", 1)), num_layers=int(task_config.get("num_layers", 1)))
+    # The downstream ConvGRU keeps the papers' hidden-state dropout 0.1: it acts while fine-tuning only.
+    gru = dict(kernel_size=int(task_config.get("kernel_size", 1)), num_layers=int(task_config.get("num_layers", 1)),
+               hidden_dropout=0.1)
     if model_state is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
