@@ -102,20 +102,27 @@ def convert(state: dict[str, Any]) -> dict[str, Any]:
         **rename(weights, "network_pred", "predictor"),
         "pred_step": torch.tensor(3),
     }
+    return vidssl_checkpoint(weights, model, "agg", {"_target_": "vidssl.tasks.dpc.DPC", "head_init_gain": 1.0})
+
+
+def vidssl_checkpoint(weights: Mapping[str, Tensor], model: dict[str, Tensor], gru: str,
+                      task: dict[str, Any]) -> dict[str, Any]:
+    """The converted checkpoint: the encoder's part of `model`, and the configs of the encoder and of the paper
+    preset's task (`task` adds to the settings DPC and MemDPC share; the ConvGRU's depth and kernel are read
+    from the official `gru` weights)."""
     task = {
-        "_target_": "vidssl.tasks.dpc.DPC",
         "num_seq": 8,
         "pred_step": 3,
-        "num_layers": len({k.split(".")[2] for k in weights if k.startswith("agg.cell_list.")}),
-        "kernel_size": int(weights["agg.cell_list.0.out_gate.weight"].shape[-1]),
+        "num_layers": len({k.split(".")[2] for k in weights if k.startswith(f"{gru}.cell_list.")}),
+        "kernel_size": int(weights[f"{gru}.cell_list.0.out_gate.weight"].shape[-1]),
         "hidden_dropout": 0.1,
         "head_init": "orthogonal",
-        "head_init_gain": 1.0,
         "temperature": 1.0,
         "normalize": False,
+        **task,
     }
     return {
-        "encoder": {k[len("encoder."):]: v for k, v in encoder.items()},
+        "encoder": {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")},
         "model": model,
         "config": {"encoder": encoder_config(weights), "task": {"model": task}},
     }

@@ -19,9 +19,9 @@ from vidssl.convert.dpc import (
     SAFE_GLOBALS,
     check_all_used,
     convert_convgru,
-    encoder_config,
     official_state_dict,
     rename,
+    vidssl_checkpoint,
 )
 
 __all__ = ["SAFE_GLOBALS", "convert"]
@@ -43,23 +43,6 @@ def convert(state: dict[str, Any]) -> dict[str, Any]:
         "memory": weights["mb"],
         "pred_step": torch.tensor(3),
     }
-    task = {
-        "_target_": "vidssl.tasks.memdpc.MemDPC",
-        "num_seq": 8,
-        "pred_step": 3,
-        "memory_size": int(weights["mb"].shape[0]),
-        "memory_temperature": 1.0,
-        "bidirectional": True,
-        "num_layers": len({k.split(".")[2] for k in weights if k.startswith("agg_f.cell_list.")}),
-        "kernel_size": int(weights["agg_f.cell_list.0.out_gate.weight"].shape[-1]),
-        "hidden_dropout": 0.1,
-        "head_init": "orthogonal",
-        "head_init_gain": 0.1,
-        "temperature": 1.0,
-        "normalize": False,
-    }
-    return {
-        "encoder": {k[len("encoder."):]: v for k, v in encoder.items()},
-        "model": model,
-        "config": {"encoder": encoder_config(weights), "task": {"model": task}},
-    }
+    task = {"_target_": "vidssl.tasks.memdpc.MemDPC", "memory_size": int(weights["mb"].shape[0]),
+            "memory_temperature": 1.0, "bidirectional": True, "head_init_gain": 0.1}
+    return vidssl_checkpoint(weights, model, "agg_f", task)
