@@ -1,44 +1,36 @@
 """It really learns? CPC, DPC and MemDPC pretrained briefly on the synthetic corpus.
 
 Each test runs the public command line (`tools/pretrain.py task=... encoder=r2d3d_18 ...`) in a
-subprocess, reads the per-step training loss back from the run's TensorBoard events, then evaluates
-the run's checkpoint with `vidssl.eval.retrieval.evaluate_checkpoint` (val clips query train clips by
-cosine similarity; R@k = a same-class clip among the k nearest, the MemDPC/CoCLR protocol) against
-`checkpoint=random` (the same encoder at its fixed-seed random initialisation, the run's initial
-encoder). To make the retrieval numbers less noisy than one centred clip per video (24 queries, one
-query = 0.042), every video gives 3 evaluation clips (16 frames at stride 2, 64 px, at the start,
-middle and end of the video): 72 queries, a gallery of 168 clips.
+subprocess, reads the per-step training loss back from the run's TensorBoard events, rebuilds the task
+at the random init the run started from (pretrain.py seeds with trainer.seed right before building it)
+and with the trained weights, and compares the two:
+
+- **the pretext task on the val split** (24 videos never trained on, 3 clips each, batches of 8 videos
+  at one position, eval mode): the loss, and the accuracy of picking the true future block (every
+  position of it) among all the batch's candidates (DPC/MemDPC: 8 clips × 2 steps × 2×2 positions = 64,
+  chance 0.016; CPC: 16). **Asserted**, with margins set well inside what was measured;
+- the downstream read-outs, **printed on every run** (`pytest -s`), asserted nowhere since they do not
+  beat random init reliably: retrieval R@1/R@5 and a linear probe on the pooled encoder (3 clips per
+  video: 72 queries, 168 gallery clips; chance R@1 0.125, R@5 0.50, top-1 0.125), and for DPC/MemDPC the
+  papers' fine-tuning protocol (`vidssl.eval.finetune`: context read-out, batch norm, dropout 0.5,
+  linear; the whole network trained for 100 steps of batch 8; softmax averaged over 3 clips per video).
 
 Settings: the task configs' synthetic defaults (5 blocks × 4 frames, stride 2, 64 px, pred_step 2,
 cosine scores at temperature 0.1), R2D3D-18 at base_width 8, batch 8, AdamW lr 2e-3, 150 steps.
 
-What is asserted (hard): the run completes, logs one loss per step, the loss falls below 0.7 of its
-start (measured: 0.31-0.37 of it in every run: dpc 5.6 -> 1.7-2.1, memdpc 11.6 -> 4.6, cpc 3.7-3.8 ->
-1.3-1.4), and the evaluated encoder is the trained one (its weights differ from the random init).
+Measured (the shared 2-core machine, load 7-11 from other runs; 10 min 13 s for dpc + memdpc, 2 min 26 s
+for cpc, corpus included):
 
-What is NOT met, so NOT asserted — issue 4's retrieval criterion. Chance on this corpus is R@1 = 0.125
-and R@5 = 0.50 (7 of the 56 train videos share a query's class). Measured on the shared 2-core
-machine (loaded by colleagues' runs), 3-clip protocol unless noted:
+| run | train loss | val loss trained / random | val accuracy trained / random | R@1 | linear | finetune |
+|---|---|---|---|---|---|---|
+| dpc | 5.60 -> 2.09 | 2.20 / 4.51 (0.49) | 0.191 / 0.021 | 0.194 / 0.139 | 0.250 / 0.194 | 0.208 / 0.292 |
+| memdpc | 11.60 -> 4.58 | 4.77 / 9.00 (0.53) | 0.176 / 0.016 | 0.167 / 0.139 | 0.111 / 0.194 | 0.125 / 0.417 |
+| cpc | 3.82 -> 1.41 | 1.67 / 2.79 (0.60) | 0.347 / 0.076 | 0.153 / 0.139 | 0.181 / 0.194 | - |
 
-| run | R@1 trained / random | R@5 trained / random |
-|---|---|---|
-| dpc, 150 steps | 0.194 / 0.139 | 0.514 / 0.472 |
-| memdpc, 150 steps | 0.167 / 0.139 | 0.500 / 0.472 |
-| cpc, 150 steps | 0.153 / 0.139 | 0.389 / 0.472 |
-| dpc, 150 steps, strong colour jitter + grayscale 0.5 | 0.153 / 0.139 | 0.444 / 0.472 |
-| dpc, 250 steps, same augmentation | 0.139 / 0.139 | 0.556 / 0.472 |
-| cpc, 150 steps, same augmentation | 0.125 / 0.139 | 0.569 / 0.472 |
-| dpc, 150 steps, 5 clips per video | 0.200 / 0.158 | 0.467 / 0.367 |
-
-Trained R@1 stays within 0.00-0.07 of chance (random init: 0.139) and of random init; trained R@5 is at chance (0.44-0.58
-vs 0.50). The earlier "R@5 gain over random init" (+0.17 to +0.33 with one centred clip) came from the
-random encoder's R@5 being *below* chance (0.29) on that single, noisy set of 24 queries, not from
-class information: a one-frame shift of the evaluation clips moved random init's R@5 from 0.29 to 0.42.
-A second round (frame-residual input, same-video hard negatives, a corpus variant with shared
-backgrounds, 1000-step runs, a 5-clip protocol) is in docs/methods/predictive_coding.md: none gave a
-gain that survived a second seed. The numbers are printed by every run (`pytest -s`) so the gap can be
-tracked. Wall time of this file:
-7 min 22 s on the 2 cores under load ~7 from other runs (4 min 53 s user CPU), corpus included.
+Asserted: the training loss falls below 0.7 of its start, the val accuracy gains more than 0.10 over
+the random init, the val loss is below 0.7 (CPC: 0.8) of the random init's, and the encoder changed. What is not
+met (issue 4's retrieval criterion; the downstream read-outs at large) is discussed, with every run
+tried, in docs/methods/predictive_coding.md.
 """
 
 from __future__ import annotations
@@ -206,16 +198,16 @@ def _check_learns(task: str, root: Path, run: Path, *, steps: int, max_loss_rati
 @pytest.mark.slow
 def test_dpc_learns(synthetic_root: Path, tmp_path: Path) -> None:
     _check_learns("dpc", synthetic_root, tmp_path / "dpc", steps=STEPS, max_loss_ratio=0.7,
-                  min_accuracy_gain=-1, max_val_loss_ratio=10)
+                  min_accuracy_gain=0.10, max_val_loss_ratio=0.7)
 
 
 @pytest.mark.slow
 def test_memdpc_learns(synthetic_root: Path, tmp_path: Path) -> None:
     _check_learns("memdpc", synthetic_root, tmp_path / "memdpc", steps=STEPS, max_loss_ratio=0.7,
-                  min_accuracy_gain=-1, max_val_loss_ratio=10)
+                  min_accuracy_gain=0.10, max_val_loss_ratio=0.7)
 
 
 @pytest.mark.slow
 def test_cpc_learns(synthetic_root: Path, tmp_path: Path) -> None:
     _check_learns("cpc", synthetic_root, tmp_path / "cpc", steps=STEPS, max_loss_ratio=0.7,
-                  min_accuracy_gain=-1, max_val_loss_ratio=10)
+                  min_accuracy_gain=0.10, max_val_loss_ratio=0.8)
