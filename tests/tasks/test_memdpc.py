@@ -163,3 +163,14 @@ def test_paper_training_options_reach_every_head() -> None:
     for weight in (task.addresser[0].weight, task.aggregator_backward.cells[0].candidate.weight):
         w = weight.flatten(1)
         torch.testing.assert_close(w @ w.T, 0.01 * torch.eye(w.shape[0]), atol=1e-6, rtol=0)
+
+
+def test_train_benchmark_official_row_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
+    from vidssl.benchmarks.train import _compose, _official_model
+
+    with pytest.raises(ValueError, match="no official model"):
+        _official_model(_compose(["task=simclr", "encoder=r2d3d_18"]), tmp_path)
+    with pytest.raises(ValueError, match="width 64"):
+        _official_model(_compose(["task=memdpc", "encoder.base_width=8"]), tmp_path)
+    with pytest.raises(FileNotFoundError, match="official="):
+        _official_model(_compose(["task=memdpc_paper"]), tmp_path / "missing")

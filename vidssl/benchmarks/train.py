@@ -187,7 +187,7 @@ def _official_model(cfg: Any, checkout: Path) -> tuple[nn.Module, Callable[[nn.M
         raise ValueError(f"official=...: no official model for {cfg.task.model._target_}; "
                          f"use a task of {sorted(OFFICIAL_MODELS)}")
     if cfg.encoder._target_ != "vidssl.encoders.video.r2d3d_18" or cfg.encoder.get("base_width", 64) != 64:
-        raise ValueError("official=...: the authors' model is R2D3D-18 at base_width 64; benchmark that encoder")
+        raise ValueError("official=...: the authors' model is R2D3D-18 at width 64; benchmark that encoder")
     if not checkout.is_dir():
         raise FileNotFoundError(f"official={checkout}: not a directory")
     if not torch.cuda.is_available():
