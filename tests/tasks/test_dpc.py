@@ -251,3 +251,24 @@ def test_converters_refuse_what_they_cannot_map() -> None:
     with pytest.raises(ValueError, match="R2D3D-18"):
         convert_dpc.encoder_config({"backbone.layer1.0.conv1.weight": torch.zeros(1),
                                     "backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7)})
+
+
+@pytest.mark.parametrize("source", ["dpc", "memdpc"])
+def test_converted_config_is_the_paper_preset(source: str, tmp_path: Path) -> None:
+    """A converted checkpoint trains and evaluates as task=<source>_paper would build it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fixtures.dpc.official_state import converted_case
+
+    converted_case(source, tmp_path)
+    config = torch.load(tmp_path / "converted.pt", weights_only=True)["config"]
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        preset = compose("pretrain", overrides=[f"task={source}_paper", "dataset.root=x", "trainer.out_dir=y"])
+    preset = OmegaConf.to_container(preset, resolve=True)
+    model = {k: v for k, v in preset["task"]["model"].items() if k not in ("encoder", "pred_step_schedule")}
+    if source == "memdpc":
+        model["memory_size"] = 64  # read from the file's memory bank (the fixture's; the paper's is 1024)
+    assert config["task"]["model"] == model
+    assert config["encoder"] == preset["encoder"]
