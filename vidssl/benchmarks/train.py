@@ -106,8 +106,11 @@ def task_batch(data: dict[str, Any], batch_size: int, seed: int = 0) -> dict[str
     return default_collate(samples)
 
 
-def _time_steps(step: Callable[[], None], *, steps: int, warmup: int, device: torch.device) -> tuple[float, int]:
-    """Seconds per step (mean over ``steps`` after ``warmup``) and peak memory in bytes (warmup included)."""
+def _time_steps(step: Callable[[], None], *, steps: int, warmup: int,
+                device: torch.device) -> tuple[float, int, float]:
+    """Seconds per step (mean over ``steps`` after ``warmup``), peak memory in bytes (warmup included), and
+    this process's CPU seconds per step (robust to other jobs on a shared CPU; with one intra-op thread
+    it is the compute time)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
@@ -115,14 +118,15 @@ def _time_steps(step: Callable[[], None], *, steps: int, warmup: int, device: to
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
+        cpu_seconds = (time.process_time() - cpu_start) / steps
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
-    return seconds, peak
+    return seconds, peak, cpu_seconds
 
 
 def _build(name: str, task: str | None, overrides: Sequence[str], batch_size: int, frames: int,
@@ -163,13 +167,13 @@ def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size
                 hook(1, 1000)
         optimizer.zero_grad(set_to_none=True)
 
-    seconds, peak = _time_steps(step, steps=steps, warmup=warmup, device=dev)
+    seconds, peak, cpu_seconds = _time_steps(step, steps=steps, warmup=warmup, device=dev)
     clips = batch["video"].shape[0]
     return {
         "encoder": type(model.encoder).__name__ if task is not None else name, "task": task or "-",
         "input": "x".join(str(s) for s in batch["video"].shape[1:]), "batch": clips, "precision": precision,
         "device": dev.type, "clips_per_s": round(clips / seconds, 2), "step_s": round(seconds, 3),
-        "peak_mem_mb": round(peak / 2**20, 1),
+        "cpu_step_s": round(cpu_seconds, 3), "peak_mem_mb": round(peak / 2**20, 1),
     }
 
 
@@ -252,12 +256,12 @@ def measure_official(*, task: str, official: str, overrides: Sequence[str], batc
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds, peak = _time_steps(step, steps=steps, warmup=warmup, device=dev)
+    seconds, peak, cpu_seconds = _time_steps(step, steps=steps, warmup=warmup, device=dev)
     return {
         "encoder": "official", "task": f"{task} (official)", "input": "x".join(str(s) for s in video.shape[1:]),
         "batch": video.shape[0], "precision": precision, "device": dev.type,
         "clips_per_s": round(video.shape[0] / seconds, 2), "step_s": round(seconds, 3),
-        "peak_mem_mb": round(peak / 2**20, 1),
+        "cpu_step_s": round(cpu_seconds, 3), "peak_mem_mb": round(peak / 2**20, 1),
     }
 
 
@@ -292,7 +296,8 @@ def run(
         device: "auto", "cpu" or "cuda".
         official: a checkout of the authors' DPC or MemDPC code: also time their model on the same batch
             (a row per precision after the task's; DPC/MemDPC tasks with R2D3D-18 at width 64 only).
-    Outputs: {"rows": [{encoder, task, input, batch, precision, device, clips_per_s, step_s, peak_mem_mb}]}.
+    Outputs: {"rows": [{encoder, task, input, batch, precision, device, clips_per_s, step_s, cpu_step_s,
+        peak_mem_mb}]}.
 
     Each row runs in a child process, so one row's freed memory (which the CPU allocator keeps) cannot
     hide the next row's peak.
