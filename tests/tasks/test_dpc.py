@@ -272,3 +272,30 @@ def test_converted_config_is_the_paper_preset(source: str, tmp_path: Path) -> No
         model["memory_size"] = 64  # read from the file's memory bank (the fixture's; the paper's is 1024)
     assert config["task"]["model"] == model
     assert config["encoder"] == preset["encoder"]
+
+
+def test_official_checkpoints_written_with_numpy_1_load(tmp_path: Path) -> None:
+    """The published files pickle `best_acc` as NumPy 1.x's `numpy.core.multiarray.scalar`; today's NumPy
+    writes `numpy._core`. Both names are allowlisted, nothing else is."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from vidssl.convert import load_official
+    from vidssl.convert.dpc import SAFE_GLOBALS
+
+    buffer = io.BytesIO()
+    torch.save({"best_acc": np.float64(0.5), "state_dict": {"w": torch.ones(2)}}, buffer)
+    legacy = tmp_path / "numpy1.pth.tar"
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, zipfile.ZipFile(legacy, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info, data)
+    state = load_official(legacy, SAFE_GLOBALS)
+    assert state["best_acc"] == 0.5 and torch.equal(state["state_dict"]["w"], torch.ones(2))
+    with pytest.raises(RuntimeError, match="weights_only"):
+        load_official(legacy, [g for g in SAFE_GLOBALS if not isinstance(g, tuple)])
