@@ -18,8 +18,8 @@ and with the trained weights, and compares the two:
 Settings: the task configs' synthetic defaults (5 blocks × 4 frames, stride 2, 64 px, pred_step 2,
 cosine scores at temperature 0.1), R2D3D-18 at base_width 8, batch 8, AdamW lr 2e-3, 150 steps.
 
-Measured (the shared 2-core machine, load 7-11 from other runs; 10 min 13 s for dpc + memdpc, 2 min 26 s
-for cpc, corpus included):
+Measured (the shared 2-core machine, load 5-11 from other runs; the whole file 10 min 12 s, corpus
+included; a rerun reproduced every figure exactly):
 
 | run | train loss | val loss trained / random | val accuracy trained / random | R@1 | linear | finetune |
 |---|---|---|---|---|---|---|
