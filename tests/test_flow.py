@@ -35,11 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 def textured_clip(num_frames: int, shift: tuple[int, int], size: int = 64, seed: int = 0) -> np.ndarray:
     """A smooth random texture translating by `shift` = (dx, dy) pixels per frame: uint8 T×size×size×3."""
     rng = np.random.default_rng(seed)
-    big = ndimage.gaussian_filter(rng.random((size * 3, size * 3)), 2.0)
+    pad = num_frames * max(abs(shift[0]), abs(shift[1])) + 1
+    big = ndimage.gaussian_filter(rng.random((size + 2 * pad, size + 2 * pad)), 2.0)
     big = (big - big.min()) / (big.max() - big.min())
     frames = []
     for t in range(num_frames):
-        y0, x0 = size - t * shift[1], size - t * shift[0]  # content moves by +shift
+        y0, x0 = pad - t * shift[1], pad - t * shift[0]  # content moves by +shift
         grey = (big[y0:y0 + size, x0:x0 + size] * 255).astype(np.uint8)
         frames.append(np.repeat(grey[..., None], 3, axis=2))
     return np.stack(frames)

@@ -59,6 +59,7 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
             transform=EvalTransform(size=cfg.size),
             backend=cfg.backend,
             seed=cfg.seed,
+            modality=cfg.dataset.get("modality", "rgb"),
         )
 
     metrics = evaluate_checkpoint(
