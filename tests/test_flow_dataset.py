@@ -17,6 +17,7 @@ from vidssl.datasets.formats import csv_manifest
 from vidssl.datasets.sampling import ClipSampler
 from vidssl.datasets.synthetic import write_video
 from vidssl.datasets.transforms import ClipTransform, EvalTransform
+from vidssl.eval.two_stream import fuse_features
 from vidssl.flow import decode_flow, extract_flow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,3 +167,26 @@ def test_predictive_coding_trains_and_evaluates_on_flow(corpus, tmp_path, task):
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert 0.0 <= metrics["top1"] <= 1.0
+
+
+def test_fused_similarity_is_the_mean_of_the_two_streams_similarities():
+    g = torch.Generator().manual_seed(0)
+    rgb, flow = torch.randn(5, 7, generator=g), torch.randn(5, 3, generator=g)
+    fused = fuse_features(rgb, flow)
+    cos = lambda a: torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(a, dim=1).T  # noqa: E731
+    assert torch.allclose(fused @ fused.T, (cos(rgb) + cos(flow)) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="samples"):
+        fuse_features(rgb, flow[:4])
+
+
+def test_evaluate_scores_rgb_flow_and_their_fusion(corpus, tmp_path):
+    root, flow = corpus
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/evaluate.py"), "metric=linear", "checkpoint=random",
+         "flow_checkpoint=random", "encoder=r2d3d_18", "encoder.base_width=4", "dataset=csv", f"dataset.root={root}",
+         "dataset.manifest=manifest.csv", f"dataset.flow_root={flow}", "num_frames=4", "size=32",
+         f"out={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"rgb/top1", "flow/top1", "R+F/top1"} <= set(metrics)
+    assert metrics["flow_checkpoint"] == "random"
