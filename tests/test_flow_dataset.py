@@ -175,6 +175,9 @@ def test_fused_similarity_is_the_mean_of_the_two_streams_similarities():
     fused = fuse_features(rgb, flow)
     cos = lambda a: torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(a, dim=1).T  # noqa: E731
     assert torch.allclose(fused @ fused.T, (cos(rgb) + cos(flow)) / 2, atol=1e-6)
+    shared = flow + 100  # a large common component would drown flow's say in the mean: centring removes it
+    centred = fuse_features(rgb, shared, 0.0, shared.mean(0))
+    assert torch.allclose(centred @ centred.T, (cos(rgb) + cos(flow - flow.mean(0))) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="samples"):
         fuse_features(rgb, flow[:4])
 

@@ -1,8 +1,10 @@
 """Two-stream evaluation: an RGB and a flow encoder on the same clips, alone and fused ("R+F").
 
-Fusion is late, on frozen features: each stream's pooled features are L2-normalised and concatenated with
-weight 1/sqrt(2) each, so that the cosine similarity of two fused features is the mean of the two streams'
-cosine similarities. Retrieval on them ranks by that mean; the linear probe is trained on them. (The
+Fusion is late, on frozen features: each stream's pooled features are centred on that stream's train-split
+mean, L2-normalised and concatenated with weight 1/sqrt(2) each, so that the cosine similarity of two fused
+features is the mean of the two streams' (centred) cosine similarities. Centring matters: without it a
+stream whose features share a large common component (a random encoder on flow, whose frames are mostly
+the zero-motion level) has cosines all near 1 and no say in the mean. Retrieval on them ranks by that mean; the linear probe is trained on them. (The
 MemDPC paper's R+F averages the class scores of two fine-tuned networks; with frozen features and one
 probe, averaging the similarities is the counterpart.)
 
@@ -22,11 +24,13 @@ from torch.utils.data import Dataset
 from vidssl.eval.retrieval import extract_features, linear_probe, retrieval_recall
 
 
-def fuse_features(rgb: Tensor, flow: Tensor) -> Tensor:
-    """N×D1 and N×D2 features → N×(D1+D2), each part L2-normalised and scaled by 1/sqrt(2) (unit norm)."""
+def fuse_features(rgb: Tensor, flow: Tensor, rgb_centre: Tensor | float = 0.0,
+                  flow_centre: Tensor | float = 0.0) -> Tensor:
+    """N×D1 and N×D2 features → N×(D1+D2): each part minus its centre (D), L2-normalised, scaled by 1/sqrt(2)."""
     if rgb.shape[0] != flow.shape[0]:
         raise ValueError(f"fuse_features: {rgb.shape[0]} RGB and {flow.shape[0]} flow samples")
-    return torch.cat([F.normalize(rgb.float(), dim=1), F.normalize(flow.float(), dim=1)], dim=1) / 2**0.5
+    parts = [F.normalize(rgb.float() - rgb_centre, dim=1), F.normalize(flow.float() - flow_centre, dim=1)]
+    return torch.cat(parts, dim=1) / 2**0.5
 
 
 def evaluate_two_stream(
@@ -58,7 +62,8 @@ def evaluate_two_stream(
                 labels.append(y)
             elif not torch.equal(y, labels[i]):
                 raise ValueError("the RGB and flow datasets do not list the same videos in the same order")
-    feats["R+F"] = [fuse_features(r, f) for r, f in zip(feats["rgb"], feats["flow"])]
+    centres = feats["rgb"][0].mean(0), feats["flow"][0].mean(0)  # of the train split
+    feats["R+F"] = [fuse_features(r, f, *centres) for r, f in zip(feats["rgb"], feats["flow"])]
     score = retrieval_recall if metric == "retrieval" else linear_probe
     metrics: dict[str, float] = {}
     for name, (train, test) in feats.items():
