@@ -27,6 +27,7 @@ from vidssl.flow import (
     extract_video,
     flow_estimator,
     read_flow_image,
+    rigid_shift,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,25 +80,6 @@ def test_a_translating_texture_gives_its_displacement(tmp_path, method):
     assert marker["method"] == method and marker["frames"] == 3 and marker["bound"] == 20
 
 
-def _true_shift(a: np.ndarray, b: np.ndarray, radius: int = 24) -> tuple[float, tuple[int, int]]:
-    """The integer translation (dx, dy) that best maps mask `a` onto mask `b`, and its IoU.
-
-    The synthetic renderer pastes each rigid sprite at an integer position, so between two frames the
-    object's ground-truth mask moves by exactly its displacement (IoU 1 when it is unoccluded in both).
-    """
-    ys, xs = np.nonzero(a)
-    best = (0.0, (0, 0))
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            y2, x2 = ys + dy, xs + dx
-            ok = (y2 >= 0) & (y2 < a.shape[0]) & (x2 >= 0) & (x2 < a.shape[1])
-            hit = int(b[y2[ok], x2[ok]].sum())
-            iou = hit / (int(a.sum()) + int(b.sum()) - hit)
-            if iou > best[0]:
-                best = (iou, (dx, dy))
-    return best
-
-
 # Classes whose texture is not a fine periodic pattern. On stripes, checkers, waves and dots (periods of a
 # few pixels) a displacement beyond half a period is ambiguous for any local method: TV-L1 and DIS lock
 # onto a wrong period there (docs/methods/flow.md gives the error per class).
@@ -124,7 +106,7 @@ def test_flow_of_the_synthetic_objects_matches_their_true_motion(synthetic_root,
         extract_video(source, tmp_path / "flow" / seq, method=method)  # the JPEG layout, as written by default
         for i in range(len(frames) - 1):
             a, b = read_mask(masks[i]) == 1, read_mask(masks[i + 1]) == 1
-            iou, (dx, dy) = _true_shift(a, b)
+            iou, (dx, dy) = rigid_shift(a, b)
             if iou < 0.95:  # occluded or at the border: the mask does not show the whole motion
                 continue
             flow = read_flow_image(tmp_path / "flow" / seq / f"flow_{i + 1:05d}.jpg")

@@ -104,6 +104,25 @@ def compute_flow(prev: np.ndarray, curr: np.ndarray, estimator) -> np.ndarray:
     return estimator.calc(grey(prev), grey(curr), None)
 
 
+def rigid_shift(a: np.ndarray, b: np.ndarray, radius: int = 24) -> tuple[float, tuple[int, int]]:
+    """The integer translation (dx, dy) that best maps boolean mask `a` onto mask `b`, and its IoU.
+
+    The ground truth of a rigid object pasted at integer positions (the synthetic corpus's sprites): its
+    masks in two frames differ by exactly its displacement (IoU 1 when it is unoccluded in both).
+    """
+    ys, xs = np.nonzero(a)
+    best = (0.0, (0, 0))
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            y2, x2 = ys + dy, xs + dx
+            ok = (y2 >= 0) & (y2 < a.shape[0]) & (x2 >= 0) & (x2 < a.shape[1])
+            hit = int(b[y2[ok], x2[ok]].sum())
+            iou = hit / max(int(a.sum()) + int(b.sum()) - hit, 1)
+            if iou > best[0]:
+                best = (iou, (dx, dy))
+    return best
+
+
 def flow_dir_for(path: str) -> str:
     """The flow folder of a dataset entry, relative to the flow root: the entry path without a video extension."""
     p = Path(path)

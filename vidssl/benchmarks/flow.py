@@ -1,6 +1,7 @@
 """Optical flow speed: extraction frames/s per method, and loading a flow clip vs an RGB clip.
 
     python tools/benchmark.py suite=flow [synthetic_root=DIR] [methods=[tvl1,dis]] [pairs=8] [videos=4] [clips=40]
+        [accuracy_sequences=16] [accuracy_pairs=5]
 
 Rows:
 
@@ -9,6 +10,11 @@ Rows:
   JPEG write of each, single-threaded (as one extraction worker runs); ``flow_fps`` = pairs per second.
 - ``extract``: `vidssl.flow.extract_flow` end to end (decoding included) on `videos` synthetic videos in one
   worker: flow images per second. A machine with W cores runs W workers.
+- ``accuracy``: per synthetic class and method, the median endpoint error (EPE, pixels) of the stored flow
+  on the class object's interior (mask eroded by 2 px) against its true displacement (`vidssl.flow.
+  rigid_shift` of the ground-truth masks), over the first `accuracy_pairs` frame pairs of the first
+  `accuracy_sequences` DAVIS-layout sequences of the corpus where the object is unoccluded (mask IoU >= 0.95);
+  ``within_1px`` is the fraction of pairs whose median EPE is under one pixel.
 - ``loader``: `VideoDataset` clips per second with the MemDPC task's clip layout (5 blocks × 4 frames at
   stride 2, 64×64 crops), RGB from the mp4 files vs flow from the extracted JPEG folders: the cost of a
   flow epoch against an RGB epoch (the model's cost is the same: both are 3-channel clips).
@@ -31,7 +37,7 @@ from vidssl.datasets.flow import flow_entries
 from vidssl.datasets.formats import synthetic
 from vidssl.datasets.sampling import BlockSampler
 from vidssl.datasets.transforms import ClipTransform
-from vidssl.flow import extract_flow, flow_estimator, flow_image
+from vidssl.flow import extract_flow, extract_video, flow_estimator, flow_image, read_flow_image, rigid_shift
 
 __all__ = ["run"]
 
@@ -50,6 +56,49 @@ def _pair_rate(frames: np.ndarray, method: str, out: Path) -> float:
     return (len(greys) - 1) / (time.perf_counter() - started)
 
 
+def _accuracy(root: Path, methods: Sequence[str], sequences: int, pairs: int, out: Path) -> list[dict[str, Any]]:
+    """Per class and method: median EPE of the stored flow on the class object (see the module docstring)."""
+    import csv
+    import shutil
+
+    from scipy import ndimage
+
+    from vidssl.datasets.formats import read_mask
+    from vidssl.datasets.synthetic import CLASSES
+
+    labels = {Path(r["path"]).stem: int(r["label"]) for r in csv.DictReader(open(root / "manifest.csv"))}
+    davis = root / "davis"
+    names = sorted(p.name for p in (davis / "JPEGImages/480p").iterdir())[:sequences]
+    errors: dict[tuple[str, int], list[float]] = {}
+    motion: dict[int, list[float]] = {}
+    for name in names:
+        frames = sorted((davis / "JPEGImages/480p" / name).glob("*.jpg"))[: pairs + 1]
+        masks = [read_mask(p) == 1 for p in sorted((davis / "Annotations/480p" / name).glob("*.png"))[: pairs + 1]]
+        source = out / "frames" / name
+        source.mkdir(parents=True)
+        for f in frames:
+            shutil.copy(f, source / f.name)
+        truth = [rigid_shift(a, b) for a, b in zip(masks[:-1], masks[1:])]
+        for method in methods:
+            extract_video(source, out / method / name, method=method)
+            for i, (iou, (dx, dy)) in enumerate(truth):
+                if iou < 0.95:
+                    continue
+                flow = read_flow_image(out / method / name / f"flow_{i + 1:05d}.jpg")
+                interior = ndimage.binary_erosion(masks[i], iterations=2)
+                epe = np.hypot(flow[..., 0] - dx, flow[..., 1] - dy)[interior]
+                errors.setdefault((method, labels[name]), []).append(float(np.median(epe)))
+                if method == methods[0]:
+                    motion.setdefault(labels[name], []).append(float(np.hypot(dx, dy)))
+    rows = []
+    for (method, label), values in sorted(errors.items()):
+        rows.append({"row": "accuracy", "source": f"{CLASSES[label].name} ({CLASSES[label].texture})",
+                     "method": method, "pairs": len(values), "motion_px": round(float(np.median(motion[label])), 2),
+                     "median_epe_px": round(float(np.median(values)), 2),
+                     "within_1px": round(float(np.mean(np.array(values) < 1.0)), 2)})
+    return rows
+
+
 def _loader_rate(dataset: VideoDataset, clips: int) -> float:
     started = time.perf_counter()
     for i in range(clips):
@@ -64,6 +113,8 @@ def run(
     pairs: int = 8,
     videos: int = 4,
     clips: int = 40,
+    accuracy_sequences: int = 16,
+    accuracy_pairs: int = 5,
 ) -> dict[str, Any]:
     """Measure flow extraction and flow loading; see the module docstring.
 
@@ -71,6 +122,8 @@ def run(
         synthetic_root: an existing synthetic corpus (default: write `videos` videos to a temp dir).
         methods: flow methods to compare. pairs: frame pairs per source for the ``pairs`` rows.
         videos: synthetic videos for the ``extract`` and ``loader`` rows. clips: clips per loader row.
+        accuracy_sequences, accuracy_pairs: DAVIS-layout sequences and frame pairs per sequence for the
+            ``accuracy`` rows (0 sequences: none).
     Outputs: {"rows": [...]}.
     """
     rows: list[dict[str, Any]] = []
@@ -99,6 +152,8 @@ def run(
             written = sum(r.frames for r in report.results)
             rows.append({"row": "extract", "source": f"synthetic x{len(entries)}", "method": method,
                          "flow_images": written, "seconds": round(seconds, 1), "flow_fps": round(written / seconds, 2)})
+        if accuracy_sequences:
+            rows += _accuracy(root, methods, accuracy_sequences, accuracy_pairs, tmp_dir / "accuracy")
         common = dict(root=root, sampler=BlockSampler(num_seq=5, seq_len=4, stride=2),
                       transform=ClipTransform(size=64), decode_threads=1)
         rgb = VideoDataset(entries=entries, **common)
