@@ -19,6 +19,7 @@ from vidssl.datasets.formats import VideoEntry, read_mask
 from vidssl.datasets.synthetic import CLASSES, write_video
 from vidssl.flow import (
     DONE_MARKER,
+    FlowOptions,
     REPORT_NAME,
     compute_flow,
     decode_flow,
@@ -31,6 +32,7 @@ from vidssl.flow import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+DIS = FlowOptions(method="dis")
 
 
 def textured_clip(num_frames: int, shift: tuple[int, int], size: int = 64, seed: int = 0) -> np.ndarray:
@@ -56,6 +58,9 @@ def test_encoding_clips_to_the_bound_and_round_trips_within_half_a_level():
     back = decode_flow(levels.astype(np.float32), bound=20)
     inside = np.abs(flow) <= 20
     assert np.abs(back - flow)[inside].max() <= 20 / 255 + 1e-6
+    for bad in (dict(method="farneback"), dict(bound=0), dict(ext="tiff")):
+        with pytest.raises(ValueError):
+            FlowOptions(**bad)
 
 
 @pytest.mark.parametrize("method", ["tvl1", "dis"])
@@ -66,7 +71,7 @@ def test_a_translating_texture_gives_its_displacement(tmp_path, method):
     folder.mkdir()
     for i, frame in enumerate(frames):
         cv2.imwrite(str(folder / f"{i:05d}.png"), frame)
-    assert extract_video(folder, tmp_path / "flow", method=method, ext="png") == 3
+    assert extract_video(folder, tmp_path / "flow", FlowOptions(method=method, ext="png")) == 3
     written = sorted(p.name for p in (tmp_path / "flow").iterdir())
     assert written == [DONE_MARKER, "flow_00001.png", "flow_00002.png", "flow_00003.png"]
     inner = (slice(8, -8), slice(8, -8))  # away from the border, where content enters the frame
@@ -77,7 +82,7 @@ def test_a_translating_texture_gives_its_displacement(tmp_path, method):
         assert np.median(flow[inner][..., 0]) == pytest.approx(3, abs=0.3)
         assert np.median(flow[inner][..., 1]) == pytest.approx(-2, abs=0.3)
     marker = json.loads((tmp_path / "flow" / DONE_MARKER).read_text())
-    assert marker["method"] == method and marker["frames"] == 3 and marker["bound"] == 20
+    assert marker["options"]["method"] == method and marker["frames"] == 3 and marker["options"]["bound"] == 20
 
 
 # Classes whose texture is not a fine periodic pattern. On stripes, checkers, waves and dots (periods of a
@@ -103,7 +108,7 @@ def test_flow_of_the_synthetic_objects_matches_their_true_motion(synthetic_root,
         source.mkdir(parents=True)
         for f in frames:
             shutil.copy(f, source / f.name)
-        extract_video(source, tmp_path / "flow" / seq, method=method)  # the JPEG layout, as written by default
+        extract_video(source, tmp_path / "flow" / seq, FlowOptions(method=method))  # JPEG, as by default
         for i in range(len(frames) - 1):
             a, b = read_mask(masks[i]) == 1, read_mask(masks[i + 1]) == 1
             iou, (dx, dy) = rigid_shift(a, b)
@@ -148,7 +153,7 @@ def _tiny_videos(root: Path) -> list[VideoEntry]:
 def test_a_rerun_skips_finished_videos_and_redoes_partial_ones(tmp_path):
     entries = _tiny_videos(tmp_path / "data")
     out = tmp_path / "flow"
-    report = extract_flow(tmp_path / "data", entries, out, method="dis", workers=1, progress=False)
+    report = extract_flow(tmp_path / "data", entries, out, DIS, workers=1, progress=False)
     assert [(r.path, r.status, r.frames) for r in report.results] == [
         ("videos/a.mp4", "done", 5), ("videos/b.mp4", "done", 4)]  # a shared video is extracted once
 
@@ -157,14 +162,15 @@ def test_a_rerun_skips_finished_videos_and_redoes_partial_ones(tmp_path):
     (out / "videos/b/flow_00003.jpg").unlink()
     (out / "videos/b/flow_00004.jpg").write_bytes(b"half a jpeg")
     stamp = (out / "videos/a/flow_00001.jpg").stat().st_mtime_ns
-    report = extract_flow(tmp_path / "data", entries, out, method="dis", workers=2, progress=False)
+    report = extract_flow(tmp_path / "data", entries, out, DIS, workers=2, progress=False)
     assert {r.path: r.status for r in report.results} == {"videos/a.mp4": "skipped", "videos/b.mp4": "done"}
     assert (out / "videos/a/flow_00001.jpg").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in (out / "videos/b").glob("flow_*.jpg")) == [f"flow_{i:05d}.jpg" for i in range(1, 5)]
     assert cv2.imread(str(out / "videos/b/flow_00004.jpg")) is not None
 
     # another method or bound is not the finished work: redone
-    report = extract_flow(tmp_path / "data", entries, out, method="dis", bound=10, workers=1, progress=False)
+    report = extract_flow(tmp_path / "data", entries, out, FlowOptions(method="dis", bound=10), workers=1,
+                          progress=False)
     assert {r.status for r in report.results} == {"done"}
 
 
@@ -177,7 +183,7 @@ def test_bad_videos_are_reported_counted_and_leave_no_folder(tmp_path, sample_cl
     (root / "videos/cut.mp4").write_bytes(data[: len(data) // 3])
     entries += [VideoEntry("videos/text.mp4"), VideoEntry("videos/one.mp4"), VideoEntry("videos/cut.mp4")]
     out = tmp_path / "flow"
-    report = extract_flow(root, entries, out, method="dis", workers=2, progress=False)
+    report = extract_flow(root, entries, out, DIS, workers=2, progress=False)
     status = {r.path: r.status for r in report.results}
     assert status == {"videos/a.mp4": "done", "videos/b.mp4": "done", "videos/text.mp4": "bad",
                       "videos/one.mp4": "bad", "videos/cut.mp4": "bad"}

@@ -18,7 +18,7 @@ from vidssl.datasets.sampling import ClipSampler
 from vidssl.datasets.synthetic import write_video
 from vidssl.datasets.transforms import ClipTransform, EvalTransform
 from vidssl.eval.two_stream import fuse_features
-from vidssl.flow import decode_flow, extract_flow
+from vidssl.flow import FlowOptions, decode_flow, extract_flow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,8 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
         rows.append(f"videos/v{k}.mp4,{k % 2},{split}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     flow = root.parent / (root.name + "_flow")
-    report = extract_flow(root, csv_manifest(root, manifest="manifest.csv", split=None), flow, method="dis",
-                          workers=1, progress=False)
+    entries = csv_manifest(root, manifest="manifest.csv", split=None)
+    report = extract_flow(root, entries, flow, FlowOptions(method="dis"), workers=1, progress=False)
     assert not report.bad
     return root, flow
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vidssl.cli import explain_instantiation_errors  # noqa: E402
-from vidssl.flow import extract_flow  # noqa: E402
+from vidssl.flow import FlowOptions, extract_flow  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="extract_flow", version_base="1.3")
@@ -29,9 +29,9 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit("extract_flow reads the videos themselves: leave dataset.modality=rgb")
     entries = instantiate(cfg.dataset)
     started = time.perf_counter()
-    report = extract_flow(cfg.dataset.root, entries, cfg.out, method=cfg.method, bound=cfg.bound, ext=cfg.ext,
-                          backend=cfg.backend, short_side=cfg.short_side, dis_preset=cfg.dis_preset,
-                          workers=cfg.workers)
+    options = FlowOptions(method=cfg.method, bound=cfg.bound, ext=cfg.ext, short_side=cfg.short_side,
+                          dis_preset=cfg.dis_preset)
+    report = extract_flow(cfg.dataset.root, entries, cfg.out, options, backend=cfg.backend, workers=cfg.workers)
     seconds = time.perf_counter() - started
     written = sum(r.frames for r in report.results if r.status == "done")
     print(f"{len(report.results)} videos under {cfg.dataset.root} in {seconds:.1f} s: {report.count('done')} "

@@ -149,34 +149,53 @@ class FlowResult:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class FlowOptions:
+    """What is extracted, and how it is stored; a finished folder's marker must match all of it.
+
+    method: one of METHODS. bound: displacement clip in pixels. ext: "jpg" (quality 100, official) or
+    "png". short_side: resize frames to this short side before the flow (None: as decoded; the official
+    preparation resizes Kinetics to 256). dis_preset: "ultrafast" | "fast" | "medium", for method="dis".
+    """
+
+    method: str = "tvl1"
+    bound: float = DEFAULT_BOUND
+    ext: str = "jpg"
+    short_side: int | None = None
+    dis_preset: str = "medium"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown flow method {self.method!r}; choose one of {METHODS}")
+        if self.bound <= 0:
+            raise ValueError(f"bound must be positive, got {self.bound}")
+        if self.ext not in ("jpg", "png"):
+            raise ValueError(f"flow images are jpg or png, got ext={self.ext!r}")
+        object.__setattr__(self, "bound", float(self.bound))
+
+
 def extract_video(
     source: str | os.PathLike,
     folder: str | os.PathLike,
+    options: FlowOptions = FlowOptions(),
     *,
-    method: str = "tvl1",
-    bound: float = DEFAULT_BOUND,
-    ext: str = "jpg",
     backend: str = "av",
-    short_side: int | None = None,
-    dis_preset: str = "medium",
 ) -> int:
     """Write the flow images of one video (file or frame folder) into `folder`; returns how many.
 
     Any earlier content of `folder` is removed first; the marker is written last, so an interrupted call
-    leaves a folder that `extract_flow` redoes. `short_side` resizes the frames first (the official
-    preparation does it for Kinetics, to 256). Raises VideoDecodeError for an unreadable or
-    single-frame video.
+    leaves a folder that `extract_flow` redoes. `backend` decodes video files (folders use "frames").
+    Raises VideoDecodeError for an unreadable or single-frame video.
     """
     import cv2
 
-    if ext not in ("jpg", "png"):
-        raise ValueError(f"flow images are jpg or png, got ext={ext!r}")
+    method, bound, ext, short_side = options.method, options.bound, options.ext, options.short_side
     cv2.setNumThreads(1)  # one video per worker process already uses every core
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    estimator = flow_estimator(method, dis_preset=dis_preset)
+    estimator = flow_estimator(method, dis_preset=options.dis_preset)
     params = [cv2.IMWRITE_JPEG_QUALITY, 100] if ext == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
     with VideoReader(source, backend=None if Path(source).is_dir() else backend, num_threads=1) as reader:
         n = reader.num_frames
@@ -197,36 +216,31 @@ def extract_video(
                     if not cv2.imwrite(str(folder / f"flow_{i:0{width}d}.{ext}"), image, params):
                         raise OSError(f"cannot write flow image into {folder}")
                 prev = grey
-        marker = {"version": FLOW_FORMAT_VERSION, "method": method, "bound": bound, "ext": ext,
-                  "frames": n - 1, "source_frames": n, "fps": reader.fps, "height": prev.shape[0],
-                  "width": prev.shape[1], "short_side": short_side,
-                  "dis_preset": dis_preset if method == "dis" else None}
+        marker = {"version": FLOW_FORMAT_VERSION, "options": asdict(options), "frames": n - 1,
+                  "source_frames": n, "fps": reader.fps, "height": prev.shape[0], "width": prev.shape[1]}
     tmp = folder / f".{DONE_MARKER}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(marker, indent=1))
     os.replace(tmp, folder / DONE_MARKER)
     return n - 1
 
 
-def _is_complete(folder: Path, method: str, bound: float, ext: str, short_side: int | None) -> int | None:
+def _is_complete(folder: Path, options: FlowOptions) -> int | None:
+    """The flow images of a finished folder extracted with `options`; None when it must be (re)done."""
     marker = read_marker(folder)
-    if marker is None or marker.get("version") != FLOW_FORMAT_VERSION:
-        return None
-    if (marker.get("method"), marker.get("bound"), marker.get("ext"), marker.get("short_side")) != (
-        method, bound, ext, short_side
-    ):
+    if marker is None or marker.get("version") != FLOW_FORMAT_VERSION or marker.get("options") != asdict(options):
         return None
     return int(marker["frames"])
 
 
-def _extract_one(root: str, path: str, out: str, options: dict) -> FlowResult:
+def _extract_one(root: str, path: str, out: str, options: FlowOptions, backend: str) -> FlowResult:
     """Worker: extract one entry's flow, or report it as bad (a bug elsewhere still raises)."""
     folder = Path(out) / flow_dir_for(path)
-    done = _is_complete(folder, options["method"], options["bound"], options["ext"], options["short_side"])
+    done = _is_complete(folder, options)
     if done is not None:
         return FlowResult(path, "skipped", frames=done)
     started = time.perf_counter()
     try:
-        frames = extract_video(Path(root) / path, folder, **options)
+        frames = extract_video(Path(root) / path, folder, options, backend=backend)
     except (VideoDecodeError, OSError, IndexError) as err:
         shutil.rmtree(folder, ignore_errors=True)  # no partial folder for a bad video
         return FlowResult(path, "bad", error=f"{type(err).__name__}: {err}")
@@ -252,13 +266,9 @@ def extract_flow(
     root: str | os.PathLike,
     entries: Sequence[VideoEntry],
     out: str | os.PathLike,
+    options: FlowOptions = FlowOptions(),
     *,
-    method: str = "tvl1",
-    bound: float = DEFAULT_BOUND,
-    ext: str = "jpg",
     backend: str = "av",
-    short_side: int | None = None,
-    dis_preset: str = "medium",
     workers: int = 2,
     progress: bool = True,
 ) -> FlowReport:
@@ -268,20 +278,14 @@ def extract_flow(
         root: the dataset root; entry paths are relative to it.
         entries: the dataset's entries (several entries may share a video: it is extracted once).
         out: the flow root; video `a/b.mp4` goes to `out/a/b/`.
-        method: one of METHODS. bound: displacement clip in pixels. ext: "jpg" (official) or "png".
+        options: what to extract and how to store it (a finished folder with other options is redone).
         backend: decoder of video files (frame folders always use "frames").
-        short_side: resize frames to this short side before the flow (None: as decoded).
-        dis_preset: "ultrafast" | "fast" | "medium", for method="dis".
         workers: processes, one video each; progress: show a progress bar.
     Returns:
         A FlowReport; the bad videos are also written to `out/extract_flow.report.json`.
     """
     from tqdm import tqdm
 
-    if method not in METHODS:
-        raise ValueError(f"unknown flow method {method!r}; choose one of {METHODS}")
-    if bound <= 0:
-        raise ValueError(f"bound must be positive, got {bound}")
     root, out = Path(root), Path(out)
     paths = list(dict.fromkeys(e.path for e in entries))
     folders: dict[str, str] = {}
@@ -290,10 +294,8 @@ def extract_flow(
         if other != p:
             raise ValueError(f"{other} and {p} would share the flow folder {out / flow_dir_for(p)}")
     out.mkdir(parents=True, exist_ok=True)
-    options = dict(method=method, bound=float(bound), ext=ext, backend=backend, short_side=short_side,
-                   dis_preset=dis_preset)
     results: dict[str, FlowResult] = {}
-    bar = tqdm(total=len(paths), desc=f"extract_flow ({method})", unit="video", disable=not progress)
+    bar = tqdm(total=len(paths), desc=f"extract_flow ({options.method})", unit="video", disable=not progress)
 
     def record(result: FlowResult) -> None:
         results[result.path] = result
@@ -304,16 +306,16 @@ def extract_flow(
 
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_extract_one, str(root), p, str(out), options) for p in paths]
+            futures = [pool.submit(_extract_one, str(root), p, str(out), options, backend) for p in paths]
             for future in futures:
                 record(future.result())
     else:
         for p in paths:
-            record(_extract_one(str(root), p, str(out), options))
+            record(_extract_one(str(root), p, str(out), options, backend))
     bar.close()
     ordered = [results[p] for p in paths]
     report = out / REPORT_NAME
-    summary = {"root": str(root), "out": str(out), **options, "videos": len(ordered),
+    summary = {"root": str(root), "out": str(out), **asdict(options), "backend": backend, "videos": len(ordered),
                "done": sum(r.status == "done" for r in ordered),
                "skipped": sum(r.status == "skipped" for r in ordered),
                "bad": sum(r.status == "bad" for r in ordered),

@@ -37,7 +37,15 @@ from vidssl.datasets.flow import flow_entries
 from vidssl.datasets.formats import synthetic
 from vidssl.datasets.sampling import BlockSampler
 from vidssl.datasets.transforms import ClipTransform
-from vidssl.flow import extract_flow, extract_video, flow_estimator, flow_image, read_flow_image, rigid_shift
+from vidssl.flow import (
+    FlowOptions,
+    extract_flow,
+    extract_video,
+    flow_estimator,
+    flow_image,
+    read_flow_image,
+    rigid_shift,
+)
 
 __all__ = ["run"]
 
@@ -80,7 +88,7 @@ def _accuracy(root: Path, methods: Sequence[str], sequences: int, pairs: int, ou
             shutil.copy(f, source / f.name)
         truth = [rigid_shift(a, b) for a, b in zip(masks[:-1], masks[1:])]
         for method in methods:
-            extract_video(source, out / method / name, method=method)
+            extract_video(source, out / method / name, FlowOptions(method=method))
             for i, (iou, (dx, dy)) in enumerate(truth):
                 if iou < 0.95:
                     continue
@@ -147,7 +155,8 @@ def run(
                              "flow_fps": round(_pair_rate(frames, method, out), 2)})
         for method in methods:
             started = time.perf_counter()
-            report = extract_flow(root, entries, tmp_dir / f"flow_{method}", method=method, workers=1, progress=False)
+            report = extract_flow(root, entries, tmp_dir / f"flow_{method}", FlowOptions(method=method), workers=1,
+                                  progress=False)
             seconds = time.perf_counter() - started
             written = sum(r.frames for r in report.results)
             rows.append({"row": "extract", "source": f"synthetic x{len(entries)}", "method": method,

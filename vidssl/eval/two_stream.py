@@ -4,9 +4,10 @@ Fusion is late, on frozen features: each stream's pooled features are centred on
 mean, L2-normalised and concatenated with weight 1/sqrt(2) each, so that the cosine similarity of two fused
 features is the mean of the two streams' (centred) cosine similarities. Centring matters: without it a
 stream whose features share a large common component (a random encoder on flow, whose frames are mostly
-the zero-motion level) has cosines all near 1 and no say in the mean. Retrieval on them ranks by that mean; the linear probe is trained on them. (The
-MemDPC paper's R+F averages the class scores of two fine-tuned networks; with frozen features and one
-probe, averaging the similarities is the counterpart.)
+the zero-motion level) has cosines all near 1 and no say in the mean. Retrieval on fused features ranks
+by that mean; the linear probe is trained on them. (The MemDPC paper's R+F averages the class scores of
+two fine-tuned networks; with frozen features and one probe, averaging the similarities is the
+counterpart.)
 
 The RGB and flow datasets must list the same videos in the same order and draw the same frames (wrap the
 RGB sampler in `vidssl.datasets.flow.FlowAligned`).
