@@ -16,9 +16,10 @@ Methods (`METHODS`): ``"tvl1"``, OpenCV's dual TV-L1 with its default parameters
 the official preparation's call), and ``"dis"``, OpenCV's DIS (much faster, less accurate; a named option,
 see docs/benchmarks.md). Frames are converted to grey levels before the flow is computed.
 
-`extract_flow` runs one video per worker process, resumes (a video whose ``.flow.json`` matches the method
-and bound is skipped; a folder without it is cleared and redone) and reports bad videos like
-`vidssl.datasets.check`: they are listed with the decoder's message in ``out/extract_flow.report.json``.
+`extract_flow` runs one video per worker process, resumes (a video whose ``.flow.json`` records the same
+`FlowOptions` is skipped; a folder without it, or with other options, is cleared and redone) and reports
+bad videos like `vidssl.datasets.check`: they are listed with the decoder's message in
+``out/extract_flow.report.json``.
 """
 
 from __future__ import annotations
