@@ -4,6 +4,7 @@
     python tools/evaluate.py metric=clusters labels=LABELS.csv manifest=MANIFEST.csv [out=DIR]
     python tools/evaluate.py metric=retrieval|linear checkpoint=CKPT|random encoder=NAME dataset=... [out=DIR]
         [ks=[1,5,10,20]] [readout=encoder|context num_seq=N]
+    python tools/evaluate.py metric=retrieval|linear checkpoint=RGB flow_checkpoint=FLOW dataset.flow_root=DIR ...
     python tools/evaluate.py metric=finetune checkpoint=CKPT|random encoder=NAME dataset=... [finetune.steps=N]
 
 This file only reads the config and builds objects; the metrics live in ``vidssl.eval``.
@@ -48,7 +49,8 @@ def _eval_split(cfg: DictConfig, name: str, sampler, transform):
     from vidssl.datasets.dataset import VideoDataset
 
     return VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name), sampler=sampler,
-                        transform=transform, backend=cfg.backend, seed=cfg.seed)
+                        transform=transform, backend=cfg.backend, seed=cfg.seed,
+                        modality=cfg.dataset.get("modality", "rgb"))
 
 
 def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
@@ -57,6 +59,8 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.eval.finetune import READOUTS, context_readout, load_trained
     from vidssl.eval.retrieval import check_ks, evaluate_checkpoint
 
+    if cfg.get("flow_checkpoint"):
+        return evaluate_two_stream(cfg)
     if cfg.readout not in READOUTS:
         raise SystemExit(f"readout={cfg.readout!r} is not one of {list(READOUTS)}")
 
@@ -110,6 +114,35 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
     metrics = finetune(model, train_set, test_sets, steps=ft.steps, batch_size=cfg.batch_size, lr=ft.lr,
                        weight_decay=ft.weight_decay, num_workers=cfg.num_workers, device=cfg.device, seed=cfg.seed)
     metrics = {"checkpoint": str(cfg.checkpoint), "test_clips": ft.test_clips, **metrics}
+    return metrics, format_table([metrics]), Path(cfg.out or ".")
+
+
+def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
+    """RGB (`checkpoint`), flow (`flow_checkpoint`, on `dataset.flow_root`) and their fusion R+F."""
+    from vidssl.checkpoint import load_encoder
+    from vidssl.datasets.dataset import VideoDataset
+    from vidssl.datasets.flow import FlowAligned
+    from vidssl.datasets.sampling import ClipSampler
+    from vidssl.datasets.transforms import EvalTransform
+    from vidssl.eval.two_stream import evaluate_two_stream as evaluate
+
+    def split(name: str, modality: str) -> VideoDataset:
+        sampler = ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride, random=False)
+        return VideoDataset(
+            root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name, modality=modality),
+            sampler=sampler if modality == "flow" else FlowAligned(sampler),  # the same frames in both
+            transform=EvalTransform(size=cfg.size), backend=cfg.backend, seed=cfg.seed, modality=modality,
+        )
+
+    metrics = evaluate(
+        metric=cfg.metric,
+        rgb_encoder=load_encoder(cfg.checkpoint, cfg.encoder),
+        flow_encoder=load_encoder(cfg.flow_checkpoint, cfg.encoder),
+        rgb_sets=(split(cfg.train_split, "rgb"), split(cfg.test_split, "rgb")),
+        flow_sets=(split(cfg.train_split, "flow"), split(cfg.test_split, "flow")),
+        batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device,
+    )
+    metrics = {"checkpoint": str(cfg.checkpoint), "flow_checkpoint": str(cfg.flow_checkpoint), **metrics}
     return metrics, format_table([metrics]), Path(cfg.out or ".")
 
 
