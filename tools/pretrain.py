@@ -91,6 +91,7 @@ def train(cfg: DictConfig) -> None:
         index=cfg.loader.index,
         require_audio=cfg.loader.require_audio,
         seed=cfg.trainer.seed,
+        modality=cfg.dataset.get("modality", "rgb"),
     )
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)
