@@ -214,3 +214,15 @@ def test_pretrain_log_keeps_steps_with_the_progress_bar_and_the_error_of_a_faile
     assert failed.returncode == 1
     log = (run / "pretrain.log").read_text()
     assert "the run failed" in log and "was trained with a different model config (encoder.base_width, " in log
+
+
+@pytest.mark.parametrize("preset", ["dpc_paper", "memdpc_paper"])
+def test_paper_presets_decay_every_parameter_as_the_official_code(preset):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("pretrain", overrides=[f"task={preset}", "trainer.out_dir=unused"])
+    assert cfg.trainer.decay_norm_and_bias is True and cfg.optim.weight_decay == 1e-5
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        default = compose("pretrain", overrides=["task=dpc", "trainer.out_dir=unused"])
+    assert default.trainer.decay_norm_and_bias is False
