@@ -37,8 +37,11 @@ def missing_mandatory_keys(overrides: list[str]) -> list[str] | None:
         return None
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("pretrain", overrides=[o for o in overrides if not o.lstrip("+~").startswith("hydra.")])
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("pretrain", overrides=[o for o in overrides if not o.lstrip("+~").startswith("hydra.")])
+    except Exception:  # a wrong key or group: Hydra itself reports it, in its words
+        return None
     return sorted(OmegaConf.missing_keys(cfg))
 
 
