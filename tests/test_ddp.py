@@ -49,18 +49,13 @@ assert set(task.world) == {int(__import__("os").environ.get("WORLD_SIZE", "1"))}
 '''
 
 
-def _torchrun_toy(tmp_path: Path, out: str) -> subprocess.CompletedProcess:
+def test_two_gloo_ranks_match_one_process_with_double_batch(tmp_path):
     script = tmp_path / "toy_ddp.py"
     script.write_text(TOY_RUN)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path / out), "4"], capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
-
-
-def test_two_gloo_ranks_match_one_process_with_double_batch(tmp_path):
-    ddp = _torchrun_toy(tmp_path, "ddp")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "ddp"), "4"], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    script = tmp_path / "toy_ddp.py"
     single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], capture_output=True,
                             text=True, timeout=300, cwd=REPO)
     assert single.returncode == 0, single.stderr[-3000:]
