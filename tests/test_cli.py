@@ -54,7 +54,7 @@ def test_pretrain_prints_the_cause_last(tmp_path: Path) -> None:
          f"dataset.root={root}", f"dataset.manifest={tmp_path / 'manifest.csv'}",
          "task.data.transform._target_=brokenmod.Thing", f"trainer.out_dir={tmp_path / 'run'}"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]

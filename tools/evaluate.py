@@ -18,6 +18,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vidssl.cli import explain_instantiation_errors
 from vidssl.eval.report import format_table, write_metrics
 
 
@@ -156,6 +157,7 @@ EVALUATIONS = {
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
         raise SystemExit(f"metric={cfg.metric!r} is not one of {sorted(EVALUATIONS)}")

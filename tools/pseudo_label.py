@@ -20,6 +20,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vidssl.cli import explain_instantiation_errors
 from vidssl.eval.report import format_table
 from vidssl.pseudo_label import (
     METHODS,
@@ -48,6 +49,7 @@ def _task_config(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../configs", config_name="pseudo_label", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     if cfg.method not in METHODS:
         raise SystemExit(f"method={cfg.method!r} is not one of {', '.join(METHODS)}")
