@@ -133,7 +133,7 @@ def track_video(
         if num_objects == 0:
             raise ValueError(f"mask {mask if not isinstance(mask, np.ndarray) else ''} marks no object (all 0)")
 
-        chunk: dict[str, Any] = {"start": -1, "frames": None}
+        chunk: dict[str, Any] = {"start": -DECODE_CHUNK, "frames": None}  # no frame decoded yet
 
         def frame(t: int) -> torch.Tensor:
             if not chunk["start"] <= t < chunk["start"] + DECODE_CHUNK:
