@@ -1,4 +1,6 @@
-"""CRW: shapes, gradients, the walk against a slow reference, stochasticity, and the loss floor."""
+"""CRW: shapes, gradients, the walk against a slow reference, edge dropout, patch jitter, and the loss floor.
+
+The equivalence with the authors' code is tests/tasks/test_crw_official.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from vidssl.tasks.crw import CRW, affinity_logits, cycle_loss, palindrome_walks, transition_matrices
+from vidssl.tasks.crw import (
+    CRW,
+    affinity_logits,
+    cycle_loss,
+    edge_dropout_masks,
+    jitter_patches,
+    palindrome_walks,
+    random_crop_boxes,
+    transition_matrices,
+)
 from tiny_encoders import SpaceToDepth, TinyFrameEncoder
 
 
@@ -72,10 +83,12 @@ def test_affinity_matches_pairwise_dot_products() -> None:
 
 
 @pytest.mark.parametrize("edge_dropout", [0.0, 0.5, 0.9999999])
-def test_transitions_are_row_stochastic(edge_dropout: float) -> None:
+@pytest.mark.parametrize("independent", [False, True])
+def test_transitions_are_row_stochastic(edge_dropout: float, independent: bool) -> None:
     torch.manual_seed(0)
     logits = affinity_logits(_nodes(2, 6, 4, 5), temperature=0.07)
-    forward, backward = transition_matrices(logits, edge_dropout)
+    masks = edge_dropout_masks(logits, edge_dropout)
+    forward, backward = transition_matrices(logits, *masks, backward_keeps_forward_drops=not independent)
     for p in (forward, backward):
         assert p.shape == (2, 3, 5, 5)
         assert torch.isfinite(p).all() and (p >= 0).all()
@@ -84,6 +97,35 @@ def test_transitions_are_row_stochastic(edge_dropout: float) -> None:
         assert 0.3 < (forward < 1e-30).float().mean() < 0.7
     if edge_dropout == 0.9999999:  # a row that lost every edge walks uniformly instead of becoming NaN
         torch.testing.assert_close(forward, torch.full_like(forward, 0.2))
+        torch.testing.assert_close(backward, torch.full_like(backward, 0.2))
+
+
+@pytest.mark.parametrize(("independent", "backward_rate"), [(False, 1 - 0.9**2), (True, 0.1)])
+def test_backward_drop_rate(independent: bool, backward_rate: float) -> None:
+    # By default the backward walk loses the forward walk's dropped edges on top of its own.
+    torch.manual_seed(0)
+    logits = affinity_logits(_nodes(2, 8, 3, 64), temperature=0.07)
+    drop_forward, drop_backward = edge_dropout_masks(logits, 0.1)
+    forward, backward = transition_matrices(
+        logits, drop_forward, drop_backward, backward_keeps_forward_drops=not independent
+    )
+    assert float((forward == 0).float().mean()) == pytest.approx(0.1, abs=0.01)
+    assert float((backward == 0).float().mean()) == pytest.approx(backward_rate, abs=0.01)
+    inherited = backward.transpose(-1, -2)[drop_forward] == 0
+    assert bool(inherited.all()) != independent
+
+
+def test_edge_masks_are_injectable_and_drawn_only_in_training() -> None:
+    torch.manual_seed(0)
+    task = CRW(encoder=SpaceToDepth(), embed_dim=None, edge_dropout=0.3)
+    batch = {"video": torch.randn(1, 3, 4, 16, 16)}
+    logits = affinity_logits(task.embed(batch["video"]), task.temperature)
+    masks = edge_dropout_masks(logits, 0.3, generator=torch.Generator().manual_seed(1))
+    first, second = task(batch, edge_masks=masks), task(batch, edge_masks=masks)
+    assert torch.equal(first["loss"], second["loss"])
+    expected, _, _ = cycle_loss(palindrome_walks(*transition_matrices(logits, *masks)))
+    torch.testing.assert_close(first["loss"], expected)
+    assert not torch.equal(task(batch)["loss"], task(batch)["loss"])  # drawn afresh each call
 
 
 def test_edge_dropout_is_off_in_eval_mode() -> None:
@@ -94,11 +136,11 @@ def test_edge_dropout_is_off_in_eval_mode() -> None:
     assert torch.equal(first["loss"], second["loss"])
 
 
-def _reference_walk_loss(nodes: torch.Tensor, temperature: float) -> tuple[float, float]:
+def _reference_walk_loss(nodes: torch.Tensor, temperature: float, shortest: int) -> tuple[float, float]:
     """The palindrome walk done slowly: push each start node's probability vector step by step."""
     b_size, _, t_size, n_size = nodes.shape
     losses, hits = [], []
-    for k in range(1, t_size):  # cycle 0 → k → 0
+    for k in range(shortest, t_size):  # cycle 0 → k → 0
         total, correct = 0.0, 0
         for b in range(b_size):
             def step(src: int, dst: int) -> torch.Tensor:
@@ -121,13 +163,14 @@ def _reference_walk_loss(nodes: torch.Tensor, temperature: float) -> tuple[float
     return sum(losses) / len(losses), sum(hits) / len(hits)
 
 
-def test_walk_loss_matches_slow_reference() -> None:
-    nodes = _nodes(2, 6, 4, 5, seed=3)
+@pytest.mark.parametrize("shortest", [2, 1])
+def test_walk_loss_matches_slow_reference(shortest: int) -> None:
+    nodes = _nodes(2, 6, 5, 5, seed=3)
     forward, backward = transition_matrices(affinity_logits(nodes, 0.3))
-    walks = palindrome_walks(forward, backward)
-    assert len(walks) == 3
+    walks = palindrome_walks(forward, backward, shortest)
+    assert len(walks) == 5 - shortest  # cycle lengths shortest..T-1
     loss, accuracy, _ = cycle_loss(walks)
-    ref_loss, ref_accuracy = _reference_walk_loss(nodes, 0.3)
+    ref_loss, ref_accuracy = _reference_walk_loss(nodes, 0.3, shortest)
     assert float(loss) == pytest.approx(ref_loss, rel=1e-4)
     assert float(accuracy) == pytest.approx(ref_accuracy)
 
@@ -153,10 +196,81 @@ def test_loss_reaches_its_floor_on_a_video_of_identical_frames() -> None:
 
 def test_bad_input_is_named() -> None:
     task = CRW(encoder=SpaceToDepth(), embed_dim=None)
-    with pytest.raises(ValueError, match="T ≥ 2"):
-        task({"video": torch.randn(1, 3, 1, 16, 16)})
+    with pytest.raises(ValueError, match="T ≥ 3"):  # the shortest cycle, 0→1→2→1→0, needs 3 frames
+        task({"video": torch.randn(1, 3, 2, 16, 16)})
+    one_step = CRW(encoder=SpaceToDepth(), embed_dim=None, shortest_cycle=1)
+    assert torch.isfinite(one_step({"video": torch.randn(1, 3, 2, 16, 16)})["loss"])
     with pytest.raises(ValueError, match="temperature"):
         CRW(encoder=SpaceToDepth(), temperature=0.0)
+    with pytest.raises(ValueError, match="shortest_cycle"):
+        CRW(encoder=SpaceToDepth(), shortest_cycle=0)
+    with pytest.raises(ValueError, match="at least one walk"):
+        cycle_loss([])
+    with pytest.raises(ValueError, match="patch_jitter_scale"):
+        CRW(encoder=SpaceToDepth(), patch_jitter_scale=(0.7, 1.2))
+    with pytest.raises(ValueError, match="feature_dropout"):
+        CRW(encoder=SpaceToDepth(), feature_dropout=1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Patch jitter and feature dropout
+
+
+def test_crop_boxes_follow_the_requested_area_and_aspect() -> None:
+    boxes = random_crop_boxes(20000, 64, 64, (0.7, 0.9), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    left, top, right, bottom = boxes.unbind(1)
+    w, h = right - left, bottom - top
+    assert (left >= 0).all() and (top >= 0).all() and (right <= 64).all() and (bottom <= 64).all()
+    area = w * h / 64**2
+    assert float(area.min()) > 0.68 and float(area.max()) < 0.92  # 0.7-0.9, sides rounded to pixels
+    assert float((w / h).min()) > 0.74 and float((w / h).max()) < 1.36
+    # the same distribution as torchvision's RandomResizedCrop.get_params (whose w > 64 tries are redrawn)
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    image = torch.zeros(1, 64, 64)
+    reference = torch.tensor(
+        [RandomResizedCrop.get_params(image, [0.7, 0.9], [3 / 4, 4 / 3])[2:] for _ in range(20000)], dtype=torch.float
+    )
+    assert float((w * h).mean()) == pytest.approx(float(reference.prod(1).mean()), rel=0.01)
+    assert float((w / h).mean()) == pytest.approx(float((reference[:, 1] / reference[:, 0]).mean()), rel=0.01)
+
+
+def test_jitter_resamples_each_patch_inside_its_box() -> None:
+    from torchvision.transforms.v2.functional import resized_crop
+
+    patches = torch.randn(6, 3, 16, 16)
+    jittered = jitter_patches(patches, generator=torch.Generator().manual_seed(4))
+    boxes = random_crop_boxes(6, 16, 16, generator=torch.Generator().manual_seed(4)).long()
+    assert jittered.shape == patches.shape
+    for patch, out, (left, top, right, bottom) in zip(patches, jittered, boxes.tolist()):
+        expected = resized_crop(patch, top, left, bottom - top, right - left, [16, 16], antialias=False)
+        # equal to crop-then-resize away from the crop's edge, where roi_align blends in the next pixel
+        torch.testing.assert_close(out[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=1e-5, rtol=1e-5)
+    # the whole patch at aspect 1 is the identity
+    torch.testing.assert_close(jitter_patches(patches, (1.0, 1.0), (1.0, 1.0)), patches)
+
+
+def test_patches_are_jittered_in_training_only() -> None:
+    torch.manual_seed(0)
+    video = torch.randn(1, 3, 3, 32, 32)
+    task = CRW(encoder=TinyFrameEncoder(), embed_dim=8, patch_size=16)
+    assert not torch.equal(task.embed(video), task.embed(video))
+    task.eval()
+    assert torch.equal(task.embed(video), task.embed(video))
+    off = CRW(encoder=task.encoder, embed_dim=8, patch_size=16, patch_jitter_scale=None)
+    off.head = task.head
+    torch.testing.assert_close(off.train().embed(video), task.embed(video))
+
+
+def test_feature_dropout_is_off_by_default_and_in_eval() -> None:
+    torch.manual_seed(0)
+    video = torch.randn(1, 3, 3, 16, 16)
+    plain = CRW(encoder=SpaceToDepth(), embed_dim=None)
+    dropped = CRW(encoder=SpaceToDepth(), embed_dim=None, feature_dropout=0.5)
+    assert torch.equal(plain.embed(video), plain.embed(video))
+    assert not torch.allclose(dropped.embed(video), plain.embed(video))
+    torch.testing.assert_close(dropped.eval().embed(video), plain.embed(video))
 
 
 # ------------------------------------------------------------------------------------------------
