@@ -9,7 +9,8 @@ expects). Sources:
   directly, a video encoder (B×3×T×H×W → B×D×T'×h×w) on the frame as a static clip of ``clip_len``
   frames, its temporal axis averaged away. ``layer`` picks the map: by default (``"auto"``) the
   stride-8 frame ResNet gives its layer3 output (256-d at full width), as videowalk's ``test.py``
-  removes layer4 before label propagation; other encoders give their output (``"output"``);
+  removes layer4 before label propagation, unless MAST trained it; other encoders give their output
+  (``"output"``);
   any submodule name (``"layer2"``, ``"layer4"``…) gives that submodule's output;
 - `build_feature_fn("pixels" | "random" | "checkpoint", ...)`: what ``tools/propagate.py`` offers.
 """
@@ -38,12 +39,29 @@ def l2_normalize(features: Tensor, dim: int = 0) -> Tensor:
     return F.normalize(features, dim=dim)
 
 
-def default_layer(encoder: nn.Module) -> str:
-    """The feature map label propagation reads by default: layer3 of the stride-8 frame ResNet
-    (videowalk's ``test.py`` drops layer4), the output of any other encoder."""
+MAST_TASK = "vidssl.tasks.mast.MAST"
+
+
+def default_layer(encoder: nn.Module, task: str | None = None) -> str:
+    """The feature map label propagation reads by default (``layer="auto"``).
+
+    layer3 of the stride-8 frame ResNet, as videowalk's ``test.py`` (it drops layer4); but the output
+    for an encoder trained by ``task`` = MAST (its reconstruction reads the output, and so does MAST's
+    own evaluation), and for every other encoder.
+    """
     from vidssl.encoders.frame import ResNet18Dense
 
-    return "layer3" if isinstance(encoder, ResNet18Dense) else OUTPUT
+    if task == MAST_TASK or not isinstance(encoder, ResNet18Dense):
+        return OUTPUT
+    return "layer3"
+
+
+def checkpoint_task(checkpoint: str | Path) -> str | None:
+    """The ``_target_`` of the task a checkpoint was trained with (``config.task.model``), if it says."""
+    from vidssl.checkpoint import load_checkpoint
+
+    task = ((load_checkpoint(checkpoint).get("config") or {}).get("task") or {}).get("model") or {}
+    return task.get("_target_") if isinstance(task, dict) else None
 
 
 class _Stop(Exception):
@@ -126,6 +144,7 @@ class EncoderFeatures:
       encoder: a frame encoder (B×3×H×W → B×D×h×w) or a video encoder (B×3×T×H×W → B×D×T'×h×w).
       layer: "auto" (`default_layer`: layer3 for the stride-8 frame ResNet, as videowalk's DAVIS
         evaluation; the output otherwise), "output", or the name of a submodule whose output to use.
+      task: the ``_target_`` of the task that trained the encoder, for ``layer="auto"`` (MAST: output).
       video: whether it is a video encoder; None decides by whether it contains a 3D convolution.
       clip_len: a video encoder sees the frame repeated clip_len times (1: a single-frame clip);
         its output's temporal axis is averaged.
@@ -136,7 +155,7 @@ class EncoderFeatures:
 
     def __init__(self, encoder: nn.Module, *, video: bool | None = None, clip_len: int = 1,
                  device: str | torch.device | None = None, mean: tuple[float, ...] = MEAN,
-                 std: tuple[float, ...] = STD, layer: str = AUTO) -> None:
+                 std: tuple[float, ...] = STD, layer: str = AUTO, task: str | None = None) -> None:
         if clip_len < 1:
             raise ValueError(f"clip_len must be ≥ 1, got {clip_len}")
         if device is not None:
@@ -147,7 +166,7 @@ class EncoderFeatures:
         self.video = _is_video_encoder(encoder) if video is None else video
         self.clip_len = clip_len
         self.mean, self.std = mean, std
-        self.layer = default_layer(encoder) if layer == AUTO else layer
+        self.layer = default_layer(encoder, task) if layer == AUTO else layer
 
     @torch.inference_mode()
     def __call__(self, frame: Tensor) -> Tensor:
@@ -201,4 +220,6 @@ def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str 
         if checkpoint in (None, "", "random"):
             raise ValueError("features=checkpoint needs checkpoint=PATH (a .pt file or a run directory)")
         encoder = load_encoder(checkpoint, encoder_cfg)
+        if layer == AUTO:
+            layer = default_layer(encoder, checkpoint_task(checkpoint))
     return EncoderFeatures(encoder, clip_len=clip_len, device=device, layer=layer)

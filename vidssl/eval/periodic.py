@@ -41,7 +41,7 @@ class PropagationEvaluator:
       resolution: the DAVIS resolution folder
       clip_len: a video encoder sees each frame as a static clip of this many frames
       layer: the encoder's feature map (`vidssl.eval.features.EncoderFeatures`; "auto": layer3 of
-        the stride-8 frame ResNet, as videowalk's evaluation)
+        the stride-8 frame ResNet, as videowalk's evaluation, the output when the task is MAST)
       protocol: `propagate_labels`'s keyword arguments (n_context, topk, radius, temperature,
         restrict_first, window, pad_first, downsample, tile); its defaults (videowalk's) otherwise
     Call: ``(task, step, writer) -> {"J&F-Mean", "J-Mean", "F-Mean"}`` (means over the objects);
@@ -84,7 +84,9 @@ class PropagationEvaluator:
         encoder = task.encoder
         weight = next(iter(encoder.parameters()), None)  # a parameter-free encoder runs on the CPU
         device = weight.device if weight is not None else torch.device("cpu")
-        return self.evaluate(EncoderFeatures(encoder, clip_len=self.clip_len, device=device, layer=self.layer), step, writer)
+        task_name = f"{type(task).__module__}.{type(task).__name__}"
+        features = EncoderFeatures(encoder, clip_len=self.clip_len, device=device, layer=self.layer, task=task_name)
+        return self.evaluate(features, step, writer)
 
     def evaluate(self, feature_fn: FeatureFn, step: int = 0, writer: Any = None) -> dict[str, float]:
         """The same evaluation for any feature source (e.g. `vidssl.eval.features.PixelFeatures`).
