@@ -136,7 +136,7 @@ def propagate_step(
         official mask) or "square" (|dy|, |dx| ≤ radius).
       tile: queries are processed in tile×tile blocks: the block's context region, (tile+2r)² cells
         per frame, is multiplied with it as one matrix, and the products outside each query's own
-        (2r+1)² window are masked before the top-k. Larger tiles waste more products, smaller ones
+        window are masked before the top-k. Larger tiles waste more products, smaller ones
         make smaller, slower matrix products; the result does not depend on it.
     Output: h×w×K soft labels (each cell's labels sum to one when the context's do).
     """
