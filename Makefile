@@ -6,22 +6,42 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: install demo test test-fast bench clean
+LOCK := requirements.lock
+
+.PHONY: install check-install lock demo test test-fast bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package comes from the lock file (pip constraints), so a fresh machine gets the tested versions.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade-strategy only-if-needed -e '.[test]'
+	$(PY) -m pip install --constraint $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Fail fast, in one line, when the compiled stack (torch, torchvision, torchaudio, av, decord) does not load.
+check-install: $(STAMP)
+	$(PY) -m vidssl.install_check
+
+# Re-resolve pyproject.toml's ranges in a throwaway venv and pin what pip picks today (see the README).
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -e '.[test]'
+	.lock-venv/bin/python -m vidssl.install_check
+	{ printf '%s\n' \
+	  "# The whole dependency tree, pinned: \`make install\` installs vidssl with this file as pip's constraints," \
+	  "# so every fresh machine gets these exact versions. Regenerate with \`make lock\` (see the README)." \
+	  "# Made with Python 3.11 on linux x86_64; the nvidia-*/cuda-*/triton pins apply only where torch needs them."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .lock-venv
+
+demo: check-install
 	PYTHONUNBUFFERED=1 $(PY) tools/demo.py out=$(DEMO_DIR)
 
-test: $(STAMP)
+test: check-install
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: check-install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)

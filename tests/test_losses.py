@@ -16,6 +16,7 @@ from vidssl.losses import (
     momentum_update,
     nt_xent,
     sinkhorn_knopp,
+    sinkhorn_to_tolerance,
     soft_cross_entropy,
     swapped_prediction,
 )
@@ -287,6 +288,48 @@ def test_sinkhorn_rejects_bad_input():
         sinkhorn_knopp(good, marginals=(None, torch.ones(4)))
     with pytest.raises(ValueError, match="strictly positive"):
         sinkhorn_knopp(good, marginals=(torch.tensor([1.0, 0.0, 1.0, 1.0]), None))
+
+
+def _row_scaling_change(scores: torch.Tensor, epsilon: float, iterations: int) -> float:
+    """Σ_n |β_n/β'_n − 1| between iterations ``iterations`` and ``iterations + 1`` of plain fp64 Sinkhorn
+    (β: the row scaling of exp(scores/ε), starting from 1/N), written out independently."""
+    kernel = torch.exp(scores.double() / epsilon)
+    n, k = kernel.shape
+    beta = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    for i in range(iterations + 1):
+        alpha = (1.0 / k) / (kernel.T @ beta)
+        new = (1.0 / n) / (kernel @ alpha)
+        change = float((beta / new - 1).abs().sum())
+        beta = new
+    return change
+
+
+def test_sinkhorn_to_tolerance_stops_where_the_row_scaling_settles():
+    torch.manual_seed(0)
+    scores = torch.randn(300, 8, dtype=torch.float64) * 0.3 + torch.randn(1, 8, dtype=torch.float64) * 0.3
+    q, iterations = sinkhorn_to_tolerance(scores, 0.05, tolerance=0.1)
+    assert iterations % 10 == 1 and iterations > 1  # checked after iterations 1, 11, 21, ...
+    assert _row_scaling_change(scores, 0.05, iterations - 1) <= 0.1 < _row_scaling_change(scores, 0.05, iterations - 11)
+    # the same as that many fixed iterations, and near the marginals
+    torch.testing.assert_close(q, sinkhorn_knopp(scores, 0.05, iterations), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(q.sum(0), torch.full((8,), 300 / 8, dtype=torch.float64), rtol=0.01)
+    # a tighter tolerance takes longer and gets closer; the cap is respected
+    tight, more = sinkhorn_to_tolerance(scores, 0.05, tolerance=1e-8)
+    assert more > iterations and (tight.sum(0) - 300 / 8).abs().max() < (q.sum(0) - 300 / 8).abs().max()
+    assert sinkhorn_to_tolerance(scores, 0.05, tolerance=1e-8, max_iterations=15)[1] == 15
+    with pytest.raises(ValueError, match="tolerance"):
+        sinkhorn_to_tolerance(scores, 0.05, tolerance=0.0)
+    with pytest.raises(ValueError, match="max_iterations"):
+        sinkhorn_to_tolerance(scores, 0.05, max_iterations=0)
+
+
+def test_sinkhorn_to_tolerance_in_fp32_with_log_domain_steps():
+    """Scores far beyond exp's range: the stopping rule still sees the true row scaling."""
+    torch.manual_seed(1)
+    scores = torch.randn(200, 6) * 30
+    q32, n32 = sinkhorn_to_tolerance(scores, 0.05, tolerance=0.1)
+    q64, n64 = sinkhorn_to_tolerance(scores.double(), 0.05, tolerance=0.1)
+    assert n32 == n64 and torch.equal(q32.argmax(1), q64.argmax(1))
 
 
 # ---------------------------------------------------------------- SwAV / soft targets

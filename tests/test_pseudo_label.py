@@ -14,7 +14,10 @@ import torch
 from vidssl.eval.clustering import evaluate_labels
 from vidssl.pseudo_label import (
     Labelling,
+    balanced_kmeans,
+    cluster_features,
     cluster_sizes,
+    encoder_features,
     label_clips,
     labelling_dataset,
     random_task,
@@ -32,7 +35,7 @@ TASK_CFG = {
         "encoder": {"_target_": "vidssl.encoders.video.r2d3d_18", "base_width": 4},
         "audio_encoder": {"_target_": "vidssl.encoders.audio.audio_cnn", "base_width": 4, "in_channels": 1},
         "num_clusters": [3, 4],
-        "hidden_dim": 16,
+        "head_hidden": 16,
     },
     "data": {
         "sampler": {"_target_": "vidssl.datasets.sampling.ClipSampler", "num_frames": 4, "stride": 2},
@@ -116,7 +119,8 @@ def test_checkpoint_round_trip(tiny_root: Path, tmp_path: Path) -> None:
 
 
 def test_video_only_task_needs_no_audio(tiny_root: Path) -> None:
-    cfg = {"model": {**TASK_CFG["model"], "audio_encoder": None}, "data": {**TASK_CFG["data"], "audio": None}}
+    cfg = {"model": {**TASK_CFG["model"], "audio_encoder": None, "align_modalities": False},
+           "data": {**TASK_CFG["data"], "audio": None}}
     task = random_task(cfg)
     dataset = labelling_dataset(tiny_root, _entries(tiny_root), cfg["data"], with_audio=False)
     labelling = label_clips(task, dataset)
@@ -160,3 +164,71 @@ def test_tool_writes_csv_summary_and_grid(tiny_root: Path, tmp_path: Path) -> No
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 7 and set(rows[0]) == {"path", "cluster", "confidence"}
     assert (tmp_path / "labels_grid.png").stat().st_size > 0
+
+
+def test_feature_clustering_methods_on_separable_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1)
+    truth = torch.arange(40) % 4
+    features = torch.nn.functional.normalize(centres[truth] + 0.05 * torch.randn(40, 16, generator=g), dim=1)
+    paths = [f"c{i}" for i in range(40)]
+    for method in ("kmeans", "sinkhorn"):
+        labelling = cluster_features(paths, features, method=method, num_clusters=4)
+        assert labelling.num_heads == 1 and labelling.paths == paths
+        from vidssl.eval.clustering import cluster_metrics
+
+        assert cluster_metrics(truth.numpy(), labelling.clusters[0].numpy())["accuracy"] == 1.0, method
+        assert bool((labelling.confidence > 0.5).all()) and bool((labelling.confidence <= 1.0).all())
+    with pytest.raises(ValueError, match="num_clusters"):
+        cluster_features(paths, features, method="kmeans", num_clusters=41)
+    with pytest.raises(ValueError, match="method"):
+        cluster_features(paths, features, method="spectral", num_clusters=4)
+
+
+def test_balanced_kmeans_balances_where_kmeans_does_not() -> None:
+    """Three tight groups of 20, 10 and 10 clips into 4 clusters: optimal transport splits the large group
+    to give every cluster 10 clips; k-means need not."""
+    g = torch.Generator().manual_seed(1)
+    centres = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    group = torch.tensor([0] * 20 + [1] * 10 + [2] * 10)
+    features = torch.nn.functional.normalize(centres[group] + 0.2 * torch.randn(40, 8, generator=g), dim=1)
+    labels, _ = balanced_kmeans(features, 4)
+    sizes = torch.bincount(labels, minlength=4)
+    assert sizes.min() >= 9 and sizes.max() <= 11, sizes.tolist()
+
+
+def test_encoder_features_of_any_encoder(tiny_root: Path) -> None:
+    from vidssl.checkpoint import load_encoder
+
+    encoder = load_encoder("random", {"_target_": "vidssl.encoders.video.r2d3d_18", "base_width": 4})
+    dataset = labelling_dataset(tiny_root, _entries(tiny_root), TASK_CFG["data"], with_audio=False)
+    paths, features, skipped = encoder_features(encoder, dataset, batch_size=4)
+    assert len(paths) == 7 and features.shape == (7, encoder.out_channels) and list(skipped) == ["videos/broken.mp4"]
+    assert torch.allclose(features.norm(dim=1), torch.ones(7), atol=1e-5)
+
+
+def test_tool_clusters_a_non_selavi_checkpoint(tiny_root: Path, tmp_path: Path) -> None:
+    """A SimCLR-style checkpoint (encoder weights and config, no SeLaVi heads): kmeans and sinkhorn work,
+    selavi says what to use instead."""
+    from vidssl.checkpoint import load_encoder
+
+    encoder_cfg = {"_target_": "vidssl.encoders.video.r2d3d_18", "base_width": 4}
+    encoder = load_encoder("random", encoder_cfg)
+    ckpt = tmp_path / "simclr.pt"
+    task_cfg = {"model": {"_target_": "vidssl.tasks.contrastive.SimCLR"}, "data": TASK_CFG["data"]}
+    torch.save({"encoder": encoder.state_dict(), "model": {}, "config": {"encoder": encoder_cfg, "task": task_cfg}},
+               ckpt)
+    for method in ("kmeans", "sinkhorn"):
+        out = tmp_path / f"{method}.csv"
+        result = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "pseudo_label.py"), f"method={method}", "num_clusters=3",
+             f"checkpoint={ckpt}", "dataset=csv", f"dataset.root={tiny_root}", "dataset.manifest=all.csv",
+             f"out={out}"],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = list(csv.DictReader(out.open()))
+        assert len(rows) == 7 and set(rows[0]) == {"path", "cluster", "confidence"}
+        assert {r["cluster"] for r in rows} <= {"0", "1", "2"}
+        metrics, _ = evaluate_labels(out, tiny_root / "all.csv")
+        assert metrics["num_clips"] == 7

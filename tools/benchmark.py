@@ -1,6 +1,6 @@
 """Speed and memory benchmarks; prints a table and writes the figures as JSON.
 
-    python tools/benchmark.py suite=data|train|propagate|sinkhorn [out=FILE.json] [option=value ...]
+    python tools/benchmark.py suite=data|train|propagate|sinkhorn|flow [out=FILE.json] [option=value ...]
 
 Each suite is ``vidssl.benchmarks.<suite>.run(**options) -> {"rows": [...], ...}``; any further
 ``key=value`` is passed to it (e.g. ``suite=train task=memdpc``, ``suite=sinkhorn n=50000``).
@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from vidssl.eval.report import format_table
 
-SUITES = ("data", "train", "propagate", "sinkhorn")
+SUITES = ("data", "train", "propagate", "sinkhorn", "flow")
 
 
 def machine() -> dict:

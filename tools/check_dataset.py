@@ -17,10 +17,12 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vidssl.cli import explain_instantiation_errors  # noqa: E402
 from vidssl.datasets.check import check_dataset  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="check_dataset", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     entries = instantiate(cfg.dataset)
     started = time.perf_counter()

@@ -12,10 +12,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from vidssl.cli import explain_instantiation_errors
+
 from vidssl.convert import convert_checkpoint
 
 
 @hydra.main(config_path="../configs", config_name="convert_checkpoint", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     state = convert_checkpoint(cfg.source, cfg["in"], cfg.out)
     print(f"wrote {cfg.out}: {len(state['encoder'])} encoder tensors, {len(state['model'])} model tensors "

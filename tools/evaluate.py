@@ -3,6 +3,9 @@
     python tools/evaluate.py metric=davis davis_root=DIR results=RES [split=val] [out=DIR]
     python tools/evaluate.py metric=clusters labels=LABELS.csv manifest=MANIFEST.csv [out=DIR]
     python tools/evaluate.py metric=retrieval|linear checkpoint=CKPT|random encoder=NAME dataset=... [out=DIR]
+        [ks=[1,5,10,20]] [readout=encoder|context num_seq=N]
+    python tools/evaluate.py metric=retrieval|linear checkpoint=RGB flow_checkpoint=FLOW dataset.flow_root=DIR ...
+    python tools/evaluate.py metric=finetune checkpoint=CKPT|random encoder=NAME dataset=... [finetune.steps=N]
 
 This file only reads the config and builds objects; the metrics live in ``vidssl.eval``.
 """
@@ -15,6 +18,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vidssl.cli import explain_instantiation_errors
 from vidssl.eval.report import format_table, write_metrics
 
 
@@ -42,35 +46,104 @@ def evaluate_clusters(cfg: DictConfig) -> tuple[dict, str, Path]:
     return metrics, table, Path(cfg.out or ".")
 
 
-def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
-    from vidssl.checkpoint import load_encoder
+def _eval_split(cfg: DictConfig, name: str, sampler, transform):
     from vidssl.datasets.dataset import VideoDataset
+
+    return VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name), sampler=sampler,
+                        transform=transform, backend=cfg.backend, seed=cfg.seed,
+                        modality=cfg.dataset.get("modality", "rgb"))
+
+
+def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import EvalTransform
-    from vidssl.eval.retrieval import evaluate_checkpoint
+    from vidssl.eval.finetune import READOUTS, context_readout, load_trained
+    from vidssl.eval.retrieval import check_ks, evaluate_checkpoint
 
-    encoder = load_encoder(cfg.checkpoint, cfg.encoder)
+    if cfg.get("flow_checkpoint"):
+        return evaluate_two_stream(cfg)
+    if cfg.readout not in READOUTS:
+        raise SystemExit(f"readout={cfg.readout!r} is not one of {list(READOUTS)}")
 
-    def split(name: str) -> VideoDataset:
-        return VideoDataset(
-            root=cfg.dataset.root,
-            entries=instantiate(cfg.dataset, split=name),
-            sampler=ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride, random=False),
-            transform=EvalTransform(size=cfg.size),
-            backend=cfg.backend,
-            seed=cfg.seed,
-        )
+    def split(name: str):
+        return _eval_split(cfg, name, ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride, random=False),
+                           EvalTransform(size=cfg.size))
 
+    train_set = split(cfg.train_split)
+    if cfg.metric == "retrieval":
+        check_ks(list(cfg.ks), len(train_set))  # before loading weights or extracting any feature
+    encoder, model_state, task_config = load_trained(cfg.checkpoint, cfg.encoder)
+    if cfg.readout == "context":
+        encoder = context_readout(encoder, cfg.num_seq, model_state, task_config)
     metrics = evaluate_checkpoint(
         metric=cfg.metric,
         encoder=encoder,
-        train_set=split(cfg.train_split),
+        train_set=train_set,
         test_set=split(cfg.test_split),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         device=cfg.device,
+        ks=list(cfg.ks),
     )
-    metrics = {"checkpoint": str(cfg.checkpoint), **metrics}
+    metrics = {"checkpoint": str(cfg.checkpoint), "readout": cfg.readout, **metrics}
+    return metrics, format_table([metrics]), Path(cfg.out or ".")
+
+
+def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
+    from vidssl.datasets.sampling import ClipSampler
+    from vidssl.datasets.transforms import ClipTransform, EvalTransform
+    from vidssl.eval.finetune import (
+        ContextClassifier,
+        PositionedSampler,
+        clip_positions,
+        context_readout,
+        finetune,
+        load_trained,
+    )
+
+    ft = cfg.finetune
+    train_set = _eval_split(cfg, cfg.train_split, ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride),
+                            instantiate(ft.transform, size=cfg.size))
+    test_sets = [_eval_split(cfg, cfg.test_split, PositionedSampler(cfg.num_frames, cfg.stride, position),
+                             EvalTransform(size=cfg.size)) for position in clip_positions(ft.test_clips)]
+    labels = [e.label for e in train_set.entries + test_sets[0].entries]
+    if min(labels) < 0:
+        raise SystemExit(f"metric=finetune needs labelled videos; {cfg.dataset.root} has unlabelled ones")
+    encoder, model_state, task_config = load_trained(cfg.checkpoint, cfg.encoder, running_stats=True)
+    model = ContextClassifier(context_readout(encoder, cfg.num_seq, model_state, task_config),
+                              num_classes=max(labels) + 1, dropout=ft.dropout)
+    metrics = finetune(model, train_set, test_sets, steps=ft.steps, batch_size=cfg.batch_size, lr=ft.lr,
+                       weight_decay=ft.weight_decay, num_workers=cfg.num_workers, device=cfg.device, seed=cfg.seed)
+    metrics = {"checkpoint": str(cfg.checkpoint), "test_clips": ft.test_clips, **metrics}
+    return metrics, format_table([metrics]), Path(cfg.out or ".")
+
+
+def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
+    """RGB (`checkpoint`), flow (`flow_checkpoint`, on `dataset.flow_root`) and their fusion R+F."""
+    from vidssl.checkpoint import load_encoder
+    from vidssl.datasets.dataset import VideoDataset
+    from vidssl.datasets.flow import FlowAligned
+    from vidssl.datasets.sampling import ClipSampler
+    from vidssl.datasets.transforms import EvalTransform
+    from vidssl.eval.two_stream import evaluate_two_stream as evaluate
+
+    def split(name: str, modality: str) -> VideoDataset:
+        sampler = ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride, random=False)
+        return VideoDataset(
+            root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name, modality=modality),
+            sampler=sampler if modality == "flow" else FlowAligned(sampler),  # the same frames in both
+            transform=EvalTransform(size=cfg.size), backend=cfg.backend, seed=cfg.seed, modality=modality,
+        )
+
+    metrics = evaluate(
+        metric=cfg.metric,
+        rgb_encoder=load_encoder(cfg.checkpoint, cfg.encoder),
+        flow_encoder=load_encoder(cfg.flow_checkpoint, cfg.encoder),
+        rgb_sets=(split(cfg.train_split, "rgb"), split(cfg.test_split, "rgb")),
+        flow_sets=(split(cfg.train_split, "flow"), split(cfg.test_split, "flow")),
+        batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device,
+    )
+    metrics = {"checkpoint": str(cfg.checkpoint), "flow_checkpoint": str(cfg.flow_checkpoint), **metrics}
     return metrics, format_table([metrics]), Path(cfg.out or ".")
 
 
@@ -79,10 +152,12 @@ EVALUATIONS = {
     "clusters": evaluate_clusters,
     "retrieval": evaluate_features,
     "linear": evaluate_features,
+    "finetune": evaluate_finetune,
 }
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
         raise SystemExit(f"metric={cfg.metric!r} is not one of {sorted(EVALUATIONS)}")

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from vidssl.cli import explain_instantiation_errors  # noqa: E402
 from vidssl.datasets.formats import davis, synthetic  # noqa: E402
 
 
@@ -27,6 +28,7 @@ def _progress(done: int, total: int, name: str) -> None:
 
 
 @hydra.main(config_path="../configs", config_name="make_synthetic", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
     out = instantiate(cfg, progress=_progress)

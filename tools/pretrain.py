@@ -16,8 +16,11 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vidssl.cli import explain_instantiation_errors
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -38,6 +41,7 @@ def main(cfg: DictConfig) -> None:
         index=cfg.loader.index,
         require_audio=cfg.loader.require_audio,
         seed=cfg.trainer.seed,
+        modality=cfg.dataset.get("modality", "rgb"),
     )
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)

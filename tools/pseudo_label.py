@@ -1,10 +1,14 @@
-"""Pseudo-label every clip of a dataset with a trained SeLaVi task (or its random-init baseline).
+"""Pseudo-label every clip of a dataset, from any checkpoint (or its random-init baseline).
 
     python tools/pseudo_label.py checkpoint=CKPT|random task=selavi dataset=... [dataset.root=DIR] out=LABELS.csv
+    python tools/pseudo_label.py method=kmeans|sinkhorn num_clusters=K checkpoint=CKPT|random dataset=... out=...
 
-Writes LABELS.csv (path, cluster, confidence, cluster_h1, ...), prints the cluster sizes, and writes
-LABELS_grid.png beside it: the clips nearest each cluster's centre. A checkpoint brings its own task
-config (``checkpoint["config"]["task"]``); ``task=`` matters only for ``checkpoint=random``.
+``method=selavi`` (default) labels with a SeLaVi checkpoint's heads; ``method=kmeans`` (scikit-learn) and
+``method=sinkhorn`` (balanced k-means by optimal transport) cluster the pooled encoder features of any
+checkpoint into ``num_clusters``. Writes LABELS.csv (path, cluster, confidence[, cluster_h1, ...]),
+prints the cluster sizes, and writes LABELS_grid.png beside it: the clips nearest each cluster's centre.
+A checkpoint brings its own task config (``checkpoint["config"]["task"]``: its clip layout);
+``task=`` (and ``encoder=`` for the feature methods) matter only for ``checkpoint=random``.
 All logic lives in ``vidssl.pseudo_label``.
 """
 
@@ -16,10 +20,14 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vidssl.cli import explain_instantiation_errors
 from vidssl.eval.report import format_table
 from vidssl.pseudo_label import (
+    METHODS,
+    cluster_features,
     cluster_grid_image,
     cluster_sizes,
+    encoder_features,
     label_clips,
     labelling_dataset,
     random_task,
@@ -29,26 +37,54 @@ from vidssl.pseudo_label import (
 from vidssl.viz import save_png
 
 
+def _task_config(cfg: DictConfig) -> dict:
+    """The checkpoint's task config (its clip layout), or the command line's for ``random``."""
+    if str(cfg.checkpoint) != "random":
+        from vidssl.checkpoint import load_checkpoint
+
+        saved = (load_checkpoint(cfg.checkpoint).get("config") or {}).get("task")
+        if saved and "data" in saved:
+            return saved
+    return OmegaConf.to_container(cfg.task, resolve=True)
+
+
 @hydra.main(config_path="../configs", config_name="pseudo_label", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
-    if str(cfg.checkpoint) == "random":
-        task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-        task = random_task(task_cfg)
-    else:
-        task, task_cfg = task_from_checkpoint(cfg.checkpoint)
-    with_audio = getattr(task, "audio_encoder", None) is not None
+    if cfg.method not in METHODS:
+        raise SystemExit(f"method={cfg.method!r} is not one of {', '.join(METHODS)}")
     entries = instantiate(cfg.dataset, split=cfg.split)
-    dataset = labelling_dataset(cfg.dataset.root, entries, task_cfg["data"], with_audio=with_audio,
-                                backend=cfg.backend, seed=cfg.seed)
-    labelling = label_clips(task, dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                            device=cfg.device, allow_video_only=cfg.allow_video_only,
-                            equipartition=cfg.equipartition,
-                            modalities=list(cfg.modalities) if cfg.modalities else None)
+    loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device)
+    if cfg.method == "selavi":
+        if cfg.num_clusters is not None:
+            raise SystemExit("num_clusters is for method=kmeans|sinkhorn; a SeLaVi task has its own heads")
+        if str(cfg.checkpoint) == "random":
+            task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
+            task = random_task(task_cfg)
+        else:
+            task, task_cfg = task_from_checkpoint(cfg.checkpoint)
+        with_audio = getattr(task, "audio_encoder", None) is not None
+        dataset = labelling_dataset(cfg.dataset.root, entries, task_cfg["data"], with_audio=with_audio,
+                                    backend=cfg.backend, seed=cfg.seed)
+        labelling = label_clips(task, dataset, allow_video_only=cfg.allow_video_only,
+                                equipartition=cfg.equipartition,
+                                modalities=list(cfg.modalities) if cfg.modalities else None, **loader)
+    else:
+        if cfg.num_clusters is None:
+            raise SystemExit(f"method={cfg.method} needs num_clusters=K")
+        from vidssl.checkpoint import load_encoder
+
+        encoder = load_encoder(cfg.checkpoint, OmegaConf.to_container(cfg.encoder, resolve=True))
+        dataset = labelling_dataset(cfg.dataset.root, entries, _task_config(cfg)["data"], with_audio=False,
+                                    backend=cfg.backend, seed=cfg.seed)
+        paths, features, skipped = encoder_features(encoder, dataset, **loader)
+        labelling = cluster_features(paths, features, method=cfg.method, num_clusters=int(cfg.num_clusters),
+                                     seed=cfg.seed, skipped=skipped)
 
     out = write_labels_csv(cfg.out, labelling)
     print(format_table(cluster_sizes(labelling)))
     print(f"{len(labelling.paths)} clips in {len(set(labelling.clusters[0].tolist()))} clusters "
-          f"(head 0 of {labelling.num_heads}); wrote {out}")
+          f"(head 0 of {labelling.num_heads}, method={cfg.method}); wrote {out}")
     if labelling.video_only:
         print(f"{len(labelling.video_only)} clips have no sound and were labelled from video alone, "
               f"e.g. {labelling.video_only[:3]}")

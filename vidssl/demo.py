@@ -225,13 +225,18 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
 def step_selavi(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
     checkpoint = pretrain("selavi", corpus, out, settings, log)
     rows = []
-    for name, ckpt in (("SeLaVi", checkpoint), ("random init", "random")):
-        folder = out / "selavi" / name.replace(" ", "_")
+    # The task's heads (balanced clusters for both, so random init is not judged by a few giant clusters),
+    # then balanced k-means on the pooled encoder features (method=sinkhorn: what any checkpoint gets).
+    runs = (("SeLaVi heads", checkpoint, ["equipartition=true"]),
+            ("random-init heads", "random", ["equipartition=true"]),
+            ("balanced k-means, SeLaVi encoder", checkpoint, ["method=sinkhorn", "num_clusters=8"]),
+            ("balanced k-means, random encoder", "random", ["method=sinkhorn", "num_clusters=8"]))
+    for name, ckpt, method in runs:
+        folder = out / "selavi" / name.replace(" ", "_").replace(",", "")
         labels = folder / "labels.csv"
-        # equipartition: balanced clusters for both, so random init is not judged by one giant cluster.
         extra = encoder_overrides(settings, "selavi") if ckpt == "random" else []
         run_tool("pseudo_label", f"checkpoint={ckpt}", "task=selavi", "dataset=synthetic",
-                 f"dataset.root={corpus}", f"out={labels}", "equipartition=true", *extra, log=log)
+                 f"dataset.root={corpus}", f"out={labels}", *method, *extra, log=log)
         run_tool("evaluate", "metric=clusters", f"labels={labels}", f"manifest={corpus / 'manifest.csv'}",
                  f"out={folder}", log=log)
         metrics = read_metrics(folder)

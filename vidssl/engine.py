@@ -2,7 +2,9 @@
 
 A task is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, ...diagnostics}``, with
 an ``encoder`` attribute and optionally ``on_train_step_end(step, max_steps)`` (momentum updates, queue
-refresh). ``Trainer.fit`` does the rest: optimiser, per-step cosine LR schedule with warmup, bf16/fp16
+refresh) and ``on_train_step_start(step, max_steps, make_loader)`` (before each step; ``make_loader(**kw)``
+is a ``DataLoader`` over the training dataset with the trainer's collate, workers and batch size, any of
+them overridable: SeLaVi's passes over the whole dataset to relabel it). ``Trainer.fit`` does the rest: optimiser, per-step cosine LR schedule with warmup, bf16/fp16
 autocast, gradient clipping and accumulation, DDP, atomic checkpoints with exact resume, TensorBoard
 scalars and a progress bar.
 
@@ -30,6 +32,7 @@ Several machines (run the same line on each; any free port on the first node)::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -445,6 +448,9 @@ class Trainer:
                 epoch, position = epoch + 1, 0
 
         # ---- the loop --------------------------------------------------------------------------------
+        step_start = getattr(task, "on_train_step_start", None)
+        make_loader = functools.partial(DataLoader, dataset, batch_size=self.batch_size, collate_fn=collate_fn,
+                                        num_workers=self.num_workers, pin_memory=device.type == "cuda")
         data = batches()
         bar = tqdm(total=self.max_steps, initial=step, disable=not (self.progress and is_main),
                    dynamic_ncols=True, unit="step")
@@ -454,6 +460,8 @@ class Trainer:
         try:
             with _StopRequest() as stop:
                 while step < self.max_steps:
+                    if step_start is not None:
+                        step_start(step, self.max_steps, make_loader)
                     lr_factor = lr_factors[step]
                     for group in optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * lr_factor

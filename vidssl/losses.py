@@ -278,11 +278,53 @@ def sinkhorn_knopp(
     in the log-domain step, column maxima) are all-reduced, and every branch decision uses reduced values,
     so each rank returns its rows of the single-process result on the concatenated scores.
     """
+    if iterations < 1:
+        raise ValueError(f"sinkhorn_knopp: iterations must be >= 1, got {iterations}")
+    return _run_sinkhorn(scores, epsilon, iterations, marginals, tolerance=None)[0]
+
+
+def sinkhorn_to_tolerance(
+    scores: Tensor,
+    epsilon: float = 0.05,
+    *,
+    tolerance: float = 0.1,
+    max_iterations: int = 2000,
+    check_every: int = 10,
+    marginals: tuple[Tensor | None, Tensor | None] | None = None,
+) -> tuple[Tensor, int]:
+    """`sinkhorn_knopp` iterated until the row scaling settles (SeLa/SeLaVi's stopping rule).
+
+    Inputs: scores, epsilon, marginals as for `sinkhorn_knopp`; tolerance: stop once
+        Σ_n |β_n / β'_n − 1| ≤ tolerance, with β and β' the row scalings before and after an iteration,
+        summed over every sample (all ranks' rows); the error is measured after iteration 1 and then every
+        ``check_every`` iterations; max_iterations: the cap.
+    Outputs: (Q N×K as `sinkhorn_knopp` returns it, the number of iterations run).
+
+    SeLaVi's `optimize_L_sk_gpu` stops the same way (tolerance 0.1 on the summed error, checked at
+    iterations 1, 11, 21, …, at most 2000), so the iteration counts are 1, 11, 21, … or the cap. The sum
+    over N makes the criterion stricter for larger datasets.
+    """
+    if not tolerance > 0:
+        raise ValueError(f"sinkhorn_to_tolerance: tolerance must be > 0, got {tolerance}")
+    if max_iterations < 1 or check_every < 1:
+        raise ValueError(f"sinkhorn_to_tolerance: max_iterations and check_every must be >= 1, got "
+                         f"{max_iterations} and {check_every}")
+    return _run_sinkhorn(scores, epsilon, max_iterations, marginals, tolerance=tolerance, check_every=check_every)
+
+
+def _run_sinkhorn(
+    scores: Tensor,
+    epsilon: float,
+    iterations: int,
+    marginals: tuple[Tensor | None, Tensor | None] | None,
+    *,
+    tolerance: float | None,
+    check_every: int = 10,
+) -> tuple[Tensor, int]:
+    """Validation and setup shared by `sinkhorn_knopp` and `sinkhorn_to_tolerance`."""
     _check_2d("scores", scores)
     if not epsilon > 0:
         raise ValueError(f"sinkhorn_knopp: epsilon must be > 0, got {epsilon}")
-    if iterations < 1:
-        raise ValueError(f"sinkhorn_knopp: iterations must be >= 1, got {iterations}")
     n_local, k = scores.shape
     if n_local == 0 or k == 0:
         raise ValueError(f"sinkhorn_knopp: scores must be non-empty, got shape {tuple(scores.shape)}")
@@ -298,13 +340,15 @@ def sinkhorn_knopp(
 
     # Autocast would run the matrix-vector products in half precision; the scalings need full precision.
     with torch.autocast(device_type=device.type, enabled=False):
-        return _sinkhorn(scores, inv_eps, iterations, row_target, col_target, log_range)
+        return _sinkhorn(scores, inv_eps, iterations, row_target, col_target, log_range, tolerance, check_every)
 
 
 def _sinkhorn(
-    scores: Tensor, inv_eps: float, iterations: int, row_target: Tensor, col_target: Tensor, log_range: float
-) -> Tensor:
-    """The iterations of `sinkhorn_knopp` on validated inputs (see its docstring)."""
+    scores: Tensor, inv_eps: float, iterations: int, row_target: Tensor, col_target: Tensor, log_range: float,
+    tolerance: float | None, check_every: int,
+) -> tuple[Tensor, int]:
+    """The iterations of `sinkhorn_knopp` on validated inputs (see its docstring); returns (Q, iterations
+    run). With a ``tolerance`` it stops early as `sinkhorn_to_tolerance` describes."""
     n_local, k = scores.shape
     kernel = torch.empty((n_local, k), dtype=row_target.dtype, device=scores.device)
     row_max = _shifted_exp(scores, inv_eps, None, out=kernel)
@@ -319,17 +363,25 @@ def _sinkhorn(
     global_max = all_reduce_max(row_max.max().reshape(1))
     log_u = row_max - global_max
     u = log_u.exp()
-    for _ in range(iterations):
+    done = 0
+    while done < iterations:
+        # The row scaling of exp(scores/ε) itself is u·e^−m (the kernel is shifted by m per row).
+        log_row_scaling = log_u - row_max
         col_sum = all_reduce_sum(torch.mv(kernel.T, u))
         v = col_target / col_sum
         if not bool((v.log().abs() <= log_range).all()):
-            potential = _log_column_potential(scores, inv_eps, log_u - row_max, col_target.log(), buf=kernel)
+            potential = _log_column_potential(scores, inv_eps, log_row_scaling, col_target.log(), buf=kernel)
             row_max = _shifted_exp(scores, inv_eps, potential, out=kernel)
             v = torch.ones_like(col_target)
         row_sum = torch.mv(kernel, v)  # >= min(v) > 0: each kernel row holds a 1
         u = row_target / row_sum
         log_u = u.log()
-    return kernel.mul_(v).mul_(u[:, None])
+        done += 1
+        if tolerance is not None and (done - 1) % check_every == 0:
+            change = (log_row_scaling - (log_u - row_max)).exp().sub_(1).abs_().sum()
+            if float(all_reduce_sum(change.reshape(1))) <= tolerance:
+                break
+    return kernel.mul_(v).mul_(u[:, None]), done
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

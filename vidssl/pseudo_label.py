@@ -1,12 +1,16 @@
-"""Pseudo-labelling a dataset with a trained (or random-init) SeLaVi task: the library behind
-``python tools/pseudo_label.py checkpoint=CKPT|random task=selavi dataset=... out=LABELS.csv``.
+"""Pseudo-labelling a dataset: the library behind
+``python tools/pseudo_label.py method=selavi|kmeans|sinkhorn checkpoint=CKPT|random dataset=... out=LABELS.csv``.
 
 Each clip is seen once through a deterministic view (the centred clip of the task's layout, resized and
-centre-cropped); every head of the task predicts a cluster from the combined prediction of video and
-audio (clips without sound: from the video heads alone, when allowed). The output is a CSV with one row
-per clip — ``path`` (as in the manifest), ``cluster`` (head 0), ``confidence`` (head 0's probability
-of that cluster), ``cluster_h1``… (further heads) — a table of cluster sizes, and a PNG grid of the
-clips nearest each cluster's centre.
+centre-cropped). ``method=selavi`` labels with a SeLaVi task's heads: every head predicts a cluster from
+the combined prediction of video and audio (clips without sound: from the video heads alone, when
+allowed). ``method=kmeans`` and ``method=sinkhorn`` cluster the pooled, L2-normalised features of any
+checkpoint's encoder (or a random one) into K clusters: k-means (scikit-learn), or balanced k-means
+whose assignments are optimal transport under equal cluster sizes (`balanced_kmeans`).
+
+The output is a CSV with one row per clip — ``path`` (as in the manifest), ``cluster`` (head 0),
+``confidence`` (head 0's probability of that cluster), ``cluster_h1``… (further heads) — a table of
+cluster sizes, and a PNG grid of the clips nearest each cluster's centre.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.formats import VideoEntry
+from vidssl.encoders import pool
 
 
 
@@ -116,7 +121,29 @@ def _signature_keys(target: str) -> set[str]:
     return set(inspect.signature(get_class(target)).parameters)
 
 
+METHODS = ("selavi", "kmeans", "sinkhorn")
+
+
 @torch.no_grad()
+def _each_clip(
+    dataset: VideoDataset, compute, *, batch_size: int, num_workers: int, device: str | torch.device,
+) -> dict[int, tuple]:
+    """``compute(inputs, batch) -> per-clip rows`` over the dataset; each clip once, by dataset index (a
+    bad file makes the dataset load another clip in its place)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    found: dict[int, tuple] = {}
+    for batch in loader:
+        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
+        for index, row in zip(batch["index"].tolist(), compute(inputs, batch)):
+            found.setdefault(index, row)
+    return found
+
+
+def _missing(dataset: VideoDataset, found: dict[int, tuple]) -> dict[str, str]:
+    return {entry.path: dataset.failures.get(entry.path, "could not be decoded")
+            for index, entry in enumerate(dataset.entries) if index not in found}
+
+
 def label_clips(
     task: nn.Module,
     dataset: VideoDataset,
@@ -133,31 +160,29 @@ def label_clips(
     Clips without sound are labelled from the video heads alone when ``allow_video_only`` and the task
     can (split fusion), and otherwise skipped with the reason. ``modalities`` (e.g. ``["video"]``)
     labels from those heads only; None combines every modality. ``equipartition`` assigns clusters by
-    Sinkhorn-Knopp over the whole dataset (balanced clusters, as the training labels are) instead of
+    Sinkhorn-Knopp over the whole dataset (balanced clusters, the task's own relabelling) instead of
     each clip's argmax. Files the dataset cannot decode are skipped, not replaced.
     """
+    if not hasattr(task, "predict"):
+        raise TypeError(f"method=selavi needs a SeLaVi checkpoint, got a {type(task).__name__} task; "
+                        "cluster any encoder's features with method=kmeans or method=sinkhorn")
     task = task.to(device).eval()
     video_only_ok = allow_video_only and getattr(task, "can_label_video_only", False)
     audio_needed = modalities is not None and "video" not in modalities
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    found: dict[int, tuple[Tensor, list[Tensor], bool]] = {}
-    for batch in loader:
-        has_audio = batch.pop("has_audio", None)
-        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
+
+    def compute(inputs: dict[str, Tensor], batch: dict[str, Any]) -> list[tuple]:
+        has_audio = inputs.pop("has_audio", None)
         if has_audio is not None and video_only_ok and modalities is None:
-            inputs["has_audio"] = has_audio.to(device)
+            inputs["has_audio"] = has_audio
         embedding, log_probs = task.predict(inputs, modalities)
         embedding = F.normalize(embedding.float(), dim=1).cpu()
-        for row, index in enumerate(batch["index"].tolist()):
-            # A bad file makes the dataset load another clip in its place: keep each clip once.
-            if index not in found:
-                silent = has_audio is not None and not bool(has_audio[row])
-                found[index] = (embedding[row], [lp[row].cpu() for lp in log_probs], silent)
+        silent = [False] * len(embedding) if has_audio is None else (~has_audio.bool()).tolist()
+        return [(embedding[r], [lp[r].cpu() for lp in log_probs], silent[r]) for r in range(len(embedding))]
 
-    paths, embeddings, scores, video_only, skipped = [], [], [], [], {}
+    found = _each_clip(dataset, compute, batch_size=batch_size, num_workers=num_workers, device=device)
+    paths, embeddings, scores, video_only, skipped = [], [], [], [], _missing(dataset, found)
     for index, entry in enumerate(dataset.entries):
         if index not in found:
-            skipped[entry.path] = dataset.failures.get(entry.path, "could not be decoded")
             continue
         emb, log_probs, silent = found[index]
         if silent and audio_needed:
@@ -183,6 +208,85 @@ def label_clips(
     confidence = per_head[0].gather(1, clusters[0][:, None]).squeeze(1).exp()
     return Labelling(paths=paths, clusters=clusters, confidence=confidence, embeddings=torch.stack(embeddings),
                      video_only=video_only, skipped=skipped)
+
+
+def encoder_features(
+    encoder: nn.Module, dataset: VideoDataset, *, batch_size: int = 16, num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[list[str], Tensor, dict[str, str]]:
+    """Pooled, L2-normalised video features of every clip: (paths, N×D, skipped {path: reason})."""
+    encoder = encoder.to(device).eval()
+
+    def compute(inputs: dict[str, Tensor], batch: dict[str, Any]) -> list[tuple]:
+        features = F.normalize(pool(encoder(inputs["video"])).float(), dim=1).cpu()
+        return [(f,) for f in features]
+
+    found = _each_clip(dataset, compute, batch_size=batch_size, num_workers=num_workers, device=device)
+    skipped = _missing(dataset, found)
+    if not found:
+        raise ValueError(f"no clip of {dataset.root} could be decoded: {dict(list(skipped.items())[:5])}")
+    kept = [i for i in range(len(dataset.entries)) if i in found]
+    return [dataset.entries[i].path for i in kept], torch.stack([found[i][0] for i in kept]), skipped
+
+
+def balanced_kmeans(
+    features: Tensor, num_clusters: int, *, epsilon: float = 0.05, iterations: int = 50, seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """K-means on the unit sphere whose assignment step is optimal transport under equal cluster sizes.
+
+    From k-means++ centres, alternate: codes Q = Sinkhorn-Knopp (to SeLaVi's tolerance) of the cosine
+    similarities at ``epsilon``; labels = argmax Q; centres = normalised mean of each cluster's members
+    (an emptied cluster keeps its centre); until the labels repeat or ``iterations`` rounds.
+
+    Inputs: features N×D (L2-normalised). Outputs: (labels N, confidence N: Q's row-normalised weight of
+    the chosen cluster).
+    """
+    from sklearn.cluster import kmeans_plusplus
+
+    from vidssl.losses import sinkhorn_to_tolerance
+
+    if not 2 <= num_clusters <= len(features):
+        raise ValueError(f"balanced_kmeans: num_clusters must be in 2..{len(features)} (the clips), got {num_clusters}")
+    x = features.double()
+    centres, _ = kmeans_plusplus(x.numpy(), num_clusters, random_state=seed)
+    centres = F.normalize(torch.as_tensor(centres), dim=1)
+    labels = None
+    for _ in range(iterations):
+        codes, _ = sinkhorn_to_tolerance(x @ centres.T, epsilon)
+        new = codes.argmax(1)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        for k in range(num_clusters):
+            members = x[labels == k]
+            if len(members):
+                centres[k] = F.normalize(members.mean(0), dim=0)
+    confidence = codes.gather(1, labels[:, None]).squeeze(1) / codes.sum(1)
+    return labels, confidence.float()
+
+
+def cluster_features(
+    paths: list[str], features: Tensor, *, method: str, num_clusters: int, seed: int = 0,
+    skipped: dict[str, str] | None = None,
+) -> Labelling:
+    """One head of ``num_clusters`` clusters over encoder features: ``method`` "kmeans" (scikit-learn,
+    10 restarts; confidence: softmax of the cosine similarities to the centres at ε = 0.05, the kernel
+    Sinkhorn would use) or "sinkhorn" (`balanced_kmeans`)."""
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        if not 2 <= num_clusters <= len(features):
+            raise ValueError(f"kmeans: num_clusters must be in 2..{len(features)} (the clips), got {num_clusters}")
+        fit = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit(features.double().numpy())
+        labels = torch.as_tensor(fit.labels_, dtype=torch.long)
+        centres = F.normalize(torch.as_tensor(fit.cluster_centers_), dim=1)
+        confidence = ((features.double() @ centres.T) / 0.05).softmax(1).gather(1, labels[:, None]).squeeze(1).float()
+    elif method == "sinkhorn":
+        labels, confidence = balanced_kmeans(features, num_clusters, seed=seed)
+    else:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return Labelling(paths=paths, clusters=labels[None], confidence=confidence, embeddings=features,
+                     skipped=dict(skipped or {}))
 
 
 def write_labels_csv(path: str | Path, labelling: Labelling) -> Path:

@@ -58,3 +58,46 @@ def test_logmel_shape_and_pitch():
     assert high.mean(-1).argmax() > low.mean(-1).argmax()
     stereo = torch.stack([torch.sin(2 * torch.pi * 300 * t)] * 2)
     assert torch.allclose(lm(stereo), low, atol=1e-4)
+
+
+def test_per_frame_colour_draws_differ_between_frames_but_crop_and_flip_are_shared():
+    one = frames(t=1, h=40, w=40)
+    video = one.repeat(6, 1, 1, 1)
+    tf = ClipTransform(size=32, per_frame=True, color_jitter=0.5, hue=0.25, jitter_p=1.0, normalize=False)
+    clip = tf(video, torch.Generator().manual_seed(0))
+    assert clip.shape == (3, 6, 32, 32)
+    assert not any(torch.allclose(clip[:, 0], clip[:, t]) for t in range(1, 6))  # each frame its own colours
+    # Without colour changes the frames stay identical: the crop and flip are drawn once per clip.
+    plain = ClipTransform(size=32, per_frame=True, color_jitter=0.0, hue=0.0, normalize=False)
+    clip = plain(video, torch.Generator().manual_seed(0))
+    assert all(torch.equal(clip[:, 0], clip[:, t]) for t in range(1, 6))
+    assert torch.equal(tf(video, torch.Generator().manual_seed(4)), tf(video, torch.Generator().manual_seed(4)))
+
+
+def test_channel_greyscale_copies_one_channel_per_frame():
+    video = frames(t=8, h=32, w=32)
+    tf = ClipTransform(size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0, color_jitter=0.0, hue=0.0,
+                       grayscale=1.0, grayscale_mode="channel", per_frame=True, normalize=False)
+    clip = tf(video, torch.Generator().manual_seed(0))
+    source = video.permute(3, 0, 1, 2).float() / 255  # C×T×H×W
+    picked = []
+    for t in range(8):
+        assert torch.equal(clip[0, t], clip[1, t]) and torch.equal(clip[0, t], clip[2, t])
+        picked.append(next(c for c in range(3) if torch.allclose(clip[0, t], source[c, t])))
+    assert len(set(picked)) > 1  # the channel is drawn per frame
+    half = ClipTransform(size=32, grayscale=0.5, grayscale_mode="channel", per_frame=True, color_jitter=0.0,
+                         hue=0.0, normalize=False)
+    clip = half(frames(t=40, h=32, w=32), torch.Generator().manual_seed(1))
+    grey = [bool(torch.equal(clip[0, t], clip[1, t])) for t in range(40)]
+    assert 8 < sum(grey) < 32  # about half the frames
+    with pytest.raises(ValueError, match="grayscale_mode"):
+        ClipTransform(grayscale_mode="average")
+
+
+def test_greyscale_first_then_jitter_keeps_frames_grey_under_brightness_only():
+    video = frames(t=3, h=32, w=32)
+    tf = ClipTransform(size=32, color_jitter=0.5, hue=0.0, jitter_p=1.0, grayscale=1.0, grayscale_first=True,
+                       normalize=False)
+    clip = tf(video, torch.Generator().manual_seed(2))
+    # Brightness, contrast and saturation of a grey image leave it grey.
+    torch.testing.assert_close(clip[0], clip[1], atol=1e-5, rtol=0)

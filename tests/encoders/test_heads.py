@@ -93,3 +93,41 @@ def test_conv_head_is_a_per_position_mlp():
     assert ConvHead(6, 6, 4, 1, dims=3)(torch.randn(1, 6, 2, 3, 3)).shape == (1, 4, 2, 3, 3)
     with pytest.raises(ValueError, match="4-D"):
         head(torch.randn(2, 6, 3))
+
+
+def test_convgru_hidden_dropout_drops_every_state_and_only_in_training():
+    torch.manual_seed(0)
+    gru = ConvGRU(4, 8, hidden_dropout=0.5)
+    x = torch.randn(2, 3, 4, 3, 3)
+    gru.train()
+    output, hidden = gru(x)
+    # Every step's state is dropped (exact zeros, about half of them), and the returned state is the dropped one.
+    for t in range(3):
+        zeros = (output[:, t] == 0).float().mean()
+        assert 0.3 < zeros < 0.7
+    torch.testing.assert_close(hidden[-1], output[:, -1])
+    # The next step reads the dropped state: replaying the cell on it reproduces the sequence.
+    seen = []
+    gru.hidden_dropout.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+    output, _ = gru(x)
+    torch.testing.assert_close(gru.cells[0](x[:, 1], seen[0][1]), seen[1][0])
+    gru.eval()
+    plain = ConvGRU(4, 8)
+    plain.load_state_dict(gru.state_dict())
+    torch.testing.assert_close(gru(x)[0], plain.eval()(x)[0])
+    with pytest.raises(ValueError, match="hidden_dropout"):
+        ConvGRU(4, 8, hidden_dropout=1.0)
+
+
+def test_orthogonal_init_per_gate_with_gain_and_zero_biases():
+    from vidssl.encoders.heads import orthogonal_init_
+
+    torch.manual_seed(0)
+    head = nn.Sequential(ConvGRU(6, 6), nn.Conv2d(6, 6, 1))
+    orthogonal_init_(head, gain=0.1)
+    cell = head[0].cells[0]
+    for weight in (*cell.gates.weight.chunk(2, 0), cell.candidate.weight, head[1].weight):
+        w = weight.flatten(1)  # (out, in): rows orthonormal times the gain
+        torch.testing.assert_close(w @ w.T, 0.01 * torch.eye(w.shape[0]), atol=1e-6, rtol=0)
+    for bias in (cell.gates.bias, cell.candidate.bias, head[1].bias):
+        assert torch.equal(bias, torch.zeros_like(bias))

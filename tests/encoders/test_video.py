@@ -92,3 +92,15 @@ def test_r2d3d_full_width_matches_dpc_size():
     encoder = r2d3d_18()
     assert encoder.out_channels == 256
     assert encoder.layer4[-1].conv2.out_channels == 256
+
+
+def test_r2d3d_without_running_statistics_uses_batch_statistics_in_eval_mode():
+    torch.manual_seed(0)
+    encoder = r2d3d_18(base_width=4, track_running_stats=False)
+    assert not any("running" in name for name in encoder.state_dict())  # DPC's checkpoints hold none
+    x = torch.randn(2, 3, 4, 32, 32)
+    train_out = encoder.train()(x)
+    # Eval mode normalises with the batch's own statistics, exactly as in training.
+    torch.testing.assert_close(encoder.eval()(x), train_out)
+    tracked = r2d3d_18(base_width=4)
+    assert any("running_mean" in name for name in tracked.state_dict())

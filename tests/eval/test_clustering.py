@@ -141,3 +141,20 @@ def test_evaluate_labels_errors_name_the_file(tmp_path: Path) -> None:
         evaluate_labels(not_int, manifest)
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         evaluate_labels(tmp_path / "missing.csv", manifest)
+
+
+def test_evaluate_labels_reads_class_names_as_dataset_csv_does(tmp_path: Path) -> None:
+    manifest = _write(
+        tmp_path / "manifest.csv",
+        ["path", "label"],
+        [["a.mp4", "bikes"], ["b.mp4", "bikes"], ["c.mp4", "dogs"], ["d.mp4", "3"], ["e.mp4", ""]],
+    )
+    labels = _write(tmp_path / "labels.csv", ["path", "cluster"],
+                    [["a.mp4", 5], ["b.mp4", 5], ["c.mp4", 1], ["d.mp4", 0], ["e.mp4", 0]])
+    metrics, rows = evaluate_labels(labels, manifest)
+    # "3" is a class name among names, like any other; the empty label is unlabelled
+    assert (metrics["num_classes"], metrics["num_clips"], metrics["unlabelled"]) == (3, 4, 1)
+    assert metrics["accuracy"] == pytest.approx(1.0)
+    mixed_up = _write(tmp_path / "mixed.csv", ["path", "cluster"],
+                      [["a.mp4", 5], ["b.mp4", 1], ["c.mp4", 1], ["d.mp4", 0]])
+    assert evaluate_labels(mixed_up, manifest)[0]["accuracy"] == pytest.approx(0.75)

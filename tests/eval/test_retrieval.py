@@ -148,3 +148,128 @@ def test_evaluate_checkpoint_metrics():
     assert linear == {"top1": 1.0}
     with pytest.raises(ValueError, match="metric"):
         evaluate_checkpoint(metric="knn", encoder=encoder, train_set=train, test_set=test, batch_size=4)
+
+
+class _Untouchable(_ListDataset):
+    def __getitem__(self, i: int) -> dict:
+        raise AssertionError("a feature was extracted before the ks check")
+
+
+def test_retrieval_refuses_a_k_above_the_gallery_before_extracting():
+    videos = torch.randn(5, 3, 2, 6, 6)
+    gallery, queries = _Untouchable(videos, [0] * 5), _Untouchable(videos, [0] * 5)
+    with pytest.raises(ValueError, match="gallery size 5"):
+        evaluate_checkpoint(metric="retrieval", encoder=_TinyEncoder(), train_set=gallery, test_set=queries,
+                            batch_size=2, ks=(1, 6))
+    with pytest.raises(ValueError, match="positive"):
+        evaluate_checkpoint(metric="retrieval", encoder=_TinyEncoder(), train_set=gallery, test_set=queries,
+                            batch_size=2, ks=(0,))
+
+
+def test_context_readout_is_relu_time_mean_convgru_last_state():
+    from tiny_encoders import TinyVideoEncoder
+
+    from vidssl.encoders.heads import ConvGRU
+    from vidssl.eval.finetune import ContextReadout
+
+    torch.manual_seed(0)
+    encoder, forward, backward = TinyVideoEncoder(), ConvGRU(8, 8), ConvGRU(8, 8)
+    video = torch.randn(2, 3, 3 * 4, 8, 8)  # 3 blocks of 4 frames
+    out = ContextReadout(encoder, [forward, backward], num_seq=3)(video)
+    maps = torch.stack([torch.relu(encoder(video[:, :, 4 * n: 4 * n + 4])).mean(2) for n in range(3)], 1)
+    h_f = h_b = None
+    for n in range(3):
+        h_f = forward.cells[0](maps[:, n], h_f)
+        h_b = backward.cells[0](maps[:, 2 - n], h_b)
+    torch.testing.assert_close(out, torch.cat([h_f, h_b], 1))
+    assert out.shape == (2, 16, 2, 2)
+    with pytest.raises(ValueError, match="num_seq"):
+        ContextReadout(encoder, [forward], num_seq=5)(video)
+
+
+def test_context_readout_loads_the_task_aggregators():
+    from tiny_encoders import TinyVideoEncoder
+
+    from vidssl.eval.finetune import context_readout
+    from vidssl.tasks.memdpc import MemDPC
+
+    torch.manual_seed(0)
+    task = MemDPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, memory_size=8)
+    readout = context_readout(task.encoder, 4, task.state_dict(), {"kernel_size": 1, "num_layers": 1})
+    assert len(readout.aggregators) == 2 and readout.out_channels == 16
+    torch.testing.assert_close(readout.aggregators[1].state_dict(), task.aggregator_backward.state_dict())
+    random = context_readout(TinyVideoEncoder(), 4)
+    assert len(random.aggregators) == 1
+    torch.testing.assert_close(random.aggregators[0].state_dict(),
+                               context_readout(TinyVideoEncoder(), 4).aggregators[0].state_dict())
+    with pytest.raises(KeyError, match="aggregator"):
+        context_readout(task.encoder, 4, {"encoder.x": torch.zeros(1)})
+
+
+def test_finetune_learns_a_separable_task_and_trains_the_whole_network():
+    from tiny_encoders import TinyVideoEncoder
+
+    from vidssl.eval.finetune import ContextClassifier, context_readout, finetune
+
+    torch.manual_seed(0)
+
+    def split(n: int, seed: int) -> _ListDataset:
+        g = torch.Generator().manual_seed(seed)
+        labels = [i % 3 for i in range(n)]
+        videos = torch.randn(n, 3, 8, 8, 8, generator=g)
+        for i, label in enumerate(labels):  # the class brightens one colour channel
+            videos[i, label] += 1.5
+        return _ListDataset(videos, labels)
+
+    model = ContextClassifier(context_readout(TinyVideoEncoder(), 2), num_classes=3, dropout=0.5)
+    before = [p.detach().clone() for p in model.readout.encoder.parameters()]
+    result = finetune(model, split(48, 0), [split(12, 1), split(12, 1)], steps=60, batch_size=8, lr=3e-3)
+    assert result["top1"] >= 0.9 and result["top1_one_clip"] >= 0.9
+    assert result["train_loss_last"] < result["train_loss_first"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.readout.encoder.parameters()))  # whole net
+
+
+def _evaluate(*args: str, cwd) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, str(repo / "tools" / "evaluate.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+
+
+def test_evaluate_cli_ks_context_readout_and_finetune(synthetic_root, tmp_path):
+    import json
+
+    common = ["encoder=r2d3d_18", "encoder.base_width=4", "dataset=synthetic", f"dataset.root={synthetic_root}",
+              "checkpoint=random", "batch_size=8"]
+    refused = _evaluate("metric=retrieval", "ks=[1,1000]", *common, cwd=tmp_path)
+    assert refused.returncode != 0 and "exceeds the gallery size 56" in refused.stderr
+    context = _evaluate("metric=retrieval", "ks=[1,3]", "readout=context", "num_seq=4", f"out={tmp_path / 'r'}",
+                        *common, cwd=tmp_path)
+    assert context.returncode == 0, context.stderr[-2000:]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["readout"] == "context" and set(metrics) >= {"R@1", "R@3"}
+    tuned = _evaluate("metric=finetune", "finetune.steps=3", "finetune.test_clips=2", f"out={tmp_path / 'f'}",
+                      *common, cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert 0 <= metrics["top1"] <= 1 and metrics["test_clips"] == 2
+
+
+def test_finetune_loads_a_dpc_encoder_with_running_statistics(tmp_path):
+    from fixtures.dpc.official_state import converted_case
+
+    from vidssl.eval.finetune import context_readout, load_trained
+
+    task, _, _ = converted_case("dpc", tmp_path)  # writes tmp_path/converted.pt
+    encoder, state, task_config = load_trained(str(tmp_path / "converted.pt"), None, running_stats=True)
+    assert "bn1.running_mean" in encoder.state_dict()  # as the papers' downstream model
+    for name, value in task.encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], value), name
+    as_trained, _, _ = load_trained(str(tmp_path / "converted.pt"), None)
+    assert "bn1.running_mean" not in as_trained.state_dict()
+    readout = context_readout(encoder, 5, state, task_config)
+    torch.testing.assert_close(readout.aggregators[0].state_dict(), task.aggregator.state_dict())

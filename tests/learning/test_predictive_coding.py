@@ -1,44 +1,36 @@
 """It really learns? CPC, DPC and MemDPC pretrained briefly on the synthetic corpus.
 
 Each test runs the public command line (`tools/pretrain.py task=... encoder=r2d3d_18 ...`) in a
-subprocess, reads the per-step training loss back from the run's TensorBoard events, then evaluates
-the run's checkpoint with `vidssl.eval.retrieval.evaluate_checkpoint` (val clips query train clips by
-cosine similarity; R@k = a same-class clip among the k nearest, the MemDPC/CoCLR protocol) against
-`checkpoint=random` (the same encoder at its fixed-seed random initialisation, the run's initial
-encoder). To make the retrieval numbers less noisy than one centred clip per video (24 queries, one
-query = 0.042), every video gives 3 evaluation clips (16 frames at stride 2, 64 px, at the start,
-middle and end of the video): 72 queries, a gallery of 168 clips.
+subprocess, reads the per-step training loss back from the run's TensorBoard events, rebuilds the task
+at the random init the run started from (pretrain.py seeds with trainer.seed right before building it)
+and with the trained weights, and compares the two:
+
+- **the pretext task on the val split** (24 videos never trained on, 3 clips each, batches of 8 videos
+  at one position, eval mode): the loss, and the accuracy of picking the true future block (every
+  position of it) among all the batch's candidates (DPC/MemDPC: 8 clips × 2 steps × 2×2 positions = 64,
+  chance 0.016; CPC: 16). **Asserted**, with margins set well inside what was measured;
+- the downstream read-outs, **printed on every run** (`pytest -s`), asserted nowhere since they do not
+  beat random init reliably: retrieval R@1/R@5 and a linear probe on the pooled encoder (3 clips per
+  video: 72 queries, 168 gallery clips; chance R@1 0.125, R@5 0.50, top-1 0.125), and for DPC/MemDPC the
+  papers' fine-tuning protocol (`vidssl.eval.finetune`: context read-out, batch norm, dropout 0.5,
+  linear; the whole network trained for 100 steps of batch 8; softmax averaged over 3 clips per video).
 
 Settings: the task configs' synthetic defaults (5 blocks × 4 frames, stride 2, 64 px, pred_step 2,
 cosine scores at temperature 0.1), R2D3D-18 at base_width 8, batch 8, AdamW lr 2e-3, 150 steps.
 
-What is asserted (hard): the run completes, logs one loss per step, the loss falls below 0.7 of its
-start (measured: 0.31-0.37 of it in every run: dpc 5.6 -> 1.7-2.1, memdpc 11.6 -> 4.6, cpc 3.7-3.8 ->
-1.3-1.4), and the evaluated encoder is the trained one (its weights differ from the random init).
+Measured (the shared 2-core machine, load 5-11 from other runs; the whole file 10 min 12 s, corpus
+included; a rerun reproduced every figure exactly):
 
-What is NOT met, so NOT asserted — issue 4's retrieval criterion. Chance on this corpus is R@1 = 0.125
-and R@5 = 0.50 (7 of the 56 train videos share a query's class). Measured on the shared 2-core
-machine (loaded by colleagues' runs), 3-clip protocol unless noted:
+| run | train loss | val loss trained / random | val accuracy trained / random | R@1 | linear | finetune |
+|---|---|---|---|---|---|---|
+| dpc | 5.60 -> 2.09 | 2.20 / 4.51 (0.49) | 0.191 / 0.021 | 0.194 / 0.139 | 0.250 / 0.194 | 0.208 / 0.292 |
+| memdpc | 11.60 -> 4.58 | 4.77 / 9.00 (0.53) | 0.176 / 0.016 | 0.167 / 0.139 | 0.111 / 0.194 | 0.125 / 0.417 |
+| cpc | 3.82 -> 1.41 | 1.67 / 2.79 (0.60) | 0.347 / 0.076 | 0.153 / 0.139 | 0.181 / 0.194 | - |
 
-| run | R@1 trained / random | R@5 trained / random |
-|---|---|---|
-| dpc, 150 steps | 0.194 / 0.139 | 0.514 / 0.472 |
-| memdpc, 150 steps | 0.167 / 0.139 | 0.500 / 0.472 |
-| cpc, 150 steps | 0.153 / 0.139 | 0.389 / 0.472 |
-| dpc, 150 steps, strong colour jitter + grayscale 0.5 | 0.153 / 0.139 | 0.444 / 0.472 |
-| dpc, 250 steps, same augmentation | 0.139 / 0.139 | 0.556 / 0.472 |
-| cpc, 150 steps, same augmentation | 0.125 / 0.139 | 0.569 / 0.472 |
-| dpc, 150 steps, 5 clips per video | 0.200 / 0.158 | 0.467 / 0.367 |
-
-Trained R@1 stays within 0.00-0.07 of chance (random init: 0.139) and of random init; trained R@5 is at chance (0.44-0.58
-vs 0.50). The earlier "R@5 gain over random init" (+0.17 to +0.33 with one centred clip) came from the
-random encoder's R@5 being *below* chance (0.29) on that single, noisy set of 24 queries, not from
-class information: a one-frame shift of the evaluation clips moved random init's R@5 from 0.29 to 0.42.
-A second round (frame-residual input, same-video hard negatives, a corpus variant with shared
-backgrounds, 1000-step runs, a 5-clip protocol) is in docs/methods/predictive_coding.md: none gave a
-gain that survived a second seed. The numbers are printed by every run (`pytest -s`) so the gap can be
-tracked. Wall time of this file:
-7 min 22 s on the 2 cores under load ~7 from other runs (4 min 53 s user CPU), corpus included.
+Asserted: the training loss falls below 0.7 of its start, the val accuracy gains more than 0.10 over
+the random init, the val loss is below 0.7 (CPC: 0.8) of the random init's, and the encoder changed. What is not
+met (issue 4's retrieval criterion; the downstream read-outs at large) is discussed, with every run
+tried, in docs/methods/predictive_coding.md.
 """
 
 from __future__ import annotations
@@ -47,7 +39,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,11 +47,15 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import ConcatDataset
 
-from vidssl.checkpoint import load_encoder
+from hydra.utils import instantiate
+
+from vidssl.checkpoint import load_checkpoint, load_encoder
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.formats import synthetic
-from vidssl.datasets.transforms import EvalTransform
-from vidssl.eval.retrieval import evaluate_checkpoint
+from vidssl.datasets.transforms import ClipTransform, EvalTransform
+from vidssl.engine import seed_everything
+from vidssl.eval.finetune import ContextClassifier, PositionedSampler, context_readout, finetune
+from vidssl.eval.retrieval import extract_features, linear_probe, retrieval_recall
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 150
@@ -79,28 +74,6 @@ COMMON = [
     "trainer.device=cpu",
     "optim.lr=2e-3",
 ]
-
-
-@dataclass(frozen=True)
-class PositionedClipSampler:
-    """`num_frames` frames `stride` apart, starting at `position` (0: first frame, 1: last possible start).
-
-    A deterministic sampler (the dataset's sampler contract) for several evaluation clips per video.
-    """
-
-    num_frames: int
-    stride: int
-    position: float
-
-    @property
-    def span(self) -> int:
-        return (self.num_frames - 1) * self.stride + 1
-
-    def __call__(self, num_frames: int, generator: torch.Generator) -> list[int]:
-        if num_frames < self.span:
-            raise ValueError(f"an evaluation clip needs {self.span} frames but the video has {num_frames}")
-        start = round(self.position * (num_frames - self.span))
-        return [start + i * self.stride for i in range(self.num_frames)]
 
 
 def _pretrain(task: str, root: Path, run: Path, steps: int, *overrides: str) -> float:
@@ -132,57 +105,109 @@ def _losses(run: Path) -> list[float]:
     return [e.value for e in events.Scalars("train/loss")]
 
 
-def _clips(root: Path, split: str) -> ConcatDataset:
-    """Every video of `split` as 3 evaluation clips (tools/evaluate.py's 16 frames, stride 2, 64 px)."""
+def _clips(root: Path, split: str, *, num_frames: int = 16, stride: int = 2, transform=None) -> ConcatDataset:
+    """Every video of `split` as 3 clips (start, middle, end; default: tools/evaluate.py's 16 frames at
+    stride 2, 64 px, unaugmented). One dataset per position, so a batch holds 8 different videos."""
     return ConcatDataset(
         VideoDataset(
             root=root,
             entries=synthetic(root, split=split),
-            sampler=PositionedClipSampler(num_frames=16, stride=2, position=position),
-            transform=EvalTransform(size=64),
+            sampler=PositionedSampler(num_frames=num_frames, stride=stride, position=position),
+            transform=transform or EvalTransform(size=64),
             seed=0,
         )
         for position in CLIP_POSITIONS
     )
 
 
-def _recall(encoder: torch.nn.Module, root: Path) -> dict[str, float]:
-    return evaluate_checkpoint(
-        metric="retrieval", encoder=encoder, train_set=_clips(root, "train"), test_set=_clips(root, "val"),
-        batch_size=16,
-    )
+def _tasks(run: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(trained task, the same task at the random init the run started from: pretrain.py seeds with
+    trainer.seed right before building it)."""
+    cfg = OmegaConf.load(run / "config.yaml")
+    seed_everything(cfg.trainer.seed)
+    initial = instantiate(cfg.task.model)
+    trained = instantiate(cfg.task.model)
+    trained.load_state_dict(load_checkpoint(run)["model"])
+    return trained, initial
 
 
-def _check_learns(task: str, root: Path, run: Path, *, steps: int, max_loss_ratio: float) -> None:
+@torch.no_grad()
+def _pretext(task: torch.nn.Module, root: Path) -> dict[str, float]:
+    """The pretext task on the val split (videos never trained on), eval mode: mean loss and accuracy of
+    picking the true future block among the batch's candidates, over batches of 8 videos × 3 positions."""
+    seq_len, stride = 4, 2  # the task configs' synthetic layout (5 blocks × 4 frames at stride 2)
+    clips = _clips(root, "val", num_frames=task.num_seq * seq_len, stride=stride)
+    task.eval()
+    losses, accuracies = [], []
+    for batch in torch.utils.data.DataLoader(clips, batch_size=8, drop_last=True):
+        out = task({"video": batch["video"]})
+        losses.append(out["loss"].item())
+        accuracies.append(out["accuracy"].item())
+    return {"val_loss": sum(losses) / len(losses), "val_accuracy": sum(accuracies) / len(accuracies)}
+
+
+def _downstream(task: torch.nn.Module, root: Path, *, context: bool) -> dict[str, float]:
+    """Retrieval R@1/R@5 and linear probe top-1 on the pooled encoder, and (tasks with a ConvGRU) the
+    papers' fine-tuning: context classifier trained whole for 100 steps, test softmax averaged over 3 clips."""
+    train_feats, train_labels = extract_features(task.encoder, _clips(root, "train"), batch_size=16)
+    test_feats, test_labels = extract_features(task.encoder, _clips(root, "val"), batch_size=16)
+    metrics = retrieval_recall(train_feats, train_labels, test_feats, test_labels, ks=(1, 5))
+    metrics["linear"] = linear_probe(train_feats, train_labels, test_feats, test_labels)["top1"]
+    if context:
+        model = ContextClassifier(context_readout(task.encoder, 4, task.state_dict(), {}), num_classes=8)
+        augment = ClipTransform(size=64, scale=(0.5, 1.0), ratio=(0.75, 4 / 3), color_jitter=0.5, hue=0.25,
+                                jitter_p=0.3)
+        train = VideoDataset(root=root, entries=synthetic(root, split="train"),
+                             sampler=PositionedSampler(16, 2, 0.5), transform=augment, seed=0)
+        test = [VideoDataset(root=root, entries=synthetic(root, split="val"),
+                             sampler=PositionedSampler(16, 2, p), transform=EvalTransform(size=64), seed=0)
+                for p in CLIP_POSITIONS]
+        metrics["finetune"] = finetune(model, train, test, steps=100, batch_size=8)["top1"]
+    return {k: round(v, 3) for k, v in metrics.items()}
+
+
+def _check_learns(task: str, root: Path, run: Path, *, steps: int, max_loss_ratio: float,
+                  min_accuracy_gain: float, max_val_loss_ratio: float) -> None:
     seconds = _pretrain(task, root, run, steps)
     losses = _losses(run)
     assert len(losses) == steps
     start, end = sum(losses[:3]) / 3, sum(losses[-10:]) / 10
+    trained, initial = _tasks(run)
     encoder_cfg = OmegaConf.load(run / "config.yaml").encoder
-    trained_encoder = load_encoder(run, encoder_cfg)
-    random_encoder = load_encoder("random", encoder_cfg)
-    trained, random = _recall(trained_encoder, root), _recall(random_encoder, root)
-    # Reported, not asserted: see the module docstring (R@1 is not reliably above chance/random init).
-    print(f"{task}: {steps} steps in {seconds:.0f} s, loss {start:.3f} -> {end:.3f}, "
-          f"trained {trained} vs random {random} (chance R@1 0.125, R@5 0.50)")
+    assert all(torch.equal(a, b) for a, b in zip(trained.encoder.state_dict().values(),
+                                                  load_encoder(run, encoder_cfg).state_dict().values()))
+    pretext_trained, pretext_random = _pretext(trained, root), _pretext(initial, root)
+    context = hasattr(trained, "aggregator")
+    down_trained, down_random = _downstream(trained, root, context=context), _downstream(initial, root, context=context)
+    # Printed on every run (pytest -s); only the pretext margins and the training loss are asserted.
+    print(f"{task}: {steps} steps in {seconds:.0f} s, train loss {start:.3f} -> {end:.3f}; val pretext "
+          f"trained {pretext_trained} vs random init {pretext_random}; downstream trained {down_trained} vs "
+          f"random init {down_random} (chance: R@1 0.125, R@5 0.50, linear/finetune 0.125)")
     assert end < max_loss_ratio * start, f"{task}: the training loss fell only from {start:.3f} to {end:.3f}"
+    gain = pretext_trained["val_accuracy"] - pretext_random["val_accuracy"]
+    assert gain > min_accuracy_gain, f"{task}: val future-prediction accuracy gained only {gain:.3f}"
+    ratio = pretext_trained["val_loss"] / pretext_random["val_loss"]
+    assert ratio < max_val_loss_ratio, f"{task}: val loss is {ratio:.2f} of the random init's"
     changed = [
-        name for name, value in trained_encoder.state_dict().items()
-        if value.is_floating_point() and not torch.equal(value, random_encoder.state_dict()[name])
+        name for name, value in trained.encoder.state_dict().items()
+        if value.is_floating_point() and not torch.equal(value, initial.encoder.state_dict()[name])
     ]
     assert changed, f"{task}: the checkpoint's encoder is identical to its random initialisation"
 
 
 @pytest.mark.slow
 def test_dpc_learns(synthetic_root: Path, tmp_path: Path) -> None:
-    _check_learns("dpc", synthetic_root, tmp_path / "dpc", steps=STEPS, max_loss_ratio=0.7)
+    _check_learns("dpc", synthetic_root, tmp_path / "dpc", steps=STEPS, max_loss_ratio=0.7,
+                  min_accuracy_gain=0.10, max_val_loss_ratio=0.7)
 
 
 @pytest.mark.slow
 def test_memdpc_learns(synthetic_root: Path, tmp_path: Path) -> None:
-    _check_learns("memdpc", synthetic_root, tmp_path / "memdpc", steps=STEPS, max_loss_ratio=0.7)
+    _check_learns("memdpc", synthetic_root, tmp_path / "memdpc", steps=STEPS, max_loss_ratio=0.7,
+                  min_accuracy_gain=0.10, max_val_loss_ratio=0.7)
 
 
 @pytest.mark.slow
 def test_cpc_learns(synthetic_root: Path, tmp_path: Path) -> None:
-    _check_learns("cpc", synthetic_root, tmp_path / "cpc", steps=STEPS, max_loss_ratio=0.7)
+    _check_learns("cpc", synthetic_root, tmp_path / "cpc", steps=STEPS, max_loss_ratio=0.7,
+                  min_accuracy_gain=0.10, max_val_loss_ratio=0.8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_perfect_predictor_scores_one_and_misplaced_predictions_score_zero() -> 
 
 def test_predictions_never_see_the_future_blocks() -> None:
     torch.manual_seed(0)
-    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, hidden_dropout=0.0)  # deterministic
     captured = []
     task.predictor.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
     video = _video()
@@ -98,7 +99,7 @@ def test_rollout_aggregates_rectified_context_and_feeds_predictions_back() -> No
     # Replay the recurrence by hand with a 2-layer ConvGRU: the predictor's k-th input must be the top
     # layer's state after the observed blocks and the k-1 earlier (rectified) predictions.
     torch.manual_seed(0)
-    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, num_layers=2)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, num_layers=2, hidden_dropout=0.0)
     inputs, outputs = [], []
 
     def hook(module, args, output):
@@ -147,3 +148,154 @@ def test_normalised_scores_use_the_temperature() -> None:
     loss, _ = dense_prediction_loss(pred, target, temperature=0.5, normalize=True)
     want, _ = _dense_reference(F.normalize(pred, dim=2) / 0.5, F.normalize(target, dim=2))
     assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+# ---- equivalence with the official code (fixtures recorded by tests/fixtures/dpc/record.py) ----------------
+
+def test_matches_the_official_dpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same predictions, score matrix, loss and gradient norms as TengdaHan/DPC's DPC_RNN (copied weights,
+    same input, same ConvGRU dropout masks), and the same loss in eval mode (batch statistics)."""
+    import vidssl.tasks.dpc as dpc_module
+    from fixtures.dpc.official_state import ReplayDropout, assert_grad_norms, converted_case
+
+    task, video, expected = converted_case("dpc", tmp_path)
+    s = expected["setup"]
+    assert task.aggregator.hidden_dropout.p == s["p"]  # the converted config keeps the official dropout
+    task.aggregator.hidden_dropout = ReplayDropout(s["p"], s["seed_dropout"])
+    scored = []
+    original = dpc_module.dense_prediction_loss
+
+    def capture(pred, target, **kwargs):
+        scored.append((pred.detach(), target.detach()))
+        return original(pred, target, **kwargs)
+
+    monkeypatch.setattr(dpc_module, "dense_prediction_loss", capture)
+    task.train()
+    out = task({"video": video})
+    out["loss"].backward()
+    pred, target = scored[0]
+    torch.testing.assert_close(pred, expected["predictions"], atol=1e-5, rtol=1e-5)
+    rows = pred.permute(0, 1, 3, 4, 2).reshape(-1, pred.shape[2])  # (b, k, y, x) order, as the official rows
+    cols = target.permute(0, 1, 3, 4, 2).reshape(-1, target.shape[2])
+    torch.testing.assert_close(rows @ cols.T, expected["scores"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(expected["target"], torch.arange(len(rows)))
+    assert out["loss"].item() == pytest.approx(expected["loss"].item(), abs=1e-5)
+    assert out["accuracy"].item() == pytest.approx(expected["accuracy"].item())
+    assert_grad_norms(task, expected["grad_norms"])
+
+    task.eval()
+    with torch.no_grad():
+        assert task({"video": video})["loss"].item() == pytest.approx(expected["eval_loss"].item(), abs=1e-5)
+
+
+def test_paper_training_options_reach_the_heads() -> None:
+    torch.manual_seed(0)
+    task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, hidden_dropout=0.1, head_init="orthogonal")
+    assert task.aggregator.hidden_dropout.p == 0.1
+    w = task.predictor[0].weight.flatten(1)
+    torch.testing.assert_close(w @ w.T, torch.eye(w.shape[0]), atol=1e-5, rtol=0)  # gain 1
+    assert torch.equal(task.aggregator.cells[0].gates.bias, torch.zeros_like(task.aggregator.cells[0].gates.bias))
+    with pytest.raises(ValueError, match="head_init"):
+        DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, head_init="xavier")
+
+
+@pytest.mark.parametrize("preset", ["dpc_paper", "memdpc_paper"])
+def test_paper_preset_trains_a_few_steps(preset: str, synthetic_root: Path, tmp_path: Path) -> None:
+    """The paper presets run end to end (tiny sizes by override) and set the official training options."""
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from vidssl.checkpoint import load_checkpoint
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    tiny = ["encoder.base_width=4", "trainer.batch_size=2", "trainer.max_steps=2", "trainer.num_workers=0",
+            "trainer.device=cpu", "trainer.progress=false", "task.data.transform.size=64",
+            "task.data.sampler.stride=1"]  # the synthetic videos are 48-64 frames: 8×5 frames at stride 1
+    if preset == "memdpc_paper":
+        tiny.append("task.model.memory_size=32")
+    command = [sys.executable, "tools/pretrain.py", f"task={preset}", "dataset=synthetic",
+               f"dataset.root={synthetic_root}", f"trainer.out_dir={run}", *tiny]
+    result = subprocess.run(command, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.weight_decay == 1e-5
+    assert cfg.trainer.warmup_steps == 0 and cfg.trainer.min_lr_ratio == 1.0
+    model = cfg.task.model
+    assert model.hidden_dropout == 0.1 and model.head_init == "orthogonal" and model.temperature == 1.0
+    assert model.num_seq == 8 and model.pred_step == 3 and not model.normalize
+    assert cfg.task.data.transform.per_frame and cfg.task.data.transform.grayscale_mode == "channel"
+    assert cfg.encoder.get("track_running_stats", True) is (preset == "memdpc_paper")
+    state = load_checkpoint(run)
+    assert state["step"] == 2
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)  # constant: no schedule
+
+
+def test_converters_refuse_what_they_cannot_map() -> None:
+    from vidssl.convert import dpc as convert_dpc
+    from vidssl.convert import memdpc as convert_memdpc
+
+    with pytest.raises(KeyError, match="network_pred"):  # a fine-tuned classifier, not a pretraining run
+        convert_dpc.convert({"state_dict": {"module.backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7),
+                                            "module.final_fc.1.weight": torch.zeros(101, 256)}})
+    with pytest.raises(KeyError, match="memory bank"):
+        convert_memdpc.convert({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7)}})
+    blocks = {f"backbone.layer{s + 1}.{b}.conv1.weight": torch.zeros(1) for s, n in enumerate((3, 4, 6, 3))
+              for b in range(n)}
+    config = convert_dpc.encoder_config({**blocks, "backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7)})
+    assert config == {"_target_": "vidssl.encoders.video.r2d3d_34", "base_width": 64, "track_running_stats": False}
+    with pytest.raises(ValueError, match="R2D3D-18"):
+        convert_dpc.encoder_config({"backbone.layer1.0.conv1.weight": torch.zeros(1),
+                                    "backbone.conv1.weight": torch.zeros(64, 3, 1, 7, 7)})
+
+
+@pytest.mark.parametrize("source", ["dpc", "memdpc"])
+def test_converted_config_is_the_paper_preset(source: str, tmp_path: Path) -> None:
+    """A converted checkpoint trains and evaluates as task=<source>_paper would build it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fixtures.dpc.official_state import converted_case
+
+    converted_case(source, tmp_path)
+    config = torch.load(tmp_path / "converted.pt", weights_only=True)["config"]
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        preset = compose("pretrain", overrides=[f"task={source}_paper", "dataset.root=x", "trainer.out_dir=y"])
+    preset = OmegaConf.to_container(preset, resolve=True)
+    model = {k: v for k, v in preset["task"]["model"].items() if k not in ("encoder", "pred_step_schedule")}
+    if source == "memdpc":
+        model["memory_size"] = 64  # read from the file's memory bank (the fixture's; the paper's is 1024)
+    assert config["task"]["model"] == model
+    assert config["encoder"] == preset["encoder"]
+
+
+def test_official_checkpoints_written_with_numpy_1_load(tmp_path: Path) -> None:
+    """The published files pickle `best_acc` as NumPy 1.x's `numpy.core.multiarray.scalar`; today's NumPy
+    writes `numpy._core`. Both names are allowlisted, nothing else is."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from vidssl.convert import load_official
+    from vidssl.convert.dpc import SAFE_GLOBALS
+
+    buffer = io.BytesIO()
+    torch.save({"best_acc": np.float64(0.5), "state_dict": {"w": torch.ones(2)}}, buffer)
+    legacy = tmp_path / "numpy1.pth.tar"
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as src, zipfile.ZipFile(legacy, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info, data)
+    state = load_official(legacy, SAFE_GLOBALS)
+    assert state["best_acc"] == 0.5 and torch.equal(state["state_dict"]["w"], torch.ones(2))
+    with pytest.raises(RuntimeError, match="weights_only"):
+        load_official(legacy, [g for g in SAFE_GLOBALS if not isinstance(g, tuple)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,7 +76,7 @@ def test_forward_finite_and_gradients_reach_encoder_memory_and_predictor(bidirec
 
 def test_forward_predictions_never_see_the_future_blocks() -> None:
     torch.manual_seed(0)
-    task = _task(bidirectional=False)
+    task = _task(bidirectional=False, hidden_dropout=0.0)  # deterministic
     captured = []
     task.addresser.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
     video = _video()
@@ -90,7 +91,7 @@ def test_forward_predictions_never_see_the_future_blocks() -> None:
 
 def test_backward_direction_predicts_the_first_blocks_from_the_last() -> None:
     torch.manual_seed(0)
-    task = _task(bidirectional=True)
+    task = _task(bidirectional=True, hidden_dropout=0.0)
     captured = []
     task.addresser.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
     video = _video()
@@ -115,3 +116,61 @@ def test_curriculum_and_bad_arguments() -> None:
         _task(memory_temperature=0.0)
     with pytest.raises(ValueError, match="pred_step"):
         _task(pred_step=4)
+
+
+def test_matches_the_official_memdpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same addressing logits, score matrices, losses and gradient norms as TengdaHan/MemDPC's MemDPC_BD
+    (copied weights, same input, same dropout masks in both ConvGRUs), the same batch-norm running
+    statistics after the step, and the same loss in eval mode."""
+    import vidssl.tasks.memdpc as memdpc_module
+    from fixtures.dpc.official_state import ReplayDropout, assert_grad_norms, converted_case
+
+    task, video, expected = converted_case("memdpc", tmp_path)
+    s = expected["setup"]
+    assert task.aggregator.hidden_dropout.p == s["p"]
+    task.aggregator.hidden_dropout = ReplayDropout(s["p"], s["seed_dropout"])
+    task.aggregator_backward.hidden_dropout = ReplayDropout(s["p"], s["seed_dropout_backward"])
+    logits, scores = [], []
+    task.addresser.register_forward_hook(lambda m, i, o: logits.append(o.detach()))
+    original = memdpc_module.dense_prediction_loss
+
+    def capture(pred, target, **kwargs):
+        rows = pred.detach().permute(0, 1, 3, 4, 2).reshape(-1, pred.shape[2])  # (b, k, y, x) rows
+        cols = target.detach().permute(0, 1, 3, 4, 2).reshape(-1, target.shape[2])
+        scores.append(rows @ cols.T)
+        return original(pred, target, **kwargs)
+
+    monkeypatch.setattr(memdpc_module, "dense_prediction_loss", capture)
+    task.train()
+    out = task({"video": video})
+    out["loss"].backward()
+    torch.testing.assert_close(torch.stack(logits, 1), expected["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(scores), expected["scores"], atol=1e-5, rtol=1e-5)
+    assert out["loss"].item() == pytest.approx(expected["loss"].item(), abs=1e-5)
+    assert out["accuracy"].item() == pytest.approx(expected["top1"].mean().item())
+    assert_grad_norms(task, expected["grad_norms"])
+    torch.testing.assert_close(task.encoder.bn1.running_mean, expected["running_mean"])
+
+    task.eval()
+    with torch.no_grad():
+        assert task({"video": video})["loss"].item() == pytest.approx(expected["eval_loss"].item(), abs=1e-5)
+
+
+def test_paper_training_options_reach_every_head() -> None:
+    torch.manual_seed(0)
+    task = _task(hidden_dropout=0.1, head_init="orthogonal")  # MemDPC's gain: 0.1
+    assert task.aggregator.hidden_dropout.p == task.aggregator_backward.hidden_dropout.p == 0.1
+    for weight in (task.addresser[0].weight, task.aggregator_backward.cells[0].candidate.weight):
+        w = weight.flatten(1)
+        torch.testing.assert_close(w @ w.T, 0.01 * torch.eye(w.shape[0]), atol=1e-6, rtol=0)
+
+
+def test_train_benchmark_official_row_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
+    from vidssl.benchmarks.train import _compose, _official_model
+
+    with pytest.raises(ValueError, match="no official model"):
+        _official_model(_compose(["task=simclr", "encoder=r2d3d_18"]), tmp_path)
+    with pytest.raises(ValueError, match="width 64"):
+        _official_model(_compose(["task=memdpc", "encoder.base_width=8"]), tmp_path)
+    with pytest.raises(FileNotFoundError, match="official="):
+        _official_model(_compose(["task=memdpc_paper"]), tmp_path / "missing")

@@ -1,8 +1,9 @@
-"""SeLaVi task: shapes, gradients, Sinkhorn labels, label schedule, variants, state, DDP merge."""
+"""SeLaVi task: shapes, gradients, the scheduled relabelling pass, online codes, variants, state, DDP."""
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import socket
 
@@ -10,8 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
-from vidssl.tasks.selavi import FeatureBank, SeLaVi, benchmark_step, example_batch
+from vidssl.losses import sinkhorn_knopp, sinkhorn_to_tolerance
+from vidssl.tasks.selavi import SeLaVi
+from vidssl.tasks.selavi.labelling import relabel_steps
+from vidssl.tasks.selavi.state import FeatureQueue, LabelTable
 
 
 class TinyVideo(nn.Module):
@@ -38,124 +43,218 @@ class TinyAudio(nn.Module):
 
 def make_task(**kw) -> SeLaVi:
     torch.manual_seed(0)
-    args = dict(encoder=TinyVideo(), audio_encoder=TinyAudio(), num_clusters=(4, 3), hidden_dim=16,
-                label_bank="queue", queue_size=32)
+    args = dict(encoder=TinyVideo(), audio_encoder=TinyAudio(), num_clusters=(4, 3), head_hidden=16,
+                num_relabels=3, relabel_batch_size=8, bn_warmup_batches=2)
     args.update(kw)
+    if args.get("labels") == "online":
+        for key in ("num_relabels", "relabel_batch_size", "bn_warmup_batches"):
+            args.pop(key)
     return SeLaVi(**args)
 
 
-def batch(b: int = 8, start: int = 0, seed: int = 0, audio: bool = True) -> dict[str, torch.Tensor]:
-    out = example_batch(batch_size=b, num_frames=4, size=16, n_mels=16, audio_frames=20, audio=audio, seed=seed)
-    out["index"] = torch.arange(start, start + b)
+def clips(n: int = 24, seed: int = 0, audio: bool = True) -> list[dict]:
+    """A small in-memory dataset of sample dicts, as VideoDataset returns them."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        sample = {"video": torch.randn(3, 4, 16, 16, generator=g), "index": i}
+        if audio:
+            sample["audio"] = torch.randn(1, 16, 20, generator=g)
+        out.append(sample)
     return out
 
 
-def test_forward_keys_finite_and_gradients_reach_both_encoders() -> None:
+def loader_of(dataset: list[dict], batch_size: int = 8):
+    """The engine's ``make_loader`` for an in-memory dataset."""
+    return functools.partial(DataLoader, dataset, batch_size=batch_size)
+
+
+def batch(dataset: list[dict], start: int = 0, size: int = 8) -> dict[str, torch.Tensor]:
+    return next(iter(DataLoader(dataset[start:start + size], batch_size=size)))
+
+
+def test_relabelling_labels_every_clip_from_an_eval_pass_to_convergence() -> None:
+    data = clips()
+    task = make_task(align_modalities=False)
+    task.on_train_step_start(0, 30, loader_of(data))
+    assert task.relabels_done == 1 and task.training  # the mode is restored
+    labels = task.table.labels
+    assert labels.shape == (2, 24) and bool((labels >= 0).all())
+
+    # The same labels by hand: eval-mode features of all clips, fp64 scores, Sinkhorn to tolerance 0.1.
+    task.eval()
+    with torch.no_grad():
+        logits = task.head_logits(task.embed(batch(data, 0, 24)))
+    for h in range(2):
+        scores = 0.5 * (F.log_softmax(logits["video"][h].double(), 1) + F.log_softmax(logits["audio"][h].double(), 1))
+        codes, iterations = sinkhorn_to_tolerance(scores, 0.05, tolerance=0.1, max_iterations=2000)
+        assert torch.equal(codes.argmax(1), labels[h])
+    assert iterations % 10 == 1  # the official check points: 1, 11, 21, ...
+
+
+def test_loss_is_cross_entropy_of_both_modalities_to_the_stored_labels() -> None:
+    data = clips()
     task = make_task()
-    out = task(batch())
-    assert set(out) == {"loss", "loss_video", "loss_audio", "entropy", "agreement", "labelled", "label_changes"}
-    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
-    out["loss"].backward()
-    for name in ("encoder", "audio_encoder", "projections", "heads"):
-        grads = [p.grad for p in getattr(task, name).parameters()]
-        assert all(g is not None and g.abs().sum() > 0 for g in grads), name
-    assert 0 <= float(out["entropy"]) <= 1
-    # Same keys on the next call (the engine logs a fixed set).
-    assert set(task(batch(seed=1))) == set(out)
-
-
-def test_loss_is_cross_entropy_of_both_modalities_to_the_sinkhorn_codes() -> None:
-    task = make_task(label_bank="none", align_modalities=False)
-    b = batch()
+    task.on_train_step_start(0, 30, loader_of(data))
+    b = batch(data, 8)
+    task.eval()  # no dropout, so that the loss can be recomputed
     out = task(b)
+    assert set(out) == {"loss", "loss_video", "loss_audio", "entropy", "agreement", "label_changes",
+                        "sinkhorn_iterations"}
     with torch.no_grad():
         logits = task.head_logits(task.embed(b))
-        codes = task.assign(task.combined_scores(logits))
-        expected = {s: sum(-(codes[h] * F.log_softmax(logits[s][h], 1)).sum(1).mean() for h in range(2)) / 2
-                    for s in ("video", "audio")}
+    stored = task.table.labels[:, 8:16]
+    expected = {s: sum(F.cross_entropy(logits[s][h], stored[h]) for h in range(2)) / 2 for s in ("video", "audio")}
     assert float(out["loss_video"]) == pytest.approx(float(expected["video"]), rel=1e-5)
-    assert float(out["loss_audio"]) == pytest.approx(float(expected["audio"]), rel=1e-5)
-    assert out["loss"].item() == pytest.approx(float(expected["video"] + expected["audio"]) / 2, rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(expected["video"] + expected["audio"]) / 2, rel=1e-5)
+    task.train()
+    out = task(b)
+    out["loss"].backward()
+    for name in ("encoder", "audio_encoder", "heads"):
+        assert all(p.grad is not None for p in getattr(task, name).parameters()), name
+
+
+def test_training_without_labels_is_a_clear_error() -> None:
+    task = make_task()
+    with pytest.raises(RuntimeError, match="no pseudo-label"):
+        task(batch(clips()))
+
+
+def test_schedule_relabels_at_the_power_schedule_first_at_step_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert relabel_steps(100, 4) == [0.0, 100 * 0.25**1.5, 100 * 0.5**1.5, 100 * 0.75**1.5]
+    # SeLaVi's own schedule: epochs·N_dl·linspace(0, 1, nopts)^1.5 without its never-reached last point.
+    official = (1000 * torch.linspace(0, 1, 100, dtype=torch.float64) ** 1.5)[:-1]
+    assert torch.allclose(torch.tensor(relabel_steps(1000, 99), dtype=torch.float64), official)
+
+    data = clips()
+    task = make_task(num_relabels=4)
+    calls, warmups = [], []
+    monkeypatch.setattr(task, "relabel", lambda make_loader: calls.append(step))
+    import vidssl.tasks.selavi.model as model
+
+    monkeypatch.setattr(model, "warm_up_batchnorm", lambda *a, **k: warmups.append(step))
+    for step in range(20):  # points 0, 2.5, 7.07, 12.99: one relabelling before the first step at or after each
+        task.on_train_step_start(step, 20, loader_of(data))
+    assert calls == [0, 3, 8, 13] and warmups == [0] and task.relabels_done == 4
+
+
+def test_batchnorm_warmup_runs_train_mode_batches_before_the_first_relabelling() -> None:
+    data = clips()
+    task = make_task(bn_warmup_batches=2)
+    bn = task.heads["video"][0][2]
+    assert torch.equal(bn.running_mean, torch.zeros(16))
+    task.on_train_step_start(0, 30, loader_of(data))
+    assert int(bn.num_batches_tracked) == 2 and not torch.equal(bn.running_mean, torch.zeros(16))
+
+
+def test_first_relabelling_aligns_the_audio_heads_once() -> None:
+    data = clips()
+    task = make_task(num_clusters=(5,))
+    video, audio = task.heads["video"][0][-1], task.heads["audio"][0][-1]
+    before = audio.weight.detach().clone()
+    task.on_train_step_start(0, 30, loader_of(data))
+    assert task.aligned
+    rows = [int((before == row).all(1).nonzero()) for row in audio.weight.detach()]
+    assert sorted(rows) == list(range(5))  # the rows were permuted, not changed
+    after_first = audio.weight.detach().clone()
+    task.relabel(loader_of(data))
+    assert torch.equal(audio.weight, after_first)
+    assert video.weight.shape == (5, 16)
+
+
+def test_modality_alignment_undoes_a_permutation() -> None:
+    task = make_task(num_clusters=(5,), head_hidden=0)
+    video, audio = task.heads["video"][0][-1], task.heads["audio"][0][-1]
+    task.heads["audio"][0][-1] = audio = nn.Linear(8, 5)
+    with torch.no_grad():
+        video.weight.mul_(20)  # confident heads, so the cost clearly prefers the right pairing
+        perm = torch.tensor([3, 0, 4, 1, 2])
+        audio.weight.copy_(video.weight[perm])
+        audio.bias.copy_(video.bias[perm])
+    x = torch.randn(64, 8)
+    task._align({"video": x, "audio": x})
+    assert torch.allclose(audio.weight, video.weight) and torch.allclose(audio.bias, video.bias)
+
+
+def test_heads_are_the_official_mlp() -> None:
+    task = make_task(head_hidden=512)
+    head = task.heads["audio"][1]
+    kinds = [type(m) for m in head]
+    assert kinds == [nn.Dropout, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
+    assert head[1].bias is None and head[1].out_features == 512 and head[0].p == 0.3 and head[4].p == 0.3
+    assert head[5].out_features == 3 and head[1].in_features == 6
 
 
 def test_assignments_are_equipartitioned_and_follow_a_gaussian_marginal() -> None:
     torch.manual_seed(0)
     scores = [torch.randn(400, 4) * 0.5, torch.randn(400, 3) * 0.5]
-    task = make_task(sinkhorn_iterations=100)
-    for q, k in zip(task.assign(scores), (4, 3)):
+    task = make_task()
+    for q, k in zip(task.assign(scores, tolerance=1e-6), (4, 3)):
         assert torch.allclose(q.sum(1), torch.ones(400), atol=1e-5)
-        assert torch.allclose(q.sum(0), torch.full((k,), 400 / k), rtol=0.02)
-    gauss = make_task(marginal="gaussian", marginal_std=0.3, sinkhorn_iterations=100)
-    q = gauss.assign(scores)[0]
-    wanted = gauss.marginal_0
-    assert not torch.allclose(wanted, torch.full((4,), 0.25))
+        assert torch.allclose(q.sum(0), torch.full((k,), 400 / k), rtol=1e-3)
+    gauss = make_task(marginal="gaussian", marginal_std=0.3)
+    q = gauss.assign(scores, tolerance=1e-6)[0]
+    wanted = gauss.marginals[0]
+    assert not torch.allclose(wanted, torch.full((4,), 0.25, dtype=torch.float64))
     # The drawn sizes are given to clusters in the order of their current mass.
     order = F.softmax(scores[0], 1).sum(0).argsort()
-    assert torch.allclose(q.sum(0)[order] / 400, wanted.sort().values, rtol=0.03)
+    assert torch.allclose(q.sum(0)[order].double() / 400, wanted.sort().values, rtol=1e-3)
 
 
-def test_hard_targets_are_one_hot() -> None:
-    task = make_task(targets="hard", label_bank="none")
-    codes = task._online_targets(task.combined_scores(task.head_logits(task.embed(batch()))))
+def test_online_codes_each_step() -> None:
+    data = clips()
+    task = make_task(labels="online", align_modalities=False)
+    b = batch(data)
+    out = task(b)
+    assert set(out) == {"loss", "loss_video", "loss_audio", "entropy", "agreement"}
+    # soft codes of 3 Sinkhorn iterations on the batch; recomputed in eval mode (no dropout)
+    task.eval()
+    out = task(b)
+    with torch.no_grad():
+        logits = task.head_logits(task.embed(b))
+    codes = [sinkhorn_knopp(s, 0.05, 3) for s in task.combined_scores(logits)]
+    expected = sum(-(codes[h] * F.log_softmax(logits["video"][h], 1)).sum(1).mean() for h in range(2)) / 2
+    assert float(out["loss_video"]) == pytest.approx(float(expected), rel=1e-5)
+
+    hard = make_task(labels="online", targets="hard", queue_size=16, align_modalities=False)
+    hard(b)
+    assert len(hard.queue) == 8
+    codes = hard._online_targets(hard.embed(b), hard.head_logits(hard.embed(b)))
     for q in codes:
         assert set(q.unique().tolist()) <= {0.0, 1.0} and torch.all(q.sum(1) == 1)
 
 
-def test_label_schedule_warmup_then_every_n_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    task = make_task(label_bank="dataset", label_update_every=2, warmup_steps=3)
-    calls: list[int] = []
-    original = task.update_labels
-    monkeypatch.setattr(task, "update_labels", lambda: (calls.append(task.step), original())[1])
-    opt = torch.optim.SGD(task.parameters(), lr=0.1)
-    for step in range(1, 9):
-        out = task(batch(start=8 * ((step - 1) % 3)))  # 24 clips, seen in turn
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        if step <= 3:
-            assert float(out["labelled"]) == 0.0  # nothing stored before the first update
-        task.on_train_step_end(step, 8)
-        if step == 2:
-            assert task.labels.shape[1] == 0
-    assert calls == [3, 5, 7]
-    assert task.labels.shape == (2, 24) and bool((task.labels >= 0).all())
-    assert float(task(batch(start=8))["labelled"]) == 1.0
-    # Every clip's labels are an equipartition-constrained assignment: no cluster empty, none has all.
-    counts = torch.bincount(task.labels[0], minlength=4)
-    assert counts.min() > 0 and counts.max() < 24
+def test_feature_queue_keeps_the_last_clips() -> None:
+    queue = FeatureQueue({"video": 2}, size=5)
+    for start in (0, 3, 6):
+        queue.push({"video": torch.arange(start, start + 3)[:, None].float().repeat(1, 2)})
+    assert sorted(queue.contents()["video"][:, 0].long().tolist()) == [4, 5, 6, 7, 8]
 
 
-def test_stored_labels_are_the_targets() -> None:
-    task = make_task(label_bank="dataset", label_update_every=1, align_modalities=False)
-    b = batch()
-    task(b)
-    task.on_train_step_end(1, 10)
-    out = task(b)
-    emb = task.embed(b)
-    logits = task.head_logits(emb)
-    stored = task.labels[:, :8]
-    expected = sum(F.cross_entropy(logits["video"][h], stored[h]) for h in range(2)) / 2
-    assert float(out["loss_video"]) == pytest.approx(expected.item(), rel=1e-5)
-    assert float(out["labelled"]) == 1.0
+def test_label_table_lookup_and_changes() -> None:
+    table = LabelTable(1)
+    assert table.update(torch.tensor([0, 2]), torch.tensor([[1, 3]])) == 0.0
+    assert table.lookup(torch.tensor([0, 1, 2, 5])).tolist() == [[1, -1, 3, -1]]
+    assert table.update(torch.tensor([0, 2]), torch.tensor([[1, 0]])) == 0.5
 
 
 def test_single_modality_variant() -> None:
+    data = clips(audio=False)
     task = make_task(audio_encoder=None)
-    out = task(batch(audio=False))
-    assert "loss_audio" not in out and torch.isfinite(out["loss"])
-    out["loss"].backward()
-    assert all(p.grad is not None for p in task.encoder.parameters())
-    embedding, scores = task.predict(batch(audio=False))
-    assert embedding.shape == (8, 16) and [s.shape for s in scores] == [(8, 4), (8, 3)]
+    task.on_train_step_start(0, 30, loader_of(data))
+    out = task(batch(data))
+    assert "loss_audio" not in out and "agreement" not in out and torch.isfinite(out["loss"])
+    embedding, scores = task.predict(batch(data))
+    assert embedding.shape == (8, 8) and [s.shape for s in scores] == [(8, 4), (8, 3)]
 
 
 def test_concat_fusion() -> None:
-    task = make_task(fusion="concat")
-    out = task(batch())
-    assert set(out) == {"loss", "entropy", "agreement", "labelled", "label_changes"}
-    out["loss"].backward()
-    assert all(p.grad is not None for p in task.audio_encoder.parameters())
-    b = batch()
+    data = clips()
+    task = make_task(fusion="concat", align_modalities=False)
+    task.on_train_step_start(0, 30, loader_of(data))
+    out = task(batch(data))
+    assert set(out) == {"loss", "entropy", "label_changes", "sinkhorn_iterations"}
+    b = batch(data)
     b["has_audio"] = torch.tensor([True] * 7 + [False])
     with pytest.raises(ValueError, match="without audio"):
         task.predict(b)
@@ -164,7 +263,7 @@ def test_concat_fusion() -> None:
 
 def test_predict_scores_silent_clips_from_video_alone() -> None:
     task = make_task().eval()
-    b = batch()
+    b = batch(clips())
     b["has_audio"] = torch.tensor([True, False] * 4)
     _, scores = task.predict(b)
     logits = task.head_logits(task.embed(b))
@@ -172,77 +271,47 @@ def test_predict_scores_silent_clips_from_video_alone() -> None:
     both = F.log_softmax(task.combined_scores(logits)[0], 1)
     assert torch.allclose(scores[0][1::2], video_only[1::2], atol=1e-6)
     assert torch.allclose(scores[0][0::2], both[0::2], atol=1e-6)
-    assert torch.allclose(scores[0].exp().sum(1), torch.ones(8), atol=1e-5)
 
 
-def test_modality_alignment_undoes_a_permutation() -> None:
-    task = make_task(hidden_dim=0, num_clusters=(5,), audio_encoder=TinyAudio())
-    torch.manual_seed(1)
-    # Both streams see the same features: give the audio head the video head's clusters, shuffled.
-    task.heads["audio"][0] = nn.Linear(8, 5)
-    video = task.heads["video"][0]
-    with torch.no_grad():
-        video.weight.mul_(20)  # confident heads, so the cost clearly prefers the right pairing
-    perm = torch.tensor([3, 0, 4, 1, 2])
-    with torch.no_grad():
-        task.heads["audio"][0].weight.copy_(video.weight[perm])
-        task.heads["audio"][0].bias.copy_(video.bias[perm])
-    x = torch.randn(64, 8)
-    task._align({"video": x, "audio": x})
-    assert task.aligned
-    assert torch.allclose(task.heads["audio"][0].weight, video.weight)
-    assert torch.allclose(task.heads["audio"][0].bias, video.bias)
-
-
-def test_feature_bank_queue_and_dataset_modes() -> None:
-    queue = FeatureBank({"video": 2}, mode="queue", size=5)
-    for start in (0, 3, 6):
-        idx = torch.arange(start, start + 3)
-        queue.push({"video": idx[:, None].float().repeat(1, 2)}, idx)
-    feats, idx = queue.contents()
-    assert sorted(idx.tolist()) == [4, 5, 6, 7, 8]  # the last five clips
-    assert torch.equal(feats["video"][:, 0].long(), idx)
-    whole = FeatureBank({"video": 2}, mode="dataset")
-    whole.push({"video": torch.ones(2, 2)}, torch.tensor([7, 2]))
-    whole.push({"video": torch.full((1, 2), 5.0)}, torch.tensor([7]))  # a clip seen again: replaced
-    feats, idx = whole.contents()
-    assert sorted(idx.tolist()) == [2, 7] and len(whole) == 2
-    assert float(feats["video"][idx.tolist().index(7), 0]) == 5.0
-
-
-def test_state_dict_round_trip_restores_labels_and_bank() -> None:
-    task = make_task(label_bank="dataset", label_update_every=1)
-    task(batch())
-    task.on_train_step_end(1, 5)
-    state = task.state_dict()
-    fresh = make_task(label_bank="dataset", label_update_every=1)
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh.labels, task.labels) and fresh.step == 1 and fresh.aligned
-    assert torch.equal(fresh.bank.contents()[1], task.bank.contents()[1])
-    torch.manual_seed(3)
-    a = task(batch(seed=3))
-    torch.manual_seed(3)
-    b = fresh(batch(seed=3))
+def test_state_dict_round_trip_restores_labels_and_schedule() -> None:
+    data = clips()
+    task = make_task()
+    task.on_train_step_start(0, 30, loader_of(data))
+    task.on_train_step_end(1, 30)
+    fresh = make_task()
+    fresh.load_state_dict(task.state_dict())
+    assert torch.equal(fresh.table.labels, task.table.labels)
+    assert (fresh.relabels_done, fresh.step, fresh.aligned) == (1, 1, True)
+    task.eval(), fresh.eval()
+    a, b = task(batch(data)), fresh(batch(data))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_bad_configuration_is_named() -> None:
-    with pytest.raises(ValueError, match="label_bank"):
-        make_task(label_bank="everything")
-    with pytest.raises(ValueError, match="label_update_every"):
-        make_task(label_bank="none", label_update_every=5)
+def test_contradictory_options_are_named() -> None:
+    with pytest.raises(ValueError, match="queue_size"):
+        make_task(queue_size=64)  # a queue has no use when labels come from a pass over the dataset
+    with pytest.raises(ValueError, match="sinkhorn_iterations"):
+        make_task(sinkhorn_iterations=3)
+    with pytest.raises(ValueError, match="num_relabels"):
+        SeLaVi(encoder=TinyVideo(), audio_encoder=TinyAudio(), labels="online", num_relabels=5)
+    with pytest.raises(ValueError, match="align_modalities"):
+        make_task(audio_encoder=None, align_modalities=True)
+    with pytest.raises(ValueError, match="align_modalities"):
+        make_task(fusion="concat", align_modalities=True)
+    # unset: aligned exactly when there are audio heads
+    assert make_task().align_modalities and not make_task(audio_encoder=None).align_modalities
+    assert not make_task(fusion="concat").align_modalities
+    with pytest.raises(ValueError, match="marginal_std"):
+        make_task(marginal_std=0.2)  # the uniform marginal has no spread
+    with pytest.raises(ValueError, match="labels"):
+        make_task(labels="sometimes")
     with pytest.raises(ValueError, match="num_clusters"):
         make_task(num_clusters=(1,))
     with pytest.raises(KeyError, match="audio"):
-        make_task()(batch(audio=False))
+        make_task().eval()(batch(clips(audio=False)))
 
 
-def test_benchmark_step_times_a_step() -> None:
-    result = benchmark_step(make_task(), batch(), steps=2, warmup=1)
-    assert result["seconds_per_step"] > 0 and result["clips_per_second"] > 0 and result["batch_size"] == 8
-
-
-# ---- DDP: two gloo processes relabel like one process on all their clips ------------------------------
+# ---- DDP: two gloo processes relabel like one process on all the clips --------------------------------
 
 
 def _free_port() -> int:
@@ -251,40 +320,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bank_rows(rank: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    g = torch.Generator().manual_seed(100 + rank)
-    indices = torch.arange(rank * 20, rank * 20 + 20)
-    return {"video": torch.randn(20, 16, generator=g), "audio": torch.randn(20, 16, generator=g)}, indices
-
-
 def _ddp_worker(rank: int, port: int, out_path: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
     try:
-        task = make_task(label_bank="dataset", label_update_every=1, marginal="gaussian", marginal_std=0.3)
-        feats, idx = _bank_rows(rank)
-        task.bank.push(feats, idx)
-        task.update_labels()
-        torch.save({"labels": task.labels, "audio_w": task.heads["audio"][0].weight.detach()},
+        task = make_task(marginal="gaussian", marginal_std=0.3)
+        task.relabel(loader_of(clips(25)))  # 25 clips: shards of 13 and 12
+        torch.save({"labels": task.table.labels, "audio_w": task.heads["audio"][0][-1].weight.detach()},
                    f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_update_matches_single_process(tmp_path) -> None:
+def test_ddp_relabelling_matches_single_process(tmp_path) -> None:
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "ranks")
     # spawn, not fork: forking a process whose thread pools are running can deadlock the children.
     mp.start_processes(_ddp_worker, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
-    single = make_task(label_bank="dataset", label_update_every=1, marginal="gaussian", marginal_std=0.3)
-    parts = [_bank_rows(r) for r in range(2)]
-    single.bank.push({s: torch.cat([p[0][s] for p in parts]) for s in ("video", "audio")},
-                     torch.cat([p[1] for p in parts]))
-    single.update_labels()
+    single = make_task(marginal="gaussian", marginal_std=0.3)
+    single.relabel(loader_of(clips(25)))
     for rank in range(2):
         got = torch.load(f"{out}.{rank}", weights_only=True)
-        assert torch.equal(got["labels"], single.labels)  # every rank holds every rank's labels
-        assert torch.allclose(got["audio_w"], single.heads["audio"][0].weight)  # same alignment
+        assert torch.equal(got["labels"], single.table.labels)  # every rank holds every rank's labels
+        assert torch.allclose(got["audio_w"], single.heads["audio"][0][-1].weight)  # same alignment
+
+
+def test_the_engine_drives_the_relabelling_schedule(tmp_path) -> None:
+    """Trainer.fit calls on_train_step_start with a loader over the training dataset: the first
+    relabelling runs before step 1, the others on schedule, and a resumed run continues the schedule."""
+    from vidssl.engine import Trainer
+
+    data = clips(16)
+    task = make_task(num_relabels=3, align_modalities=False)
+    trainer = Trainer(max_steps=6, batch_size=8, out_dir=tmp_path, num_workers=0, progress=False, device="cpu",
+                      checkpoint_every=3)
+    trainer.fit(task, data, functools.partial(torch.optim.SGD, lr=0.01))
+    assert task.relabels_done == 3  # at steps 0, 1.9 -> 2, 3.8 -> 4 of 6
+    assert task.table.labels.shape == (2, 16) and bool((task.table.labels >= 0).all())
+    resumed = make_task(num_relabels=3, align_modalities=False)
+    Trainer(max_steps=6, batch_size=8, out_dir=tmp_path, num_workers=0, progress=False, device="cpu").fit(
+        resumed, data, functools.partial(torch.optim.SGD, lr=0.01))
+    assert resumed.relabels_done == 3 and torch.equal(resumed.table.labels, task.table.labels)

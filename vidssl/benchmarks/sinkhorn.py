@@ -139,26 +139,15 @@ def run(
 
 
 def selavi_step(*, batch_size: int = 16, device: str = "cpu") -> dict:
-    """One SeLaVi training step at the synthetic defaults (task config, encoder width 16), as a row.
+    """One SeLaVi training step at the synthetic defaults (task config, encoder width 16), as a row, timed
+    by the shared training-step benchmark (`vidssl.benchmarks.train.measure`, fp32, 2 untimed + 5 timed
+    steps). The scheduled relabelling passes are not part of a step; decoding is not included."""
+    from vidssl.benchmarks.train import measure
 
-    Its Sinkhorn calls are the scheduled relabelling's; decoding is not included (random batch).
-    """
-    from hydra.utils import instantiate
-
-    from vidssl.benchmarks.train import PeakRSS, _compose
-    from vidssl.tasks.selavi import benchmark_step, example_batch
-
-    cfg = _compose(["task=selavi", "encoder.base_width=16"])
-    torch.manual_seed(0)
-    model = instantiate(cfg.task.model).to(device)
-    batch = {k: v.to(device) for k, v in example_batch(batch_size=batch_size).items()}
-    with PeakRSS() as rss:
-        timing = benchmark_step(model, batch)
-    # CUDA: the allocator's peak; CPU: the growth of resident memory during the timed steps.
-    peak = timing["peak_memory_mb"] if device != "cpu" else rss.peak / 2**20
-    return {"name": "selavi training step", "n": batch_size, "device": device,
-            "seconds": timing["seconds_per_step"], "clips_per_second": timing["clips_per_second"],
-            "peak_mb": peak}
+    row = measure(name="selavi", task="selavi", overrides=["encoder.base_width=16"], batch_size=batch_size,
+                  frames=0, size=0, precision="fp32", steps=5, warmup=2, channels_last=False, device=device)
+    return {"name": "selavi training step", "n": batch_size, "device": device, "seconds": row["step_s"],
+            "clips_per_second": row["clips_per_s"], "peak_mb": row["peak_mem_mb"]}
 
 
 if __name__ == "__main__":

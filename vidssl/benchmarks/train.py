@@ -4,29 +4,41 @@
     python tools/benchmark.py suite=train encoders=[r3d_18] precisions=[bf16] batch_size=16
     python tools/benchmark.py suite=train task=memdpc              # one training step of a task, as configured
     python tools/benchmark.py suite=train task=dpc overrides=[task.data.transform.size=128,...]   # paper shape
+    python tools/benchmark.py suite=train task=memdpc_paper batch_size=4 official=DIR   # + the authors' model
+
+``official=DIR`` (a checkout of TengdaHan/DPC or TengdaHan/MemDPC, matching the task) adds a row per precision
+for the authors' model (`DPC_RNN`, `MemDPC_BD`) built with the task config's shape, trained on the same batch
+with the same optimiser; the suite runs without it.
 
 Encoders get random clips ``B×3×frames×size×size`` and the loss ``mean(pool(features)²)``. A task gets a
 batch cut by its own ``data`` config (its sampler and transform applied to random uint8 frames, audio to
-random waveforms), then runs forward, backward, an AdamW step and its ``on_train_step_end``.
+random waveforms), then runs forward, backward, an AdamW step and its ``on_train_step_end`` (its
+``on_train_step_start``, if any, runs once before the timed steps, with a loader of that one batch).
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the growth of the process's
 resident memory during the timed steps (sampled every 2 ms).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import multiprocessing
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from torch import nn
-from torch.utils.data import default_collate
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, default_collate
 
 from vidssl.encoders import pool
 from vidssl.engine import PRECISIONS, move_batch, to_channels_last
@@ -96,8 +108,11 @@ def task_batch(data: dict[str, Any], batch_size: int, seed: int = 0) -> dict[str
     return default_collate(samples)
 
 
-def _time_steps(step: Callable[[], None], *, steps: int, warmup: int, device: torch.device) -> tuple[float, int]:
-    """Seconds per step (mean over ``steps`` after ``warmup``) and peak memory in bytes (warmup included)."""
+def _time_steps(step: Callable[[], None], *, steps: int, warmup: int,
+                device: torch.device) -> tuple[float, int, float]:
+    """Seconds per step (mean over ``steps`` after ``warmup``), peak memory in bytes (warmup included), and
+    this process's CPU seconds per step (robust to other jobs on a shared CPU; with one intra-op thread
+    it is the compute time)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
@@ -105,14 +120,15 @@ def _time_steps(step: Callable[[], None], *, steps: int, warmup: int, device: to
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
+        cpu_seconds = (time.process_time() - cpu_start) / steps
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
-    return seconds, peak
+    return seconds, peak, cpu_seconds
 
 
 def _build(name: str, task: str | None, overrides: Sequence[str], batch_size: int, frames: int,
@@ -139,6 +155,10 @@ def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dtype = PRECISIONS[precision]
     hook = getattr(model, "on_train_step_end", None) if task is not None else None
+    start = getattr(model, "on_train_step_start", None) if task is not None else None
+    if start is not None:  # untimed, before the steps: e.g. SeLaVi's first relabelling, over this batch
+        rows = [{k: v[i] for k, v in batch.items() if torch.is_tensor(v)} for i in range(len(batch["video"]))]
+        start(0, 1, functools.partial(DataLoader, rows, batch_size=len(rows)))
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext():
@@ -153,13 +173,101 @@ def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size
                 hook(1, 1000)
         optimizer.zero_grad(set_to_none=True)
 
-    seconds, peak = _time_steps(step, steps=steps, warmup=warmup, device=dev)
+    seconds, peak, cpu_seconds = _time_steps(step, steps=steps, warmup=warmup, device=dev)
     clips = batch["video"].shape[0]
     return {
         "encoder": type(model.encoder).__name__ if task is not None else name, "task": task or "-",
         "input": "x".join(str(s) for s in batch["video"].shape[1:]), "batch": clips, "precision": precision,
         "device": dev.type, "clips_per_s": round(clips / seconds, 2), "step_s": round(seconds, 3),
-        "peak_mem_mb": round(peak / 2**20, 1),
+        "cpu_step_s": round(cpu_seconds, 3), "peak_mem_mb": round(peak / 2**20, 1),
+    }
+
+
+OFFICIAL_MODELS = {"vidssl.tasks.dpc.DPC": "dpc", "vidssl.tasks.memdpc.MemDPC": "memdpc"}
+
+
+def _official_model(cfg: Any, checkout: Path) -> tuple[nn.Module, Callable[[nn.Module, Tensor], Tensor]]:
+    """The authors' model for a DPC/MemDPC task config, imported from `checkout` at run time, and its loss.
+
+    Shims, in this (child) process only: `.cuda()` is a no-op on the CPU, matplotlib (imported by MemDPC's
+    utils for plotting) is stubbed when absent, and MemDPC's top-k accuracy gets `.reshape` for today's torch.
+    """
+    kind = OFFICIAL_MODELS.get(cfg.task.model._target_)
+    if kind is None:
+        raise ValueError(f"official=...: no official model for {cfg.task.model._target_}; "
+                         f"use a task of {sorted(OFFICIAL_MODELS)}")
+    if cfg.encoder._target_ != "vidssl.encoders.video.r2d3d_18" or cfg.encoder.get("base_width", 64) != 64:
+        raise ValueError("official=...: the authors' model is R2D3D-18 at width 64; benchmark that encoder")
+    if not checkout.is_dir():
+        raise FileNotFoundError(f"official={checkout}: not a directory")
+    if not torch.cuda.is_available():
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    data, model_cfg = cfg.task.data, cfg.task.model
+    shape = dict(sample_size=data.transform.size, num_seq=data.sampler.num_seq, seq_len=data.sampler.seq_len,
+                 pred_step=model_cfg.pred_step, network="resnet18")
+    if kind == "dpc":
+        sys.path[:0] = [str(checkout / "backbone"), str(checkout / "dpc")]
+        from model_3d import DPC_RNN
+
+        def dpc_loss(model: nn.Module, block: Tensor) -> Tensor:  # dpc/main.py: the mask's positive per row
+            score, mask = model(block)
+            rows = score.shape[0] * score.shape[1] * score.shape[2]
+            target = (mask == 1).contiguous().view(rows, -1).to(int).argmax(dim=1)
+            return nn.functional.cross_entropy(score.view(rows, -1), target)
+
+        return DPC_RNN(**shape), dpc_loss
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("matplotlib")
+        stub.pyplot = types.ModuleType("matplotlib.pyplot")
+        stub.use = stub.pyplot.switch_backend = lambda *args, **kwargs: None
+        sys.modules.update({"matplotlib": stub, "matplotlib.pyplot": stub.pyplot})
+    sys.path[:0] = [str(checkout), str(checkout / "memdpc")]
+    import model as memdpc_model
+
+    def topk(output: Tensor, target: Tensor, topk: Sequence[int] = (1,)) -> list[Tensor]:
+        _, pred = output.topk(max(topk), 1, True, True)
+        correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
+        return [correct[:k].reshape(-1).float().sum(0) / target.size(0) for k in topk]
+
+    memdpc_model.calc_topk_accuracy = topk
+    model = memdpc_model.MemDPC_BD(**shape, mem_size=model_cfg.memory_size)
+    return model, lambda m, block: m(block)[0]
+
+
+def measure_official(*, task: str, official: str, overrides: Sequence[str], batch_size: int, precision: str,
+                     steps: int, warmup: int, channels_last: bool, device: str) -> dict[str, Any]:
+    """One row for the authors' model: the task's batch (in their B×N×C×L×H×W layout), forward, backward
+    and the same AdamW step as `measure`."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    cfg = _compose([f"task={task}", *overrides])
+    batch = task_batch(instantiate(cfg.task.data, _convert_="all"), batch_size)
+    with contextlib.redirect_stdout(io.StringIO()):  # the official constructors print their settings
+        model, loss_fn = _official_model(cfg, Path(official))
+    model.to(dev).train()
+    if channels_last:
+        to_channels_last(model)
+    num_seq = cfg.task.data.sampler.num_seq
+    video = batch["video"]
+    block = rearrange(video, "b c (n l) h w -> b n c l h w", n=num_seq).contiguous().to(dev)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    dtype = PRECISIONS[precision]
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext():
+            loss = loss_fn(model, block)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds, peak, cpu_seconds = _time_steps(step, steps=steps, warmup=warmup, device=dev)
+    return {
+        "encoder": "official", "task": f"{task} (official)", "input": "x".join(str(s) for s in video.shape[1:]),
+        "batch": video.shape[0], "precision": precision, "device": dev.type,
+        "clips_per_s": round(video.shape[0] / seconds, 2), "step_s": round(seconds, 3),
+        "cpu_step_s": round(cpu_seconds, 3), "peak_mem_mb": round(peak / 2**20, 1),
     }
 
 
@@ -176,6 +284,7 @@ def run(
     warmup: int | None = None,
     channels_last: bool = False,
     device: str = "auto",
+    official: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark encoders (``task=None``) or one training step of ``task``.
 
@@ -191,7 +300,10 @@ def run(
             setup is small beside it (so the default run stays within minutes on 2 cores).
         channels_last: channels-last weights and inputs.
         device: "auto", "cpu" or "cuda".
-    Outputs: {"rows": [{encoder, task, input, batch, precision, device, clips_per_s, step_s, peak_mem_mb}]}.
+        official: a checkout of the authors' DPC or MemDPC code: also time their model on the same batch
+            (a row per precision after the task's; DPC/MemDPC tasks with R2D3D-18 at width 64 only).
+    Outputs: {"rows": [{encoder, task, input, batch, precision, device, clips_per_s, step_s, cpu_step_s,
+        peak_mem_mb}]}.
 
     Each row runs in a child process, so one row's freed memory (which the CPU allocator keeps) cannot
     hide the next row's peak.
@@ -218,4 +330,8 @@ def run(
                            channels_last=channels_last, device=dev)
             with context.Pool(1) as child:
                 rows.append(child.apply(measure, kwds=options))
+            if official is not None and task is not None:
+                options = {k: v for k, v in options.items() if k not in ("name", "frames", "size")}
+                with context.Pool(1) as child:
+                    rows.append(child.apply(measure_official, kwds={**options, "official": official}))
     return {"rows": rows}

@@ -80,6 +80,9 @@ class VideoDataset(Dataset):
             (in parallel, reused while its size and mtime hold) and files that cannot be read or are
             shorter than the sampler's span are set aside before training, logged and counted in
             ``failures``, instead of being met one by one mid-epoch.
+        modality: "rgb", or "flow" for entries that are flow folders (``dataset.modality=flow``): the
+            transform is replaced by its flow version (`vidssl.datasets.flow.for_flow`: no colour
+            jitter, a flip negates x).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class VideoDataset(Dataset):
         seed: int = 0,
         max_failures: int = 50,
         index: str | Path | None = None,
+        modality: str = "rgb",
     ) -> None:
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")
@@ -113,6 +117,13 @@ class VideoDataset(Dataset):
                 f"{len(missing)} of {len(self.entries)} videos listed for {self.root} do not exist, "
                 f"e.g. {missing[:5]}"
             )
+        if modality == "flow":
+            from vidssl.datasets.flow import for_flow
+
+            transform = for_flow(transform)
+        elif modality != "rgb":
+            raise ValueError(f"modality must be 'rgb' or 'flow', got {modality!r}")
+        self.modality = modality
         self.sampler = sampler
         self.transform = transform
         self.views = views

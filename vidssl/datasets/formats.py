@@ -5,7 +5,9 @@ Every loader has the signature `loader(root, *, split=..., **layout_options) -> 
 `val`: official "test" lists (UCF101, HMDB51, VGG-Sound) become `val`, and `split="test"` is accepted
 as an alias for them. A manifest that names files which do not exist fails at construction with
 `MissingFilesError` (a `FileNotFoundError`) giving the count and the first few paths; a malformed
-annotation file raises `DatasetLayoutError` (a `ValueError`) naming the file and line.
+annotation file raises `DatasetLayoutError` (a `ValueError`) naming the file and line. Every loader
+also takes ``modality="flow"`` with ``flow_root=DIR``: the same entries, pointing at the flow folders that
+`tools/extract_flow.py` wrote (`with_modality`).
 
 DAVIS-2017 is a set of frame folders rather than videos: `davis()` returns `DavisSequence`s, and
 `read_mask` / `write_mask` read and write its palette PNGs.
@@ -14,8 +16,11 @@ DAVIS-2017 is a set of frame folders rather than videos: `davis()` returns `Davi
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +64,32 @@ class MissingFilesError(FileNotFoundError):
 
 # --------------------------------------------------------------------------------------------------
 # helpers
+
+MODALITIES: tuple[str, ...] = ("rgb", "flow")
+
+
+def with_modality(loader: Callable[..., list[VideoEntry]]) -> Callable[..., list[VideoEntry]]:
+    """Give a loader the options ``modality`` ("rgb": the videos; "flow": their extracted flow folders, see
+    `vidssl.datasets.flow.flow_entries`) and ``flow_root`` (the folder `tools/extract_flow.py` wrote)."""
+
+    @functools.wraps(loader)
+    def wrapper(*args: Any, modality: str = "rgb", flow_root: str | None = None, **kwargs: Any) -> list[VideoEntry]:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown dataset.modality {modality!r}; choose one of {MODALITIES}")
+        entries = loader(*args, **kwargs)
+        if modality == "rgb":
+            return entries
+        from vidssl.datasets.flow import flow_entries
+
+        return flow_entries(entries, flow_root)
+
+    signature = inspect.signature(loader)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, default, annotation in (("modality", "rgb", "str"), ("flow_root", None, "str | None"))]
+    # inspect.signature (Hydra config checks) then lists the two options beside the loader's own
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore
+    return wrapper
+
 
 
 def _existing_dir(root: str | Path) -> Path:
@@ -120,6 +151,7 @@ def _label_indices(names: Iterable[str]) -> dict[str, int]:
 # generic layouts
 
 
+@with_modality
 def folder(
     root: str | Path,
     *,
@@ -165,6 +197,7 @@ def folder(
     return entries
 
 
+@with_modality
 def csv_manifest(root: str | Path, *, manifest: str | Path, split: str | None = None) -> list[VideoEntry]:
     """A CSV manifest with a header naming the columns `path[,label][,split][,start,end]`.
 
@@ -229,6 +262,7 @@ def _float_or_none(text: str, source: Path, line: int, field: str) -> float | No
         raise DatasetLayoutError(f"{source}:{line}: field {field!r} is not a number: {text!r}") from None
 
 
+@with_modality
 def synthetic(root: str | Path, *, split: str | None = None) -> list[VideoEntry]:
     """The synthetic corpus written by `vidssl.datasets.synthetic.make_synthetic` (`root/manifest.csv`)."""
     return csv_manifest(root, manifest="manifest.csv", split=split)
@@ -238,6 +272,7 @@ def synthetic(root: str | Path, *, split: str | None = None) -> list[VideoEntry]
 # action recognition benchmarks
 
 
+@with_modality
 def ucf101(
     root: str | Path,
     *,
@@ -281,6 +316,7 @@ def ucf101(
     return _check_exist(root, entries, lists)
 
 
+@with_modality
 def hmdb51(
     root: str | Path,
     *,
@@ -331,6 +367,7 @@ def _join(directory: str, rel: str) -> str:
     return f"{directory.strip('/')}/{rel}" if directory else rel
 
 
+@with_modality
 def kinetics(
     root: str | Path,
     *,
@@ -390,6 +427,7 @@ def _kinetics_rows(path: Path) -> list[dict[str, str]]:
     return [dict(zip(header, (c.strip() for c in row))) for row in rows[1:]]
 
 
+@with_modality
 def vggsound(
     root: str | Path,
     *,

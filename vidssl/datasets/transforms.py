@@ -3,6 +3,8 @@
 A video transform maps decoded frames ``uint8 T×H×W×3`` and a ``torch.Generator`` to a float clip
 ``C×T×H×W``. One random draw (crop box, flip, jitter strengths) is shared by every frame of the view,
 so motion stays coherent; two calls with different generator states give two independent views.
+``ClipTransform(per_frame=True)`` draws the colour jitter and greyscale for every frame instead (DPC and
+MemDPC's pretraining), the crop and flip staying shared.
 Parameters are drawn from the generator passed in (never from the global RNG), which keeps a sample
 reproducible from its seed in any worker; the image operations are torchvision.transforms.v2's
 functional kernels.
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torchaudio
 from torchvision.transforms.v2 import functional as F
+
+GRAYSCALE_MODES = ("luma", "channel")
 
 # ImageNet statistics: the usual choice for randomly initialised video backbones too.
 MEAN = (0.485, 0.456, 0.406)
@@ -65,7 +69,11 @@ class ClipTransform:
 
     ``scale`` is the crop's area fraction range and ``ratio`` its aspect range, as in
     ``RandomResizedCrop``; ``color_jitter`` is the brightness/contrast/saturation strength and ``hue``
-    the hue strength, applied in a random order with probability ``jitter_p``.
+    the hue strength, applied in a random order with probability ``jitter_p``; ``grayscale`` is the
+    probability of a grey image: ``grayscale_mode="luma"`` (the ITU-R 601 luma) or ``"channel"`` (one
+    RGB channel drawn at random, copied to all three: DPC/MemDPC's "random grey"), applied after the
+    jitter, or before it with ``grayscale_first``. ``per_frame``: the jitter (its factors and order) and
+    the greyscale are drawn for every frame on its own; the crop and flip stay shared by the clip.
     """
 
     size: int | tuple[int, int] = 112
@@ -76,7 +84,18 @@ class ClipTransform:
     hue: float = 0.1
     jitter_p: float = 0.8
     grayscale: float = 0.0
+    grayscale_mode: str = "luma"
+    grayscale_first: bool = False
+    per_frame: bool = False
     normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.grayscale_mode not in GRAYSCALE_MODES:
+            raise ValueError(f"ClipTransform.grayscale_mode must be one of {GRAYSCALE_MODES}, "
+                             f"got {self.grayscale_mode!r}")
+        for name in ("flip", "jitter_p", "grayscale"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ClipTransform.{name} is a probability, got {getattr(self, name)}")
 
     def _crop_box(self, height: int, width: int, g: torch.Generator) -> tuple[int, int, int, int]:
         area = height * width
@@ -100,12 +119,30 @@ class ClipTransform:
         if float(torch.rand((), generator=generator)) < self.flip:
             clip = F.horizontal_flip(clip)
         clip = F.to_dtype(clip, torch.float32, scale=True)
-        if self.color_jitter > 0 or self.hue > 0:
-            if float(torch.rand((), generator=generator)) < self.jitter_p:
-                clip = self._jitter(clip, generator)
-        if self.grayscale > 0 and float(torch.rand((), generator=generator)) < self.grayscale:
-            clip = F.rgb_to_grayscale(clip, num_output_channels=3)
+        if self.per_frame:
+            clip = torch.cat([self._colour(frame, generator) for frame in clip.split(1)])
+        else:
+            clip = self._colour(clip, generator)
         return _finish(clip, self.normalize)
+
+    def _colour(self, clip: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Jitter and greyscale, one draw for all of ``clip`` (T×C×H×W floats in [0, 1])."""
+        if self.grayscale_first:
+            clip = self._grey(clip, g)
+        if self.color_jitter > 0 or self.hue > 0:
+            if float(torch.rand((), generator=g)) < self.jitter_p:
+                clip = self._jitter(clip, g)
+        if not self.grayscale_first:
+            clip = self._grey(clip, g)
+        return clip
+
+    def _grey(self, clip: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.grayscale <= 0 or float(torch.rand((), generator=g)) >= self.grayscale:
+            return clip
+        if self.grayscale_mode == "channel":
+            channel = int(torch.randint(0, 3, (), generator=g))
+            return clip[:, channel : channel + 1].expand(-1, 3, -1, -1).contiguous()
+        return F.rgb_to_grayscale(clip, num_output_channels=3)
 
     def _jitter(self, clip: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         s = self.color_jitter

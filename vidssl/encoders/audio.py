@@ -1,4 +1,4 @@
-"""Audio encoder: a small VGG-style 2D CNN on log-mel spectrograms."""
+"""Audio encoders on log-mel spectrograms: a small VGG-style 2D CNN, and a 2D ResNet (SeLaVi's)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-__all__ = ["AudioCNN", "audio_cnn"]
+__all__ = ["AudioCNN", "AudioResNet", "audio_cnn", "audio_resnet9"]
 
 
 class AudioCNN(nn.Module):
@@ -52,3 +52,35 @@ class AudioCNN(nn.Module):
 def audio_cnn(*, base_width: int = 64, in_channels: int = 1) -> AudioCNN:
     """The log-mel audio CNN (out_channels 8·base_width: 512 at full width)."""
     return AudioCNN(base_width=base_width, in_channels=in_channels)
+
+
+class AudioResNet(nn.Module):
+    """torchvision's 2D ResNet (BasicBlock) on a 1-channel spectrogram, without pooling and classifier: the
+    audio network of SeLaVi (ResNet-9: one block per stage) and of other audio-visual methods.
+
+    The children keep torchvision's names (``conv1``, ``bn1``, ``layer1``…), so the weights of such a
+    network load directly. Inputs: x B×1×F×T. Outputs: B×512×F/32×T/32 (rounded up).
+    """
+
+    def __init__(self, *, blocks: tuple[int, int, int, int] = (1, 1, 1, 1)) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        net = ResNet(BasicBlock, list(blocks))
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.out_channels = 512
+        self.stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        for name in self.stages:
+            self.add_module(name, getattr(net, name))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"AudioResNet expects a spectrogram B×1×F×T, got shape {tuple(x.shape)}")
+        for name in self.stages:
+            x = getattr(self, name)(x)
+        return x
+
+
+def audio_resnet9() -> AudioResNet:
+    """SeLaVi's audio network: a ResNet with one BasicBlock per stage on 1-channel spectrograms."""
+    return AudioResNet(blocks=(1, 1, 1, 1))

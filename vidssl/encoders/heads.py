@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvGRUCell", "ConvGRU", "MLPHead", "ConvHead"]
+__all__ = ["ConvGRUCell", "ConvGRU", "MLPHead", "ConvHead", "orthogonal_init_"]
 
 
 class ConvGRUCell(nn.Module):
@@ -40,7 +40,9 @@ class ConvGRU(nn.Module):
     Inputs: x B×T×C_in×H×W; hidden L×B×C_h×H×W or None (zeros), L = num_layers.
     Outputs: (output B×T×C_h×H×W — the top layer's state after each step,
               hidden L×B×C_h×H×W — every layer's state after the last step, as nn.GRU's h_n).
-    Dropout (if any) is applied to each layer's output sequence before the next layer.
+    `dropout` (if any) is applied to each layer's output sequence before the next layer.
+    `hidden_dropout` (if any) is applied to every cell's new state at every time step, and the dropped
+    state is what the next step, the next layer and the returned outputs see (DPC/MemDPC use 0.1).
     """
 
     def __init__(
@@ -51,10 +53,13 @@ class ConvGRU(nn.Module):
         kernel_size: int = 1,
         num_layers: int = 1,
         dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"ConvGRU needs num_layers >= 1, got {num_layers}")
+        if not (0.0 <= dropout < 1.0 and 0.0 <= hidden_dropout < 1.0):
+            raise ValueError(f"ConvGRU dropout and hidden_dropout must be in [0, 1), got {dropout}, {hidden_dropout}")
         self.input_channels = input_channels
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
@@ -63,6 +68,7 @@ class ConvGRU(nn.Module):
             for i in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
+        self.hidden_dropout = nn.Dropout(hidden_dropout)
 
     def forward(self, x: Tensor, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if x.ndim != 5 or x.shape[2] != self.input_channels:
@@ -77,13 +83,31 @@ class ConvGRU(nn.Module):
             h = None if hidden is None else hidden[layer]
             states = []
             for t in range(sequence.shape[1]):
-                h = cell(sequence[:, t], h)
+                h = self.hidden_dropout(cell(sequence[:, t], h))
                 states.append(h)
             sequence = torch.stack(states, dim=1)  # (B, T, C_h, H, W)
             finals.append(h)
             if layer < self.num_layers - 1:
                 sequence = self.dropout(sequence)
         return sequence, torch.stack(finals, dim=0)
+
+
+def orthogonal_init_(module: nn.Module, gain: float = 1.0) -> nn.Module:
+    """Orthogonal weights (scaled by `gain`) and zero biases for every convolution and linear layer in
+    `module`, in place; returns `module`.
+
+    The reset and update gates, which `ConvGRUCell` computes with one convolution, are initialised as two
+    separate orthogonal matrices, as a cell with one convolution per gate would be (DPC/MemDPC init their
+    ConvGRU and predictor this way: gain 1 in DPC, 0.1 in MemDPC).
+    """
+    joint_gates = {id(m.gates) for m in module.modules() if isinstance(m, ConvGRUCell)}
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            for block in m.weight.chunk(2 if id(m) in joint_gates else 1, dim=0):
+                nn.init.orthogonal_(block, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 class MLPHead(nn.Module):

@@ -7,6 +7,7 @@ Every encoder maps a clip B×3×T×H×W to its last feature map B×D×T'×H'×W'
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from torch import Tensor, nn
 from torchvision.models import video as tv_video
@@ -118,6 +119,8 @@ class R2D3D(nn.Module):
 
     Widths w, 2w, 4w, 4w (DPC keeps the last stage at 4w = 256 for w = 64), and the very last block has
     no final ReLU, as in DPC, so the features that its predictive loss compares can be negative.
+    `track_running_stats=False` gives DPC's pretraining batch norm: batch statistics in eval mode too, and
+    no running-statistics buffers (MemDPC and both papers' fine-tuning keep running statistics).
 
     Inputs: x B×3×T×H×W. Outputs: B×4w×ceil(T/4)×H/32×W/32 (e.g. 5×128×128 → 2×4×4).
     """
@@ -128,10 +131,13 @@ class R2D3D(nn.Module):
         layers: tuple[int, int, int, int] = (2, 2, 2, 2),
         base_width: int = 64,
         norm: Callable[[int], nn.Module] = nn.BatchNorm3d,
+        track_running_stats: bool = True,
     ) -> None:
         super().__init__()
         if len(layers) != 4 or min(layers) < 1 or base_width < 1:
             raise ValueError(f"R2D3D needs 4 stages of >= 1 block and base_width >= 1, got {layers}, {base_width}")
+        if not track_running_stats:
+            norm = partial(norm, track_running_stats=False)
         w = base_width
         self.out_channels = 4 * w
         self.conv1 = nn.Conv3d(3, w, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False)
@@ -171,12 +177,13 @@ class R2D3D(nn.Module):
         return self.layer4(x)
 
 
-def r2d3d_18(*, base_width: int = 64) -> R2D3D:
-    """R2D3D-18 (DPC's default backbone); base_width 64 as in the paper, smaller for fast CPU runs."""
-    return R2D3D(layers=(2, 2, 2, 2), base_width=base_width)
+def r2d3d_18(*, base_width: int = 64, track_running_stats: bool = True) -> R2D3D:
+    """R2D3D-18 (DPC's default backbone); base_width 64 as in the paper, smaller for fast CPU runs.
+    `track_running_stats=False`: DPC's pretraining batch norm (batch statistics only)."""
+    return R2D3D(layers=(2, 2, 2, 2), base_width=base_width, track_running_stats=track_running_stats)
 
 
-def r2d3d_34(*, base_width: int = 64) -> R2D3D:
+def r2d3d_34(*, base_width: int = 64, track_running_stats: bool = True) -> R2D3D:
     """R2D3D-34 (DPC's larger backbone)."""
-    return R2D3D(layers=(3, 4, 6, 3), base_width=base_width)
+    return R2D3D(layers=(3, 4, 6, 3), base_width=base_width, track_running_stats=track_running_stats)
 

@@ -118,22 +118,34 @@ def _int_field(row: dict[str, str], column: str, path: Path, line: int) -> int |
         raise ValueError(f"{path}, line {line}: column {column!r} is not an integer: {text!r}") from None
 
 
+def _manifest_labels(path: Path) -> dict[str, int | None]:
+    """Ground truth by path. Labels are read as ``dataset=csv`` reads them: all integers (kept; -1 or
+    empty: unlabelled), or else class names (each name one class; empty: unlabelled)."""
+    from vidssl.datasets.formats import _is_int  # the same integer test as dataset=csv
+
+    rows = _read_csv(path, ["path", "label"])
+    texts = {row["path"]: (row.get("label") or "").strip() for row in rows}
+    if all(_is_int(t) for t in texts.values() if t):
+        return {p: int(t) if t else None for p, t in texts.items()}
+    names = {name: i for i, name in enumerate(sorted({t for t in texts.values() if t}))}
+    return {p: names[t] if t else None for p, t in texts.items()}
+
+
 def evaluate_labels(
     labels_csv: str | Path, manifest_csv: str | Path, *, column: str = "cluster"
 ) -> tuple[dict[str, float | int], list[dict]]:
     """Score a pseudo-label CSV against the ground-truth labels of a manifest.
 
     Inputs:  ``labels_csv`` with columns ``path`` and ``column`` (default ``cluster``: the main head);
-             ``manifest_csv`` with columns ``path`` and ``label`` (paths compared as written, so both
-             must be relative to the same root, as ``tools/pseudo_label.py`` writes them).
+             ``manifest_csv`` with columns ``path`` and ``label`` (integers or class names, as
+             ``dataset=csv`` takes them; paths compared as written, so both must be relative to the same
+             root, as ``tools/pseudo_label.py`` writes them).
     Outputs: (metrics = cluster_metrics plus ``num_clips`` / ``num_clusters`` / ``num_classes`` /
              ``unlabelled`` (clips whose manifest label is empty or -1, left out), per-cluster rows).
     Clips of the labels CSV missing from the manifest are an error naming the first few.
     """
     labels_path, manifest_path = Path(labels_csv), Path(manifest_csv)
-    truth: dict[str, int | None] = {}
-    for line, row in enumerate(_read_csv(manifest_path, ["path", "label"]), start=2):
-        truth[row["path"]] = _int_field(row, "label", manifest_path, line)
+    truth = _manifest_labels(manifest_path)
 
     true, pred, unknown, unlabelled = [], [], [], 0
     for line, row in enumerate(_read_csv(labels_path, ["path", column]), start=2):

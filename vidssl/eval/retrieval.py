@@ -68,6 +68,15 @@ def _check_labelled(name: str, feats: Tensor, labels: Tensor) -> None:
         )
 
 
+def check_ks(ks: Sequence[int], gallery_size: int) -> None:
+    """Refuse recall cut-offs that are not positive or exceed the gallery (train split) size."""
+    if not ks or min(ks) < 1:
+        raise ValueError(f"retrieval: ks must be positive integers, got {list(ks)}")
+    if max(ks) > gallery_size:
+        raise ValueError(f"retrieval: k={max(ks)} exceeds the gallery size {gallery_size} (the train split's "
+                         f"clips); pass smaller ks=[...]")
+
+
 def retrieval_recall(
     train_feats: Tensor,
     train_labels: Tensor,
@@ -85,8 +94,7 @@ def retrieval_recall(
     """
     _check_labelled("retrieval_recall train (gallery)", train_feats, train_labels)
     _check_labelled("retrieval_recall test (queries)", test_feats, test_labels)
-    if max(ks) > train_feats.shape[0]:
-        raise ValueError(f"retrieval_recall: k={max(ks)} exceeds the gallery size {train_feats.shape[0]}")
+    check_ks(ks, train_feats.shape[0])
     sim = F.normalize(test_feats.float(), dim=1) @ F.normalize(train_feats.float(), dim=1).T  # (M, N)
     nearest = sim.topk(max(ks), dim=1).indices  # (M, K), most similar first
     same_class = train_labels[nearest] == test_labels[:, None]  # (M, K)
@@ -165,6 +173,8 @@ def evaluate_checkpoint(
     """
     if metric not in ("retrieval", "linear"):
         raise ValueError(f"evaluate_checkpoint: metric must be 'retrieval' or 'linear', got {metric!r}")
+    if metric == "retrieval":
+        check_ks(ks, len(train_set))  # before minutes of feature extraction, not after
     train_feats, train_labels = extract_features(
         encoder, train_set, batch_size=batch_size, num_workers=num_workers, device=device
     )

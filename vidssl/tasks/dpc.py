@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from vidssl.encoders.heads import ConvGRU
+from vidssl.encoders.heads import ConvGRU, orthogonal_init_
 from vidssl.losses import dense_info_nce
+
+HEAD_INITS = ("default", "orthogonal")
 
 
 def encode_blocks(encoder: nn.Module, video: Tensor, num_seq: int) -> Tensor:
@@ -79,6 +81,16 @@ def scheduled_pred_step(schedule: Sequence[int], step: int, max_steps: int) -> i
     return int(schedule[min(len(schedule) - 1, step * len(schedule) // max(max_steps, 1))])
 
 
+def init_heads(name: str, heads: Sequence[nn.Module], init: str, gain: float) -> None:
+    """Initialise the ConvGRU(s) and predictor: "default" keeps PyTorch's initialisation, "orthogonal"
+    gives orthogonal weights scaled by `gain` and zero biases (the papers' code)."""
+    if init not in HEAD_INITS:
+        raise ValueError(f"{name}: head_init must be one of {HEAD_INITS}, got {init!r}")
+    if init == "orthogonal":
+        for head in heads:
+            orthogonal_init_(head, gain)
+
+
 def check_pred_steps(name: str, num_seq: int, pred_step: int, schedule: Sequence[int] | None) -> list[int]:
     """Validate the horizon(s) against `num_seq` (at least one observed block); return the schedule."""
     steps = list(schedule) if schedule else [pred_step]
@@ -103,6 +115,9 @@ class DPC(nn.Module):
         pred_step_schedule: a curriculum, e.g. [1, 2, 3]: the run split into equal parts, each
             predicting that many blocks (every value in [1, num_seq - 1]); None: always `pred_step`.
         num_layers, kernel_size: of the ConvGRU.
+        hidden_dropout: dropout on the ConvGRU's state at every time step (the paper's code: 0.1).
+        head_init, head_init_gain: "default" (PyTorch's) or "orthogonal" (the paper's code: orthogonal
+            weights with gain 1, zero biases) for the ConvGRU and φ.
         temperature, normalize: of the dense InfoNCE (the paper: 1.0, False).
 
     Inputs: batch["video"] B×C×(num_seq·seq_len)×H×W.
@@ -118,6 +133,9 @@ class DPC(nn.Module):
         pred_step_schedule: Sequence[int] | None = None,
         num_layers: int = 1,
         kernel_size: int = 1,
+        hidden_dropout: float = 0.1,
+        head_init: str = "orthogonal",
+        head_init_gain: float = 1.0,
         temperature: float = 1.0,
         normalize: bool = False,
     ) -> None:
@@ -131,8 +149,11 @@ class DPC(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         dim = encoder.out_channels
-        self.aggregator = ConvGRU(dim, dim, kernel_size=kernel_size, num_layers=num_layers)
+        self.aggregator = ConvGRU(
+            dim, dim, kernel_size=kernel_size, num_layers=num_layers, hidden_dropout=hidden_dropout
+        )
         self.predictor = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1))
+        init_heads("DPC", [self.aggregator, self.predictor], head_init, head_init_gain)
         # A buffer, so that a resumed run continues the curriculum where the checkpoint left it.
         self.register_buffer("pred_step", torch.tensor(steps[0]))
 

@@ -14,7 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from vidssl.encoders.heads import ConvGRU
-from vidssl.tasks.dpc import check_pred_steps, dense_prediction_loss, encode_blocks, rollout, scheduled_pred_step
+from vidssl.tasks.dpc import (
+    check_pred_steps,
+    dense_prediction_loss,
+    encode_blocks,
+    init_heads,
+    rollout,
+    scheduled_pred_step,
+)
 
 
 class MemDPC(nn.Module):
@@ -35,6 +42,9 @@ class MemDPC(nn.Module):
         memory_temperature: the addressing softmax is over logits / memory_temperature.
         bidirectional: also predict backwards in time with a second ConvGRU.
         num_layers, kernel_size: of the ConvGRU(s).
+        hidden_dropout: dropout on the ConvGRU states at every time step (the paper's code: 0.1).
+        head_init, head_init_gain: "default" (PyTorch's) or "orthogonal" (the paper's code: orthogonal
+            weights with gain 0.1, zero biases) for the ConvGRU(s) and the addresser.
         temperature, normalize: of the dense InfoNCE.
 
     Inputs: batch["video"] B×C×(num_seq·seq_len)×H×W.
@@ -54,6 +64,9 @@ class MemDPC(nn.Module):
         bidirectional: bool = True,
         num_layers: int = 1,
         kernel_size: int = 1,
+        hidden_dropout: float = 0.1,
+        head_init: str = "orthogonal",
+        head_init_gain: float = 0.1,
         temperature: float = 1.0,
         normalize: bool = False,
     ) -> None:
@@ -74,14 +87,15 @@ class MemDPC(nn.Module):
         self.normalize = normalize
         dim = encoder.out_channels
         self.memory = nn.Parameter(torch.randn(memory_size, dim))  # (M, D), as the paper initialises it
-        self.aggregator = ConvGRU(dim, dim, kernel_size=kernel_size, num_layers=num_layers)
-        self.aggregator_backward = (
-            ConvGRU(dim, dim, kernel_size=kernel_size, num_layers=num_layers) if bidirectional else None
-        )
+        gru = dict(kernel_size=kernel_size, num_layers=num_layers, hidden_dropout=hidden_dropout)
+        self.aggregator = ConvGRU(dim, dim, **gru)
+        self.aggregator_backward = ConvGRU(dim, dim, **gru) if bidirectional else None
         # φ ends in one logit per memory slot (a 1×1 conv: addressing is per position).
         self.addresser = nn.Sequential(
             nn.Conv2d(dim, dim, 1), nn.ReLU(inplace=True), nn.Conv2d(dim, memory_size, 1)
         )
+        heads = [self.aggregator, self.addresser] + ([self.aggregator_backward] if bidirectional else [])
+        init_heads("MemDPC", heads, head_init, head_init_gain)
         self.register_buffer("pred_step", torch.tensor(steps[0]))  # restored on resume, like DPC's
 
     def on_train_step_end(self, step: int, max_steps: int) -> None:

@@ -1,0 +1,117 @@
+"""The flow stream: entries that point at extracted flow folders, flow-aware augmentation, RGB/flow alignment.
+
+`tools/extract_flow.py` writes, per video, flow images read back by the "frames" backend as uint8 frames
+whose RGB channels are (128, y, x) (see `vidssl.flow`). They reach the encoder as the official MemDPC
+pipeline feeds every image sequence: three channels, scaled to [0, 1] and normalised with the ImageNet
+statistics, with the same crops as RGB. What differs from RGB:
+
+- no colour jitter or grey conversion (the levels are displacements, not colours);
+- a horizontal flip mirrors the motion too: the x channel becomes 255 - x, i.e. -x (`negate_x`, on by
+  default; the released MemDPC code has no flow loader, and its image flip alone would leave x unchanged).
+
+A video of N frames has N-1 flow images; flow image i is the motion from frame i to frame i+1. An RGB
+dataset wrapped with `FlowAligned` samples over the same N-1 frames, so that with the same seed and
+entries the RGB and flow datasets draw the same frame indices for every sample (two streams, one clip).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from vidssl.datasets.formats import VideoEntry
+from vidssl.datasets.transforms import ClipTransform, EvalTransform, _as_size, _finish, _to_tchw
+
+X_CHANNEL = 2  # flow frames read as RGB are (128, y, x)
+
+
+def flow_entries(entries: Sequence[VideoEntry], flow_root: str | os.PathLike | None) -> list[VideoEntry]:
+    """The same entries, each pointing at its extracted flow folder (an absolute path) under `flow_root`.
+
+    Raises FileNotFoundError listing the videos whose flow is missing or unfinished (no marker).
+    """
+    from vidssl.flow import DONE_MARKER, flow_dir_for
+
+    if flow_root in (None, ""):
+        raise ValueError("dataset.modality=flow needs dataset.flow_root=DIR, the folder tools/extract_flow.py wrote")
+    root = Path(flow_root).resolve()
+    mapped = [VideoEntry(str(root / flow_dir_for(e.path)), e.label, e.split, e.start, e.end) for e in entries]
+    missing = [e.path for e in mapped if not (Path(e.path) / DONE_MARKER).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(mapped)} videos have no finished flow under {root}, e.g. {missing[:5]}: "
+            f"run tools/extract_flow.py with out={root} on this dataset"
+        )
+    return mapped
+
+
+def negate_x(frames_tchw: torch.Tensor) -> torch.Tensor:
+    """Mirror the horizontal motion of uint8 flow frames T×3×H×W: x level v becomes 255 - v (−x)."""
+    out = frames_tchw.clone()
+    out[:, X_CHANNEL] = 255 - out[:, X_CHANNEL]
+    return out
+
+
+@dataclass(frozen=True)
+class FlowTransform(ClipTransform):
+    """Training augmentation of flow clips: ClipTransform's random resized crop and flip, no colour changes.
+
+    Inputs:  flow frames uint8 T×H×W×3 as read back (channels 128, y, x), generator
+    Outputs: float C×T×H×W, normalised as RGB when ``normalize``.
+    A flip negates x when ``negate_x``. The colour fields of ClipTransform must stay 0.
+    """
+
+    color_jitter: float = 0.0
+    hue: float = 0.0
+    negate_x: bool = True
+
+    def __post_init__(self) -> None:
+        if self.color_jitter or self.hue or self.grayscale:
+            raise ValueError("FlowTransform: colour jitter, hue and grayscale do not apply to flow; leave them 0")
+
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        clip = _to_tchw(frames)
+        top, left, h, w = self._crop_box(clip.shape[-2], clip.shape[-1], generator)
+        clip = F.resized_crop(clip, top, left, h, w, list(_as_size(self.size)), antialias=True)
+        if float(torch.rand((), generator=generator)) < self.flip:
+            clip = F.horizontal_flip(clip)
+            if self.negate_x:
+                clip = negate_x(clip)
+        return _finish(F.to_dtype(clip, torch.float32, scale=True), self.normalize)
+
+
+def for_flow(transform: Callable) -> Callable:
+    """The flow counterpart of an RGB transform: ClipTransform → FlowTransform with the same geometry.
+
+    EvalTransform (resize and centre crop) and FlowTransform already suit flow and are returned as they are.
+    """
+    if isinstance(transform, (FlowTransform, EvalTransform)):
+        return transform
+    if isinstance(transform, ClipTransform):
+        keep = {f.name: getattr(transform, f.name) for f in fields(ClipTransform)
+                if f.name not in ("color_jitter", "hue", "jitter_p", "grayscale")}
+        return FlowTransform(**keep)
+    raise TypeError(f"no flow version of the transform {type(transform).__name__}: pass a FlowTransform")
+
+
+@dataclass(frozen=True)
+class FlowAligned:
+    """Wrap an RGB dataset's sampler so that it draws the indices the flow dataset draws.
+
+    The flow of an N-frame video has N-1 images; this sampler samples the RGB video as if it had N-1 frames,
+    so RGB frame i and flow image i (motion from frame i to i+1) come from the same clip position.
+    """
+
+    sampler: Any
+
+    @property
+    def span(self) -> int:
+        return getattr(self.sampler, "span", 1) + 1
+
+    def __call__(self, num_frames: int, generator: torch.Generator) -> list[int]:
+        return self.sampler(num_frames - 1, generator)

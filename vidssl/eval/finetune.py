@@ -1,0 +1,250 @@
+"""The DPC/MemDPC downstream protocol: the context read-out, and fine-tuning the whole network.
+
+The papers' downstream model (TengdaHan/DPC `eval/model_3d_lc.py`, TengdaHan/MemDPC `eval/model_lc.py`) reads
+a clip cut into `num_seq` blocks: the encoder's map of every block, rectified (ReLU) and averaged over its
+time axis, goes through the ConvGRU (MemDPC: a forward and a backward one, concatenated); the last state is
+averaged over space. For action recognition that context passes batch norm, dropout (DPC 0.5, MemDPC 0.9)
+and a linear layer, and the whole network is trained (Adam, lr 1e-3, weight decay 1e-3); a test video's
+class is the argmax of the softmax averaged over several of its clips.
+
+- `ContextReadout`: encoder + ConvGRU(s) as one module, `B×C×(N·L)×H×W -> B×D'×H'×W'` (D' = D × directions),
+  so that `extract_features` (retrieval, linear probe) reads the context instead of the pooled encoder.
+- `ContextClassifier`: the read-out, batch norm, dropout and the linear classifier.
+- `finetune`: trains a `ContextClassifier` and reports the multi-clip test accuracy.
+- `PositionedSampler`, `clip_positions`: deterministic clips at given places of a video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from vidssl.checkpoint import RANDOM, RANDOM_INIT_SEED, load_checkpoint, load_encoder
+from vidssl.encoders.heads import ConvGRU, orthogonal_init_
+
+READOUTS = ("encoder", "context")
+AGGREGATORS = ("aggregator", "aggregator_backward")  # the task's forward and backward ConvGRU
+
+
+@dataclass(frozen=True)
+class PositionedSampler:
+    """`num_frames` frames `stride` apart, starting at `position` of the video's slack (0: the first frame,
+    1: the last possible start). A deterministic sampler (the `VideoDataset` sampler contract)."""
+
+    num_frames: int
+    stride: int
+    position: float
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.stride < 1 or not 0.0 <= self.position <= 1.0:
+            raise ValueError(f"invalid PositionedSampler({self})")
+
+    @property
+    def span(self) -> int:
+        return (self.num_frames - 1) * self.stride + 1
+
+    def __call__(self, num_frames: int, generator: torch.Generator) -> list[int]:
+        if num_frames < self.span:
+            raise ValueError(f"a clip needs {self.span} frames but the video has {num_frames}")
+        start = round(self.position * (num_frames - self.span))
+        return [start + i * self.stride for i in range(self.num_frames)]
+
+
+def clip_positions(count: int) -> list[float]:
+    """`count` evenly spaced clip positions covering the video (one: the centre)."""
+    if count < 1:
+        raise ValueError(f"clip count must be >= 1, got {count}")
+    return [0.5] if count == 1 else [i / (count - 1) for i in range(count)]
+
+
+class ContextReadout(nn.Module):
+    """Encoder → ReLU → time average per block → ConvGRU(s) over the blocks → last state.
+
+    Inputs: video B×C×(num_seq·L)×H×W. Outputs: B×(D·len(aggregators))×H'×W' (forward state first; a
+    second aggregator reads the blocks in reverse, as MemDPC's downstream model).
+    """
+
+    def __init__(self, encoder: nn.Module, aggregators: Sequence[ConvGRU], num_seq: int) -> None:
+        super().__init__()
+        if not 1 <= len(aggregators) <= 2:
+            raise ValueError(f"ContextReadout takes one or two aggregators, got {len(aggregators)}")
+        self.encoder = encoder
+        self.aggregators = nn.ModuleList(aggregators)
+        self.num_seq = num_seq
+        self.out_channels = sum(a.hidden_channels for a in aggregators)
+
+    def forward(self, video: Tensor) -> Tensor:
+        if video.ndim != 5 or video.shape[2] % self.num_seq:
+            raise ValueError(f"ContextReadout expects B×C×(num_seq·L)×H×W with num_seq={self.num_seq}, "
+                             f"got shape {tuple(video.shape)}")
+        blocks = rearrange(video, "b c (n l) h w -> (b n) c l h w", n=self.num_seq)
+        maps = F.relu(self.encoder(blocks)).mean(dim=2)  # (B·N, D, H', W')
+        maps = rearrange(maps, "(b n) d h w -> b n d h w", n=self.num_seq)
+        states = [aggregator(maps if i == 0 else maps.flip(1))[0][:, -1]
+                  for i, aggregator in enumerate(self.aggregators)]
+        return torch.cat(states, dim=1)
+
+
+def context_readout(encoder: nn.Module, num_seq: int, model_state: Mapping[str, Tensor] | None = None,
+                    task_config: Mapping[str, Any] | None = None) -> ContextReadout:
+    """The context read-out of a trained task (its `aggregator`, and `aggregator_backward` if it has one,
+    from `model_state`, shaped by `task_config`'s kernel_size/num_layers), or, without a state, one
+    ConvGRU (1×1, one layer) at the fixed random-init seed with the papers' orthogonal init. The ConvGRUs
+    drop 0.1 of their state in training mode (fine-tuning), as the papers' downstream model."""
+    task_config = task_config or {}
+    dim = encoder.out_channels
+    # The downstream ConvGRU keeps the papers' hidden-state dropout 0.1: it acts while fine-tuning only.
+    gru = dict(kernel_size=int(task_config.get("kernel_size", 1)), num_layers=int(task_config.get("num_layers", 1)),
+               hidden_dropout=0.1)
+    if model_state is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return ContextReadout(encoder, [orthogonal_init_(ConvGRU(dim, dim, **gru))], num_seq)
+    aggregators = []
+    for name in AGGREGATORS:
+        weights = {k[len(name) + 1:]: v for k, v in model_state.items() if k.startswith(name + ".")}
+        if not weights:
+            continue
+        aggregator = ConvGRU(dim, dim, **gru)
+        aggregator.load_state_dict(weights)
+        aggregators.append(aggregator)
+    if not aggregators:
+        raise KeyError("readout=context needs a checkpoint of a task with a ConvGRU 'aggregator' (DPC, MemDPC)")
+    return ContextReadout(encoder, aggregators, num_seq)
+
+
+def load_trained(checkpoint: str, encoder_cfg: Any, *, running_stats: bool = False,
+                 ) -> tuple[nn.Module, dict[str, Tensor] | None, dict[str, Any] | None]:
+    """(encoder, the task's state dict, the task's model config) of a checkpoint; for "random" the
+    fixed-seed random encoder of `encoder_cfg` and no task.
+
+    `running_stats=True` rebuilds an encoder trained without batch-norm running statistics (DPC) with
+    them, as the papers' downstream model does; its fresh statistics are the only weights not loaded.
+    """
+    if str(checkpoint) == RANDOM:
+        if running_stats and encoder_cfg is not None and "track_running_stats" in encoder_cfg:
+            encoder_cfg = {**encoder_cfg, "track_running_stats": True}
+        return load_encoder(RANDOM, encoder_cfg), None, None
+    state = load_checkpoint(checkpoint)
+    config = state.get("config") or {}
+    task_config = (config.get("task") or {}).get("model")
+    trained_without_stats = (config.get("encoder") or {}).get("track_running_stats", True) is False
+    if not (running_stats and trained_without_stats):
+        return load_encoder(checkpoint, encoder_cfg), state.get("model"), task_config
+    from hydra.utils import instantiate
+
+    encoder = instantiate({**config["encoder"], "track_running_stats": True})
+    missing, unexpected = encoder.load_state_dict(state["encoder"], strict=False)
+    wrong = unexpected + [k for k in missing if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    if wrong:
+        raise RuntimeError(f"{checkpoint}: encoder weights do not fit {config['encoder']}: {wrong[:5]}")
+    return encoder, state.get("model"), task_config
+
+
+class ContextClassifier(nn.Module):
+    """The papers' downstream classifier: context read-out → BatchNorm1d → dropout → linear.
+
+    Inputs: video B×C×(num_seq·L)×H×W. Outputs: logits B×num_classes.
+    The linear layer is orthogonal with a zero bias, the batch norm starts at (1, 0), as the official code.
+    """
+
+    def __init__(self, readout: ContextReadout, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.readout = readout
+        self.norm = nn.BatchNorm1d(readout.out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = orthogonal_init_(nn.Linear(readout.out_channels, num_classes))
+
+    def forward(self, video: Tensor) -> Tensor:
+        context = self.readout(video).flatten(2).mean(dim=2)  # spatial average: (B, D')
+        return self.fc(self.dropout(self.norm(context)))
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, *, shuffle: bool, seed: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=default_collate, drop_last=shuffle,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: int,
+                   device: torch.device) -> tuple[dict[int, Tensor], dict[int, int]]:
+    probs, labels = {}, {}
+    for batch in _loader(dataset, batch_size, num_workers, shuffle=False, seed=0):
+        out = torch.softmax(model(batch["video"].to(device)).float(), dim=1).cpu()
+        for index, label, p in zip(batch["index"].tolist(), batch["label"].tolist(), out):
+            probs[index], labels[index] = p, label
+    return probs, labels
+
+
+def finetune(
+    model: ContextClassifier,
+    train_set: Dataset,
+    test_sets: Sequence[Dataset],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fine-tune every parameter of `model` on `train_set`, then test on `test_sets`.
+
+    Training: Adam (L2 weight decay on every parameter, as the official `eval/test.py`) for `steps`
+    batches of randomly drawn, augmented clips (epochs as needed), cross-entropy on the labels.
+    Test: every test set holds one clip per video (e.g. `PositionedSampler` at `clip_positions(n)`); a video's
+    prediction is the argmax of its softmax averaged over the sets.
+
+    Inputs: samples `{"video": C×(num_seq·L)×H×W, "label": int, "index": int}`; labels in 0..K-1.
+    Outputs: `{"top1"` (multi-clip), `"top1_one_clip"` (the middle test set alone), `"train_loss_first"`,
+    `"train_loss_last"` (mean of the first / last 10 steps)}.
+    """
+    if steps < 1 or batch_size < 1 or not test_sets:
+        raise ValueError(f"finetune needs steps >= 1, batch_size >= 1 and a test set, got {steps}, "
+                         f"{batch_size}, {len(test_sets)} test sets")
+    device = torch.device(device)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses: list[float] = []
+    epoch = 0
+    with torch.enable_grad():
+        while len(losses) < steps:
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            for batch in _loader(train_set, batch_size, num_workers, shuffle=True, seed=seed + epoch):
+                labels = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
+                if (labels < 0).any():
+                    raise ValueError("finetune needs labelled videos (a manifest with a `label` column)")
+                loss = F.cross_entropy(model(batch["video"].to(device)), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                if len(losses) == steps:
+                    break
+            else:
+                if not losses:
+                    raise ValueError(f"finetune: the training set has fewer than batch_size={batch_size} videos")
+            epoch += 1
+    model.eval()
+    per_clip = [_probabilities(model, test_set, batch_size, num_workers, device) for test_set in test_sets]
+    labels = per_clip[0][1]
+    videos = sorted(labels)
+    mean = torch.stack([torch.stack([probs[v] for probs, _ in per_clip]).mean(0) for v in videos])
+    target = torch.tensor([labels[v] for v in videos])
+    centre = torch.stack([per_clip[len(per_clip) // 2][0][v] for v in videos])
+    return {
+        "top1": (mean.argmax(1) == target).float().mean().item(),
+        "top1_one_clip": (centre.argmax(1) == target).float().mean().item(),
+        "train_loss_first": sum(losses[:10]) / len(losses[:10]),
+        "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+    }
