@@ -151,30 +151,18 @@ def step_memdpc(corpus: Path, out: Path, settings: DemoSettings, log: list[str])
     return "Video retrieval on the held-out split (MemDPC)\n" + format_table(rows)
 
 
-def real_clip_sequence(out: Path, num_frames: int = 40, stride: int = 2) -> Path:
-    """A one-sequence DAVIS layout cut from a real sample clip, with a hand-drawn first-frame mask."""
+def real_clip_mask(out: Path) -> tuple[Path, Path]:
+    """A real sample clip and a hand-drawn first-frame mask for it (the speaker's head, an ellipse)."""
     from vidssl.datasets.decode import VideoReader
     from vidssl.datasets.formats import write_mask
     from vidssl.datasets.samples import sample_clips
-    from PIL import Image
 
-    root = out / "real_clip_davis"
-    name = "carphone"  # one continuous shot (bikes.mp4 has scene cuts)
-    frames_dir = root / "JPEGImages" / "480p" / name
-    if not frames_dir.exists():
-        reader = VideoReader(sample_clips()[name], backend="av")
-        frames = reader.get_frames(list(range(0, num_frames * stride, stride))).numpy()
-        frames_dir.mkdir(parents=True)
-        for t, frame in enumerate(frames):
-            Image.fromarray(frame).save(frames_dir / f"{t:05d}.jpg", quality=95)
-        # The "simple region": an ellipse where the speaker's head is in the first frame.
-        h, w = frames.shape[1:3]
-        yy, xx = np.mgrid[:h, :w]
-        mask = (((yy - 0.4 * h) / (h / 4)) ** 2 + ((xx - 0.5 * w) / (w / 7)) ** 2 <= 1).astype(np.uint8)
-        write_mask(root / "Annotations" / "480p" / name / "00000.png", mask)
-        (root / "ImageSets" / "2017").mkdir(parents=True)
-        (root / "ImageSets" / "2017" / "val.txt").write_text(name + "\n")
-    return root
+    clip = sample_clips()["carphone"]  # one continuous shot (bikes.mp4 has scene cuts)
+    h, w = VideoReader(clip).size
+    yy, xx = np.mgrid[:h, :w]
+    mask = (((yy - 0.4 * h) / (h / 4)) ** 2 + ((xx - 0.5 * w) / (w / 7)) ** 2 <= 1).astype(np.uint8)
+    write_mask(out / "carphone_first.png", mask)
+    return clip, out / "carphone_first.png"
 
 
 def overlays(davis_root: Path, results: Path, out: Path, stem: str, split: str = "val", max_sequences: int = 4
@@ -223,11 +211,12 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
         metrics = read_metrics(results)
         rows.append({"features": name, **{k: metrics[k] for k in ("J&F-Mean", "J-Mean", "F-Mean")}})
     written = overlays(davis_root, out / "crw" / "results_checkpoint", out / "crw", "synthetic", split="demo")
-    real = real_clip_sequence(out / "crw")
-    real_results = out / "crw" / "results_real_clip"
-    run_tool("propagate", f"davis_root={real}", f"out={real_results}", "features=checkpoint",
+    # tracking a real video: any file plus a first-frame mask
+    clip, mask = real_clip_mask(out / "crw")
+    tracked = out / "crw" / "real_clip"
+    run_tool("propagate", f"video={clip}", f"mask={mask}", f"out={tracked}", "features=checkpoint",
              f"checkpoint={checkpoint}", log=log, threads=1)
-    written += overlays(real, real_results, out / "crw", "real_clip")
+    written += [tracked / "overlay.gif", tracked / "overlay.mp4"]
     for path in written:
         print(f"wrote {path}")
     return "Label propagation on 8 sequences of the synthetic DAVIS val split (CRW)\n" + format_table(rows)

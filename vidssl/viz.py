@@ -166,23 +166,54 @@ def save_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float = 8.0) -
     return path
 
 
-def save_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: int = 8) -> Path:
-    """H.264 MP4 through PyAV; odd sizes are padded to even, as yuv420p requires."""
-    import av
+class Mp4Writer:
+    """Write frames one at a time to an H.264 MP4 through PyAV (memory does not grow with the video).
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    first = to_uint8_image(frames[0])
-    h, w = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    Usage: ``with Mp4Writer(path, fps=25) as w: w.write(frame)``; the size is taken from the first
+    frame and odd sizes are padded to even, as yuv420p requires. A fractional ``fps`` is kept as a fraction
+    (a decoder's 29.97002… becomes 30000/1001).
+    """
+
+    def __init__(self, path: str | Path, fps: float = 8) -> None:
+        from fractions import Fraction
+
+        self.path = Path(path)
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self._container = None
+        self._stream = None
+
+    def __enter__(self) -> Mp4Writer:
+        import av
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), "w")
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        f = to_uint8_image(frame)
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self.rate)
+            self._stream.height, self._stream.width = f.shape[0] + f.shape[0] % 2, f.shape[1] + f.shape[1] % 2
+            self._stream.pix_fmt = "yuv420p"
+        img = np.zeros((self._stream.height, self._stream.width, 3), np.uint8)
+        img[: f.shape[0], : f.shape[1]] = f
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            self._container.mux(packet)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._stream is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+
+
+def save_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float = 8) -> Path:
+    """H.264 MP4 through PyAV (`Mp4Writer`); odd sizes are padded to even, as yuv420p requires."""
+    with Mp4Writer(path, fps=fps) as writer:
         for f in frames:
-            img = np.zeros((h, w, 3), np.uint8)
-            f = to_uint8_image(f)
-            img[: f.shape[0], : f.shape[1]] = f
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+            writer.write(f)
+    return Path(path)

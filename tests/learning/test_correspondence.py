@@ -3,14 +3,16 @@
 The real path end to end: `tools/pretrain.py` (Hydra configs, VideoDataset, the engine, checkpoints,
 the periodic propagation evaluator writing mask overlays to TensorBoard) trains on the synthetic
 corpus's train videos; the checkpoint's encoder is rebuilt by `vidssl.checkpoint.load_encoder` and
-scored by label propagation (`vidssl.eval.propagate`) + DAVIS J&F (`vidssl.eval.davis`) on the
-held-out DAVIS val split (its first 8 sequences, their first 24 frames, to keep the file fast).
-The raw-pixel (Lab) baseline is printed beside them; it is strong on this corpus (flat-coloured
-sprites) and not asserted against.
+scored by label propagation (`vidssl.eval.propagate`, its defaults: videowalk's DAVIS protocol) +
+DAVIS J&F (`vidssl.eval.davis`) on the held-out DAVIS val split (its first 8 sequences, their first
+24 frames, to keep the file fast). The raw-pixel (Lab) baseline is printed beside them; it is strong
+on this corpus (flat-coloured sprites) and not asserted against.
 
-Measured on 2 shared CPU cores, J&F-Mean on that subset (see each test for the bars):
-    pixels 0.39; random-init resnet18_dense (base_width 16) 0.11 with zero padding, 0.045 with
-    reflection padding; MAST 100 steps 0.32-0.35; CRW 200 steps (reflection padding) 0.26.
+Measured on 2 shared CPU cores, J&F-Mean on that subset (see each test for the bars), features as
+`layer="auto"` reads them (layer3 of resnet18_dense; the output for a MAST-trained encoder):
+    pixels 0.48; random-init resnet18_dense (base_width 16) at layer3 0.25 with zero padding, 0.21
+    with reflection padding, at the output 0.25 (zero padding); CRW 200 steps (reflection padding)
+    0.347; MAST 100 steps 0.385 (output).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 import torch
 
 from vidssl.checkpoint import load_encoder
-from vidssl.eval.features import EncoderFeatures, PixelFeatures
+from vidssl.eval.features import EncoderFeatures, PixelFeatures, checkpoint_task
 from vidssl.eval.periodic import PropagationEvaluator
 
 pytestmark = pytest.mark.slow
@@ -56,11 +58,13 @@ def evaluator(synthetic_root: Path) -> PropagationEvaluator:
 def baselines(evaluator: PropagationEvaluator, single_thread) -> dict[str, float]:
     from omegaconf import OmegaConf
 
-    def random_init(config: dict) -> float:
-        return evaluator.evaluate(EncoderFeatures(load_encoder("random", OmegaConf.create(config))))["J&F-Mean"]
+    def random_init(config: dict, layer: str = "auto") -> float:
+        encoder = load_encoder("random", OmegaConf.create(config))
+        return evaluator.evaluate(EncoderFeatures(encoder, layer=layer))["J&F-Mean"]
 
     pixels = evaluator.evaluate(PixelFeatures())["J&F-Mean"]
-    return {"pixels": pixels, "random": random_init(ENCODER), "random_reflect": random_init(CRW_ENCODER)}
+    return {"pixels": pixels, "random": random_init(ENCODER), "random_reflect": random_init(CRW_ENCODER),
+            "random_output": random_init(ENCODER, "output")}
 
 
 def pretrain(root: Path, out: Path, task: str, steps: int, *overrides: str) -> float:
@@ -93,7 +97,8 @@ def propagation_images(run: Path) -> list[str]:
 
 
 def trained_score(evaluator: PropagationEvaluator, run: Path) -> float:
-    return evaluator.evaluate(EncoderFeatures(load_encoder(run)))["J&F-Mean"]
+    """J&F with the feature map `layer="auto"` picks for the run's task (CRW: layer3; MAST: output)."""
+    return evaluator.evaluate(EncoderFeatures(load_encoder(run), task=checkpoint_task(run)))["J&F-Mean"]
 
 
 def training_losses(run: Path) -> list[float]:
@@ -110,11 +115,12 @@ def test_crw_pretraining_beats_random_init(synthetic_root, tmp_path, evaluator, 
     Its encoder is `resnet18_dense_reflect` (task=crw's default): with zero padding the walk came home
     by matching absolute positions, which the border gives away, and J&F stayed at random init's
     level (0.05-0.21 against 0.11 over seeds and settings). Reflection padding leaves no position cue.
-    Measured J&F-Mean, trainer seed 0: 0.23 after 100 steps, 0.26 after 200, against 0.045 for the
-    same encoder at its random init (the run's initial weights) and 0.11 for the zero-padded one.
-    Across other initialisations (in-memory runs, 150 steps) the gain over the run's own initial
-    encoder was +0.10 to +0.19. Bars: the same encoder at random init + 0.10, and the zero-padded
-    random encoder (the propagation tool's `features=random` default) + 0.05.
+    Measured J&F-Mean with the official propagation protocol and CRW loss (τ 0.05, trainer seed 0,
+    layer3): 0.347 after 200 steps, against 0.212 for the same encoder at its random init (the run's
+    initial weights) and 0.254 for the zero-padded one: +0.14 and +0.09 (0.335 with τ 0.07). (The
+    padded first-frame context of the official protocol lifts random init most: 0.03 and 0.07 without
+    it, CRW 0.29.) Bars, under half the measured margins: the same encoder at random init + 0.06, and
+    the zero-padded random encoder (the propagation tool's `features=random` default) + 0.03.
     """
     seconds = pretrain(synthetic_root, tmp_path / "crw", "crw", 200, "optim.lr=3e-4")
     score = trained_score(evaluator, tmp_path / "crw")
@@ -123,19 +129,21 @@ def test_crw_pretraining_beats_random_init(synthetic_root, tmp_path, evaluator, 
     assert propagation_images(tmp_path / "crw"), "the periodic evaluator wrote no mask overlay"
     losses = training_losses(tmp_path / "crw")
     assert losses[-1] < 0.75 * losses[0], losses
-    assert score > baselines["random_reflect"] + 0.10
-    assert score > baselines["random"] + 0.05
+    assert score > baselines["random_reflect"] + 0.06
+    assert score > baselines["random"] + 0.03
 
 
 def test_mast_pretraining_beats_random_init(synthetic_root, tmp_path, evaluator, baselines, single_thread) -> None:
     """MAST-style reconstruction, 100 steps of batch 8 (5-frame clips at 64 px, native scale crops).
 
-    Measured J&F-Mean: 0.35 (seed 0) and 0.32 (seed 1) against 0.11 at random init (pixels 0.39);
-    training took 40-180 s depending on the load of the shared cores. Bar: random + 0.12.
+    Scored on the encoder's output, the map MAST trains and reads (`layer="auto"` for a MAST
+    checkpoint; at layer3 it scored 0.351 against 0.254). Measured J&F-Mean, seed 0: 0.385 against
+    0.245 for the zero-padded encoder at random init (pixels 0.48); training took 40-200 s depending
+    on the load of the shared cores. Bar, half the measured margin: random + 0.07.
     """
     seconds = pretrain(synthetic_root, tmp_path / "mast", "mast", 100)
     score = trained_score(evaluator, tmp_path / "mast")
     print(f"\nMAST J&F-Mean {score:.3f} after {seconds:.0f} s of pretraining | random init "
-          f"{baselines['random']:.3f} | pixels {baselines['pixels']:.3f}")
+          f"{baselines['random_output']:.3f} | pixels {baselines['pixels']:.3f}")
     assert propagation_images(tmp_path / "mast"), "the periodic evaluator wrote no mask overlay"
-    assert score > baselines["random"] + 0.12
+    assert score > baselines["random_output"] + 0.07

@@ -1,6 +1,7 @@
-"""Speed and memory of one label-propagation step at DAVIS scale: windowed vs dense-then-mask.
+"""Speed and memory of label propagation at DAVIS scale: windowed vs dense-then-mask, and vs the official code.
 
     python tools/benchmark.py suite=propagate [channels=[256,512]] [frames=2] [device=cpu]
+        [official=PATH/TO/videowalk official_frames=4]
 
 Random unit features stand in for an encoder's (a speed benchmark): a full context (the first frame,
 unrestricted as in CRW, plus ``n_context`` radius-restricted frames with random soft labels for
@@ -12,6 +13,13 @@ on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the process's peak resid
 through ``/proc/self/clear_refs``) with glibc told to return freed blocks to the system at once, so
 the resident size follows live tensors. Memory runs come after the timed runs, which use the default
 allocator.
+
+With ``official=DIR`` (a checkout of ajabri/videowalk; never needed otherwise), the same run also
+times the official ``test()`` loop (its affinity and propagation; the image writing it does per
+frame is replaced by keeping the soft labels) against `propagate_labels` with the official
+defaults, on one video of ``official_frames`` frames of smooth drifting 256-d features at the
+same grid, and checks that every frame's label map is identical. Memory rows there are the peak
+beyond the inputs for the whole video, vidssl at 1× and 2× the length.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vidssl.benchmarks.memory import peak_extra_mib
-from vidssl.eval.propagate import _reference_step, propagate_step
+from vidssl.eval.propagate import _reference_step, propagate_labels, propagate_step
 
 METHODS: dict[str, Callable] = {"windowed": propagate_step, "dense_mask": _reference_step}
 
@@ -53,26 +61,30 @@ def run(
     n_context: int = 20,
     topk: int = 10,
     radius: int = 12,
-    temperature: float = 0.07,
+    temperature: float = 0.05,
+    window: str = "circle",
     tile: int = 8,
     frames: int = 2,
     num_labels: int = 4,
     methods: Sequence[str] = ("windowed", "dense_mask"),
     device: str = "cpu",
     seed: int = 0,
+    official: str | None = None,
+    official_frames: int = 4,
 ) -> dict:
     """Time and measure one propagation step per method; returns ``{"rows": [...], "config": {...}}``.
 
     Each row: channels, method, frames/s, s/frame, peak extra MiB, identical (masks equal to the
     first method's on every frame), mismatched pixels, and time_ratio (this method's s/frame over
-    the first method's: how many times slower than windowed).
+    the first method's: how many times slower than windowed). With ``official``, rows comparing the
+    official ``test()`` with `propagate_labels` follow (see the module doc).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
     dev = torch.device(device)
     h, w = -(-height // stride), -(-width // stride)  # a stride-8 encoder's grid (60×107 for 480×854)
-    protocol = dict(topk=topk, radius=radius, temperature=temperature)
+    protocol = dict(topk=topk, radius=radius, temperature=temperature, window=window)
     options = {"windowed": dict(tile=tile), "dense_mask": dict(chunk=256)}
     rows = []
     for dim in channels:
@@ -117,9 +129,79 @@ def run(
                 "time_ratio": round(seconds[method] / seconds[methods[0]], 2),
             })
         del keys, values, first_keys, first_values, queries
+    if official is not None:
+        rows += compare_official(official, grid=(h, w), frames=official_frames, n_context=n_context, topk=topk,
+                                 radius=radius, temperature=temperature, tile=tile, seed=seed)
     return {
         "rows": rows,
         "config": dict(channels=list(channels), height=height, width=width, stride=stride, grid=[h, w],
-                       n_context=n_context, topk=topk, radius=radius, temperature=temperature, tile=tile,
+                       n_context=n_context, topk=topk, radius=radius, temperature=temperature, window=window,
+                       tile=tile, official=official, official_frames=official_frames,
                        frames=frames, num_labels=num_labels, device=str(dev), threads=torch.get_num_threads()),
     }
+
+
+def drifting_features(frames: int, dim: int, grid: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """Smooth random features drifting one cell per frame, plus noise: T×D×h×w (not normalised)."""
+    h, w = grid
+    g = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.randn(1, dim, h + frames + 4, w + frames + 4, generator=g), 5, 1)[0]
+    return torch.stack([base[:, t: t + h, t: t + w] + 0.1 * torch.randn(dim, h, w, generator=g)
+                        for t in range(frames)])
+
+
+def compare_official(official: str, *, grid: tuple[int, int], frames: int, n_context: int, topk: int,
+                     radius: float, temperature: float, tile: int, dim: int = 256, seed: int = 0) -> list[dict]:
+    """Seconds per frame and labels of the official ``test()`` and of `propagate_labels` on one video."""
+    import argparse
+    import types
+
+    from vidssl.benchmarks.official import import_videowalk
+
+    videowalk = import_videowalk(official)
+    h, w = grid
+    feats = drifting_features(frames, dim, grid, seed)
+    first = torch.zeros(h, w, dtype=torch.long)
+    first[h // 6: h // 2, w // 6: w // 2], first[h // 2: 5 * h // 6, w // 2: 5 * w // 6] = 1, 2
+    onehot = F.one_hot(first, 3).float()
+    padded = torch.cat([feats[:1].repeat(n_context, 1, 1, 1), feats])  # as the official loader pads
+    batch = (padded[None], torch.zeros(1, n_context + frames, 3, h, w),
+             onehot[None, None].repeat(1, n_context + frames, 1, 1, 1), None, torch.arange(3)[None, :, None], {})
+    args = argparse.Namespace(videoLen=n_context, long_mem=[0], radius=radius, temperature=temperature, topk=topk,
+                              device="cpu", no_l2=False, pca_vis=False, norm_mask=False, filelist="davis",
+                              save_path="", visdom=False)
+    soft: list[torch.Tensor] = []
+    test_utils = videowalk.test_utils
+    writer = test_utils.dump_predictions
+    test_utils.dump_predictions = lambda pred, *rest: soft.append(torch.from_numpy(pred).argmax(-1)) or (0, 0, 0)
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            videowalk.test.test([batch], types.SimpleNamespace(encoder=lambda x: x), args)
+            official_s = (time.perf_counter() - start) / frames
+    finally:
+        test_utils.dump_predictions = writer
+    official_maps = torch.stack(soft).to(torch.uint8)
+
+    unit = F.normalize(feats, dim=1)
+    protocol = dict(n_context=n_context, topk=topk, radius=radius, temperature=temperature, tile=tile)
+
+    def ours(length: int) -> list[torch.Tensor]:
+        return list(propagate_labels(lambda t: unit[t % frames], first, length, **protocol))
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        maps = torch.stack(ours(frames))
+        vidssl_s = (time.perf_counter() - start) / frames
+        memory_ok = _return_freed_memory_to_os()
+        peaks = [peak_extra_mib(lambda: ours(n), torch.device("cpu")) if memory_ok else None
+                 for n in (frames, 2 * frames)]
+    mismatched = int((maps[1:] != official_maps[1:]).sum())  # frame 0: the given mask in both
+    common = {"channels": dim, "frames": frames, "identical": mismatched == 0, "mismatched_cells": mismatched}
+    return [
+        {**common, "method": "official test()", "s_per_frame": round(official_s, 3), "peak_extra_mib": None,
+         "time_ratio": round(official_s / vidssl_s, 2)},
+        {**common, "method": "propagate_labels", "s_per_frame": round(vidssl_s, 3),
+         "peak_extra_mib": None if peaks[0] is None else round(peaks[0], 1),
+         "peak_extra_mib_2x_frames": None if peaks[1] is None else round(peaks[1], 1), "time_ratio": 1.0},
+    ]

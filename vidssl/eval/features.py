@@ -7,7 +7,11 @@ expects). Sources:
 - `PixelFeatures`: Lab colour average-pooled to the feature stride, the classic baseline;
 - `EncoderFeatures`: any vidssl encoder; a frame encoder (B×3×H×W → B×D×h×w) runs on the frame
   directly, a video encoder (B×3×T×H×W → B×D×T'×h×w) on the frame as a static clip of ``clip_len``
-  frames, its temporal axis averaged away;
+  frames, its temporal axis averaged away. ``layer`` picks the map: by default (``"auto"``) the
+  stride-8 frame ResNet gives its layer3 output (256-d at full width), as videowalk's ``test.py``
+  removes layer4 before label propagation, unless MAST trained it; other encoders give their output
+  (``"output"``);
+  any submodule name (``"layer2"``, ``"layer4"``…) gives that submodule's output;
 - `build_feature_fn("pixels" | "random" | "checkpoint", ...)`: what ``tools/propagate.py`` offers.
 """
 
@@ -24,11 +28,74 @@ from vidssl.color import rgb_to_lab
 from vidssl.datasets.transforms import MEAN, STD, normalize_video
 
 FEATURE_SOURCES = ("pixels", "random", "checkpoint")
+AUTO, OUTPUT = "auto", "output"
 
 
-def l2_normalize(features: Tensor, dim: int = 0, eps: float = 1e-6) -> Tensor:
-    """Unit L2 norm along ``dim`` (the channel axis); an all-zero vector stays zero instead of NaN."""
-    return features / features.norm(dim=dim, keepdim=True).clamp_min(eps)
+def l2_normalize(features: Tensor, dim: int = 0) -> Tensor:
+    """Unit L2 norm along ``dim`` (the channel axis); an all-zero vector stays zero instead of NaN.
+
+    ``F.normalize`` with its default ε (1e-12), as the official evaluation normalises.
+    """
+    return F.normalize(features, dim=dim)
+
+
+MAST_TASK = "vidssl.tasks.mast.MAST"
+
+
+def default_layer(encoder: nn.Module, task: str | None = None) -> str:
+    """The feature map label propagation reads by default (``layer="auto"``).
+
+    layer3 of the stride-8 frame ResNet, as videowalk's ``test.py`` (it drops layer4); but the output
+    for an encoder trained by ``task`` = MAST (its reconstruction reads the output, and so does MAST's
+    own evaluation), and for every other encoder.
+    """
+    from vidssl.encoders.frame import ResNet18Dense
+
+    if task == MAST_TASK or not isinstance(encoder, ResNet18Dense):
+        return OUTPUT
+    return "layer3"
+
+
+def checkpoint_task(checkpoint: str | Path) -> str | None:
+    """The ``_target_`` of the task a checkpoint was trained with (``config.task.model``), if it says."""
+    from vidssl.checkpoint import load_checkpoint
+
+    task = ((load_checkpoint(checkpoint).get("config") or {}).get("task") or {}).get("model") or {}
+    return task.get("_target_") if isinstance(task, dict) else None
+
+
+class _Stop(Exception):
+    """Raised by a forward hook once the wanted layer has run, so later layers are not computed."""
+
+
+def run_to_layer(encoder: nn.Module, x: Tensor, layer: str) -> Tensor:
+    """The output of submodule ``layer`` of ``encoder`` on input ``x`` (``"output"``: the encoder's own).
+
+    The forward pass stops right after that submodule: later layers cost nothing.
+    """
+    if layer == OUTPUT:
+        return encoder(x)
+    modules = dict(encoder.named_modules())
+    if layer not in modules or layer == "":
+        names = [n for n, _ in encoder.named_children()]
+        raise ValueError(f"layer={layer!r}: {type(encoder).__name__} has no such submodule; its top-level "
+                         f"submodules are {names} (or use 'output')")
+    kept: list[Tensor] = []
+
+    def keep(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        kept.append(output)
+        raise _Stop
+
+    handle = modules[layer].register_forward_hook(keep)
+    try:
+        encoder(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not kept:
+        raise ValueError(f"layer={layer!r} of {type(encoder).__name__} did not run in its forward pass")
+    return kept[0]
 
 
 def _check_frame(frame: Tensor) -> None:
@@ -71,10 +138,13 @@ def _is_video_encoder(encoder: nn.Module) -> bool:
 class EncoderFeatures:
     """Dense features of an encoder, L2-normalised over channels.
 
-    Inputs: frame uint8 H×W×3. Outputs: D×h×w (h×w: the encoder's last feature map).
+    Inputs: frame uint8 H×W×3. Outputs: D×h×w (the map of ``layer``).
 
     Arguments:
       encoder: a frame encoder (B×3×H×W → B×D×h×w) or a video encoder (B×3×T×H×W → B×D×T'×h×w).
+      layer: "auto" (`default_layer`: layer3 for the stride-8 frame ResNet, as videowalk's DAVIS
+        evaluation; the output otherwise), "output", or the name of a submodule whose output to use.
+      task: the ``_target_`` of the task that trained the encoder, for ``layer="auto"`` (MAST: output).
       video: whether it is a video encoder; None decides by whether it contains a 3D convolution.
       clip_len: a video encoder sees the frame repeated clip_len times (1: a single-frame clip);
         its output's temporal axis is averaged.
@@ -85,7 +155,7 @@ class EncoderFeatures:
 
     def __init__(self, encoder: nn.Module, *, video: bool | None = None, clip_len: int = 1,
                  device: str | torch.device | None = None, mean: tuple[float, ...] = MEAN,
-                 std: tuple[float, ...] = STD) -> None:
+                 std: tuple[float, ...] = STD, layer: str = AUTO, task: str | None = None) -> None:
         if clip_len < 1:
             raise ValueError(f"clip_len must be ≥ 1, got {clip_len}")
         if device is not None:
@@ -96,6 +166,7 @@ class EncoderFeatures:
         self.video = _is_video_encoder(encoder) if video is None else video
         self.clip_len = clip_len
         self.mean, self.std = mean, std
+        self.layer = default_layer(encoder, task) if layer == AUTO else layer
 
     @torch.inference_mode()
     def __call__(self, frame: Tensor) -> Tensor:
@@ -113,11 +184,11 @@ class EncoderFeatures:
         clip = frame.to(self.device).permute(2, 0, 1)[:, None].float() / 255  # (3, 1, H, W)
         clip = normalize_video(clip, self.mean, self.std)
         if self.video:
-            out = self.encoder(clip.expand(-1, self.clip_len, -1, -1)[None])  # (1, D, T', h, w)
+            out = run_to_layer(self.encoder, clip.expand(-1, self.clip_len, -1, -1)[None], self.layer)
             if out.ndim != 5:
                 raise ValueError(f"a video encoder must return B×D×T×h×w, got {tuple(out.shape)}")
             return out[0].mean(dim=1)
-        out = self.encoder(clip[:, 0][None])  # (1, D, h, w)
+        out = run_to_layer(self.encoder, clip[:, 0][None], self.layer)  # (1, D, h, w)
         if out.ndim != 4:
             raise ValueError(f"a frame encoder must return B×D×h×w, got {tuple(out.shape)}; pass video=True "
                              f"for a video encoder")
@@ -125,7 +196,7 @@ class EncoderFeatures:
 
 
 def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str | Path | None = None,
-                     stride: int = 8, clip_len: int = 1,
+                     stride: int = 8, clip_len: int = 1, layer: str = AUTO,
                      device: str | torch.device = "cpu") -> PixelFeatures | EncoderFeatures:
     """The feature source named on the command line.
 
@@ -133,6 +204,7 @@ def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str 
       features: "pixels" (Lab pixels pooled to ``stride``), "random" (the ``encoder_cfg`` encoder at
         its fixed-seed random initialisation) or "checkpoint" (the encoder a checkpoint was trained
         with, built from the checkpoint's own config; ``encoder_cfg`` only as a fallback).
+      layer: the encoder's feature map (see `EncoderFeatures`).
     """
     if features == "pixels":
         return PixelFeatures(stride=stride, device=device)
@@ -148,4 +220,6 @@ def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str 
         if checkpoint in (None, "", "random"):
             raise ValueError("features=checkpoint needs checkpoint=PATH (a .pt file or a run directory)")
         encoder = load_encoder(checkpoint, encoder_cfg)
-    return EncoderFeatures(encoder, clip_len=clip_len, device=device)
+        if layer == AUTO:
+            layer = default_layer(encoder, checkpoint_task(checkpoint))
+    return EncoderFeatures(encoder, clip_len=clip_len, device=device, layer=layer)

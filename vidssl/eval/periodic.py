@@ -40,8 +40,10 @@ class PropagationEvaluator:
       overlay_frames: frames per sequence in the TensorBoard montage (evenly spaced)
       resolution: the DAVIS resolution folder
       clip_len: a video encoder sees each frame as a static clip of this many frames
+      layer: the encoder's feature map (`vidssl.eval.features.EncoderFeatures`; "auto": layer3 of
+        the stride-8 frame ResNet, as videowalk's evaluation, the output when the task is MAST)
       protocol: `propagate_labels`'s keyword arguments (n_context, topk, radius, temperature,
-        restrict_first, tile); its defaults otherwise
+        restrict_first, window, pad_first, downsample, tile); its defaults (videowalk's) otherwise
     Call: ``(task, step, writer) -> {"J&F-Mean", "J-Mean", "F-Mean"}`` (means over the objects);
       ``writer`` (a SummaryWriter or None) receives one image per sequence, ``propagation/<name>``:
       ``overlay_frames`` frames side by side with the propagated masks drawn over them.
@@ -61,6 +63,7 @@ class PropagationEvaluator:
         overlay_frames: int = 6,
         resolution: str = "480p",
         clip_len: int = 1,
+        layer: str = "auto",
         **protocol: Any,
     ) -> None:
         if max_sequences is not None and max_sequences < 1:
@@ -78,13 +81,16 @@ class PropagationEvaluator:
         self.max_frames = max_frames
         self.overlay_frames = overlay_frames
         self.clip_len = clip_len
+        self.layer = layer
         self.protocol = protocol
 
     def __call__(self, task: nn.Module, step: int, writer: Any = None) -> dict[str, float]:
         encoder = task.encoder
         weight = next(iter(encoder.parameters()), None)  # a parameter-free encoder runs on the CPU
         device = weight.device if weight is not None else torch.device("cpu")
-        return self.evaluate(EncoderFeatures(encoder, clip_len=self.clip_len, device=device), step, writer)
+        task_name = f"{type(task).__module__}.{type(task).__name__}"
+        features = EncoderFeatures(encoder, clip_len=self.clip_len, device=device, layer=self.layer, task=task_name)
+        return self.evaluate(features, step, writer)
 
     def evaluate(self, feature_fn: FeatureFn, step: int = 0, writer: Any = None) -> dict[str, float]:
         """The same evaluation for any feature source (e.g. `vidssl.eval.features.PixelFeatures`).

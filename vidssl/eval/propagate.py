@@ -1,16 +1,25 @@
 """Label propagation: carry a first-frame segmentation through a video by feature affinity.
 
-The protocol is the literature's standard one (CRW, UVC, MAST evaluations):
+The defaults are the computation of CRW's official DAVIS evaluation (ajabri/videowalk, ``test.py``
+with ``data/vos.py``, run with ``--topk 10 --videoLen 20 --radius 12 --temperature 0.05``):
 
-1. the first frame's label map becomes one-hot soft labels at feature resolution (area-downsampled);
-2. each later frame's labels are predicted from a context of the first frame plus the last
-   ``n_context`` predicted frames: for every query cell, the affinities (dot products of
-   L2-normalised features) to the context cells, kept only inside a ``(2·radius+1)²`` square of
-   cells around the query position (``restrict_first`` decides whether the first frame is also
-   restricted; CRW keeps it unrestricted as its "long memory"), the ``topk`` largest of them,
-   a softmax over those at ``temperature``, and the weighted sum of their soft labels;
-3. the predicted soft labels (kept as the context's labels, not re-binarised) are upsampled
+1. the first frame's label map becomes one-hot soft labels at feature resolution, downsampled
+   bilinearly (pixel-centre aligned, no antialiasing: OpenCV's ``INTER_LINEAR``);
+2. each later frame's labels are predicted from a context of the first frame (seen whole, the
+   "long memory") plus ``n_context`` frames seen only near each query cell (cells at Euclidean
+   distance < ``radius``): for every query cell, the affinities (dot products of L2-normalised
+   features) to the context cells, the ``topk`` largest of them, a softmax over those at
+   ``temperature``, and the weighted sum of their soft labels;
+3. the ``n_context`` frames are the last ones predicted; before there are that many, the context is
+   filled with copies of the first frame and its labels (the official loader pads each video with
+   ``videoLen`` copies of frame 0), so early frames draw most of their top-k from the first frame;
+4. the predicted soft labels (kept as the context's labels, not re-binarised) are upsampled
    bilinearly to the frame size and the argmax is the frame's label map.
+
+Named options, off by default, give the other common forms: ``window="square"`` (``|dy|, |dx| ≤
+radius``), ``pad_first=False`` (each frame once: early frames see only what was predicted so far),
+``downsample="area"`` (first-frame labels as area fractions), ``restrict_first=True`` (the first frame
+windowed too). Their effect on J&F is measured in docs/methods/correspondence.md.
 
 Memory does not grow with the video: each frame's features are computed when the frame is reached,
 and only the first frame plus a rolling window of ``n_context`` frames is kept. Affinities are only
@@ -21,6 +30,7 @@ tests and the benchmark, and gives the same labels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -36,6 +46,28 @@ from vidssl.datasets.formats import DavisSequence, davis, read_mask, write_mask
 FeatureFn = Callable[[Tensor], Tensor]  # uint8 frame H×W×3 → features D×h×w (L2-normalised over D)
 
 MAX_OBJECTS = 100  # DAVIS-2017 sequences have at most ~10 objects; far more means a mis-read mask
+WINDOWS = ("circle", "square")
+DOWNSAMPLING = ("bilinear", "area")
+
+
+def _check_window(window: str) -> None:
+    if window not in WINDOWS:
+        raise ValueError(f"window={window!r}: expected one of {', '.join(WINDOWS)}")
+
+
+def window_reach(radius: float, window: str = "circle") -> int:
+    """The largest |dy| (or |dx|) in cells that a window of ``radius`` contains."""
+    _check_window(window)
+    # circle: distance < radius (strict, as the official mask); square: |dy|, |dx| ≤ radius
+    return max(math.ceil(radius) - 1, -1) if window == "circle" else math.floor(radius)
+
+
+def window_mask(dy: Tensor, dx: Tensor, radius: float, window: str = "circle") -> Tensor:
+    """Which offsets lie inside the window; ``dy`` and ``dx`` broadcast against each other (cells)."""
+    _check_window(window)
+    if window == "circle":
+        return dy * dy + dx * dx < radius * radius
+    return (dy.abs() <= radius) & (dx.abs() <= radius)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,8 +120,9 @@ def propagate_step(
     global_keys: Tensor | None = None,
     global_values: Tensor | None = None,
     topk: int = 10,
-    radius: int = 12,
-    temperature: float = 0.07,
+    radius: float = 12,
+    temperature: float = 0.05,
+    window: str = "circle",
     tile: int = 8,
 ) -> Tensor:
     """Predict one frame's soft labels, computing affinities only inside each query's radius window.
@@ -99,13 +132,16 @@ def propagate_step(
       keys, values: N×h×w×D features and N×h×w×K soft labels of the radius-restricted context frames.
       global_keys, global_values: M×h'×w'×D / M×h'×w'×K context seen without radius restriction
         (the first frame when ``restrict_first=False``), or None.
+      window: "circle" (context cells at distance < radius from the query's position, the
+        official mask) or "square" (|dy|, |dx| ≤ radius).
       tile: queries are processed in tile×tile blocks: the block's context region, (tile+2r)² cells
         per frame, is multiplied with it as one matrix, and the products outside each query's own
-        (2r+1)² window are masked before the top-k. Larger tiles waste more products, smaller ones
+        window are masked before the top-k. Larger tiles waste more products, smaller ones
         make smaller, slower matrix products; the result does not depend on it.
     Output: h×w×K soft labels (each cell's labels sum to one when the context's do).
     """
     _check_step_inputs(query, keys, values, global_keys, global_values)
+    _check_window(window)
     if tile < 1 or radius < 0 or topk < 1 or temperature <= 0:
         raise ValueError(f"need tile ≥ 1, radius ≥ 0, topk ≥ 1, temperature > 0; got {tile}, {radius}, {topk}, "
                          f"{temperature}")
@@ -118,30 +154,31 @@ def propagate_step(
         g_values = global_values.reshape(-1, num_labels)  # (G, K)
     out = query.new_empty(h, w, num_labels)
     # one buffer for the context rows of a row of tiles (reused, so rows never coexist in memory)
-    band_buffer = keys.new_empty(w * n * min(tile + 2 * radius, h) * dim)
+    reach = max(window_reach(radius, window), 0)  # the window's half-extent in cells
+    band_buffer = keys.new_empty(w * n * min(tile + 2 * reach, h) * dim)
 
     for y0 in range(0, h, tile):
         y1 = min(y0 + tile, h)
         # the rows that this row of tiles can reach, laid out column-major, (w, N, rh, D): the
         # region of any tile in the row is then one contiguous slice, a matrix without a copy
-        ry0, ry1 = max(y0 - radius, 0), min(y1 + radius, h)
+        ry0, ry1 = max(y0 - reach, 0), min(y1 + reach, h)
         rh = ry1 - ry0
         band = band_buffer[: w * n * rh * dim].view(w, n, rh, dim)
         band.copy_(keys[:, ry0:ry1].permute(2, 0, 1, 3))
         for x0 in range(0, w, tile):
             x1 = min(x0 + tile, w)
-            rx0, rx1 = max(x0 - radius, 0), min(x1 + radius, w)
+            rx0, rx1 = max(x0 - reach, 0), min(x1 + reach, w)
             rw = rx1 - rx0
             q = query[y0:y1, x0:x1].reshape(-1, dim)  # (Q, D)
             num_q = q.shape[0]
             scores = (q @ band[rx0:rx1].view(-1, dim).T).view(num_q, rw, n, rh)  # region cell (x, frame, y)
 
-            # keep each query's own window: |y - qy| ≤ r and |x - qx| ≤ r
+            # keep each query's own window
             qy, qx = torch.meshgrid(torch.arange(y0, y1, device=device), torch.arange(x0, x1, device=device),
                                     indexing="ij")
-            near_y = (torch.arange(ry0, ry1, device=device) - qy.reshape(-1, 1)).abs() <= radius  # (Q, rh)
-            near_x = (torch.arange(rx0, rx1, device=device) - qx.reshape(-1, 1)).abs() <= radius  # (Q, rw)
-            near = near_x[:, :, None, None] & near_y[:, None, None, :]  # (Q, rw, 1, rh)
+            dy = torch.arange(ry0, ry1, device=device) - qy.reshape(-1, 1)  # (Q, rh)
+            dx = torch.arange(rx0, rx1, device=device) - qx.reshape(-1, 1)  # (Q, rw)
+            near = window_mask(dy[:, None, None, :], dx[:, :, None, None], radius, window)  # (Q, rw, 1, rh)
             scores = scores.masked_fill_(~near, float("-inf")).view(num_q, -1)
 
             top, pick = scores.topk(min(topk, scores.shape[1]), dim=1)  # (Q, k); pick = (x * N + frame) * rh + y
@@ -163,8 +200,9 @@ def _reference_step(
     global_keys: Tensor | None = None,
     global_values: Tensor | None = None,
     topk: int = 10,
-    radius: int = 12,
-    temperature: float = 0.07,
+    radius: float = 12,
+    temperature: float = 0.05,
+    window: str = "circle",
     chunk: int = 1024,
 ) -> Tensor:
     """The common dense form of `propagate_step`: full query×context affinities, then a radius mask.
@@ -187,7 +225,7 @@ def _reference_step(
         stop = min(start + chunk, h * w)
         qi = slice(start, stop)
         scores = (q_all[qi] @ k_all.T).view(stop - start, n, h * w)  # (Qc, N, h*w)
-        near = ((cell_y[qi, None] - cell_y[None]).abs() <= radius) & ((cell_x[qi, None] - cell_x[None]).abs() <= radius)
+        near = window_mask(cell_y[qi, None] - cell_y[None], cell_x[qi, None] - cell_x[None], radius, window)
         scores = scores.masked_fill(~near[:, None, :], float("-inf")).flatten(1)
         if global_keys is not None:
             scores = torch.cat([q_all[qi] @ global_keys.reshape(-1, dim).T, scores], dim=1)
@@ -213,16 +251,24 @@ def check_first_mask(mask: Tensor | np.ndarray, *, name: str = "", max_objects: 
     return mask
 
 
-def first_frame_labels(mask: Tensor | np.ndarray, size: tuple[int, int], *, name: str = "",
-                       max_objects: int = MAX_OBJECTS) -> Tensor:
+def first_frame_labels(mask: Tensor | np.ndarray, size: tuple[int, int], *, downsample: str = "bilinear",
+                       name: str = "", max_objects: int = MAX_OBJECTS) -> Tensor:
     """One-hot soft labels of a first-frame label map at feature resolution.
 
-    Inputs: mask H×W integers (0 background, 1..N objects); size (h, w) of the feature grid.
-    Output: h×w×(N+1) float, the fraction of each cell covered by each label (area downsampling).
+    Inputs: mask H×W integers (0 background, 1..N objects); size (h, w) of the feature grid;
+      downsample: "bilinear" (the one-hot map sampled at each cell's centre by bilinear
+      interpolation without antialiasing, as OpenCV's INTER_LINEAR in the official loader) or
+      "area" (the fraction of each cell covered by each label).
+    Output: h×w×(N+1) float.
     """
     mask = check_first_mask(mask, name=name, max_objects=max_objects)
+    if downsample not in DOWNSAMPLING:
+        raise ValueError(f"downsample={downsample!r}: expected one of {', '.join(DOWNSAMPLING)}")
     onehot = F.one_hot(mask, int(mask.max()) + 1).permute(2, 0, 1).float()  # (K, H, W)
-    small = F.interpolate(onehot[None], size=size, mode="area")[0]  # (K, h, w)
+    if downsample == "area":
+        small = F.interpolate(onehot[None], size=size, mode="area")[0]  # (K, h, w)
+    else:
+        small = F.interpolate(onehot[None], size=size, mode="bilinear", align_corners=False)[0]
     return small.permute(1, 2, 0).contiguous()
 
 
@@ -233,9 +279,12 @@ def propagate_labels(
     *,
     n_context: int = 20,
     topk: int = 10,
-    radius: int = 12,
-    temperature: float = 0.07,
+    radius: float = 12,
+    temperature: float = 0.05,
     restrict_first: bool = False,
+    window: str = "circle",
+    pad_first: bool = True,
+    downsample: str = "bilinear",
     tile: int = 8,
     name: str = "",
     max_objects: int = MAX_OBJECTS,
@@ -247,12 +296,16 @@ def propagate_labels(
         frame is reached; or precomputed features T×D×h×w (a tensor or a sequence of D×h×w).
       first_mask: H×W integer labels of frame 0 (0 background, 1..N objects).
       num_frames: T (required with a callable; defaults to len(feats) otherwise).
-      n_context, topk, radius, temperature, restrict_first, tile: the protocol (see module doc).
+      n_context, topk, radius, temperature, restrict_first, window, pad_first, downsample, tile:
+        the protocol (see the module doc; tile changes speed only).
       name: sequence name used in error messages.
     Outputs: T label maps H×W uint8; the first is `first_mask` itself.
     """
     if n_context < 0:
         raise ValueError(f"n_context must be ≥ 0, got {n_context}")
+    _check_window(window)
+    if downsample not in DOWNSAMPLING:
+        raise ValueError(f"downsample={downsample!r}: expected one of {', '.join(DOWNSAMPLING)}")
     if not callable(feats):
         frames = feats
         num_frames = len(frames) if num_frames is None else num_frames
@@ -261,14 +314,14 @@ def propagate_labels(
         raise ValueError("num_frames is required when feats is a callable")
     # checked here, not inside the generator, so that a bad mask fails at the call
     first_mask = check_first_mask(first_mask, name=name, max_objects=max_objects)
-    return _propagate(feats, first_mask, num_frames, n_context=n_context, topk=topk, radius=radius,
-                      temperature=temperature, restrict_first=restrict_first, tile=tile, name=name,
-                      max_objects=max_objects)
+    return _propagate(feats, first_mask, num_frames, n_context=n_context, restrict_first=restrict_first,
+                      pad_first=pad_first, downsample=downsample, name=name, max_objects=max_objects,
+                      step=dict(topk=topk, radius=radius, temperature=temperature, window=window, tile=tile))
 
 
-def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: int, *, n_context: int, topk: int,
-               radius: int, temperature: float, restrict_first: bool, tile: int, name: str,
-               max_objects: int) -> Iterator[Tensor]:
+def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: int, *, n_context: int,
+               restrict_first: bool, pad_first: bool, downsample: str, name: str, max_objects: int,
+               step: dict) -> Iterator[Tensor]:
     height, width = first_mask.shape[-2:]
     where = f"sequence {name!r}: " if name else ""
 
@@ -280,29 +333,32 @@ def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: i
 
     first = features(0)
     h, w, dim = first.shape
-    first_values = first_frame_labels(first_mask, (h, w), name=name, max_objects=max_objects).to(first)
+    first_values = first_frame_labels(first_mask, (h, w), downsample=downsample, name=name,
+                                      max_objects=max_objects).to(first)
     yield first_mask.to(torch.uint8)
     if num_frames <= 1:
         return
 
     # rolling context: slot 0 holds the first frame, slots 1..n_context the latest predictions
-    # (overwritten oldest first; the order of context frames does not change the result)
+    # (overwritten oldest first; the order of context frames does not change the result). With
+    # pad_first they start as copies of the first frame, as the official loader pads the video.
     keys = first.new_empty(n_context + 1, h, w, dim)
     values = first.new_empty(n_context + 1, h, w, first_values.shape[-1])
     keys[0], values[0] = first, first_values
     filled = 0
+    if pad_first:
+        keys[1:], values[1:] = first, first_values
+        filled = n_context
     for t in range(1, num_frames):
         query = features(t)
         if query.shape != first.shape:
             raise ValueError(f"{where}frame {t} has features {tuple(query.shape)} (h×w×D), frame 0 has "
                              f"{tuple(first.shape)}: frames of a sequence must have one size")
         if restrict_first:
-            pred = propagate_step(query, keys[: filled + 1], values[: filled + 1], topk=topk, radius=radius,
-                                  temperature=temperature, tile=tile)
+            pred = propagate_step(query, keys[: filled + 1], values[: filled + 1], **step)
         else:
             pred = propagate_step(query, keys[1: filled + 1], values[1: filled + 1], global_keys=first[None],
-                                  global_values=first_values[None], topk=topk, radius=radius,
-                                  temperature=temperature, tile=tile)
+                                  global_values=first_values[None], **step)
         if n_context > 0:
             slot = 1 + (t - 1) % n_context
             keys[slot], values[slot] = query, pred
@@ -353,7 +409,7 @@ def propagate_dataset(davis_root: str | Path, out: str | Path, feature_fn: Featu
     """Propagate every sequence of a DAVIS-layout split into ``out/<sequence>/<frame>.png``.
 
     ``protocol`` holds `propagate_labels`'s keyword arguments (n_context, topk, radius, temperature,
-    restrict_first, tile). Returns the sequences' result folders.
+    restrict_first, window, pad_first, downsample, tile). Returns the sequences' result folders.
     """
     sequences = davis(davis_root, split=split, resolution=resolution)
     folders = []

@@ -1,0 +1,170 @@
+"""Track objects through your own video: a first-frame mask carried through any video file.
+
+    python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=pixels|random|checkpoint]
+
+The mask is a PNG the size of the video's frames: a palette PNG (DAVIS style, several objects by
+palette index), a greyscale PNG of object indices, or a binary 0/255 (or black/white) mask for one
+object. The video is decoded with the project's decoder (`vidssl.datasets.decode.VideoReader`, any
+format FFmpeg reads, or a folder of frames) a chunk at a time, so memory does not grow with its
+length. Written to ``out``:
+
+    masks/00000.png …   one DAVIS palette PNG per frame (object indices)
+    overlay.mp4         every frame with the masks blended over it (H.264)
+    overlay.gif         the same, at most ``gif_width`` pixels wide and ``gif_frames`` frames
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from vidssl import viz
+from vidssl.datasets.decode import VideoReader
+from vidssl.datasets.formats import DAVIS_PALETTE, write_mask
+from vidssl.eval.propagate import FeatureFn, check_first_mask, propagate_labels
+
+DECODE_CHUNK = 32  # frames decoded per call: one keyframe seek per chunk, a bounded buffer
+
+
+def read_first_mask(path: str | Path) -> np.ndarray:
+    """A first-frame mask as object indices (H×W uint8: 0 background, 1..N objects).
+
+    Palette PNGs and greyscale PNGs give their stored indices, except that a greyscale or
+    black-and-white mask of only 0 and 255 is one object (255 → 1). RGB PNGs are mapped through
+    the DAVIS palette; pure black and white are again background and one object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask not found: {path}")
+    with Image.open(path) as image:
+        mode = image.mode
+        if mode == "1":
+            return np.array(image, dtype=np.uint8)
+        if mode in ("P", "L", "I", "I;16"):
+            values = np.array(image)
+            if mode != "P" and set(np.unique(values).tolist()) <= {0, 255}:
+                return (values == 255).astype(np.uint8)
+            return values.astype(np.uint8) if values.max() <= 255 else _too_many(path, values)
+        rgb = np.array(image.convert("RGB"), dtype=np.int64)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    if set(np.unique(codes).tolist()) <= {0, 0xFFFFFF}:
+        return (codes == 0xFFFFFF).astype(np.uint8)
+    palette = DAVIS_PALETTE.astype(np.int64)
+    lookup = {int((r << 16) | (g << 8) | b): k for k, (r, g, b) in enumerate(palette)}
+    unknown = sorted({int(c) for c in np.unique(codes)} - set(lookup))
+    if unknown:
+        raise ValueError(f"{path}: RGB mask has colours outside the DAVIS palette (and is not black/white): "
+                         f"{[f'#{c:06x}' for c in unknown[:5]]}; save it as a palette or greyscale PNG of "
+                         f"object indices")
+    return np.vectorize(lookup.__getitem__, otypes=[np.uint8])(codes)
+
+
+def _too_many(path: Path, values: np.ndarray) -> np.ndarray:
+    raise ValueError(f"{path}: mask values up to {int(values.max())}; expected object indices 0..255")
+
+
+def _resize_frames(frames: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """uint8 T×H×W×3 → T×h×w×3 (bilinear, antialiased); ``size`` None keeps them."""
+    if size is None or tuple(frames.shape[1:3]) == size:
+        return frames
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _working_size(height: int, width: int, short_side: int | None) -> tuple[int, int] | None:
+    if short_side is None:
+        return None
+    scale = short_side / min(height, width)
+    return round(height * scale), round(width * scale)
+
+
+def track_video(
+    video: str | Path,
+    mask: str | Path | np.ndarray,
+    out: str | Path,
+    feature_fn: FeatureFn,
+    *,
+    short_side: int | None = None,
+    max_frames: int | None = None,
+    fps: float | None = None,
+    gif_width: int = 320,
+    gif_frames: int = 120,
+    progress: bool = True,
+    **protocol: Any,
+) -> dict[str, Any]:
+    """Propagate a first-frame mask through a video; write per-frame masks and overlay MP4/GIF.
+
+    Arguments:
+      video: a video file (or a folder of frames) the project's decoder reads.
+      mask: the first frame's mask (a path, read by `read_first_mask`, or an H×W index array).
+      out: the output folder (created).
+      feature_fn: uint8 frame H×W×3 → D×h×w features (see `vidssl.eval.features`).
+      short_side: resize frames (and the mask, nearest) so that their short side has this many
+        pixels before tracking; None keeps the video's size (the mask must then match it).
+      max_frames: track only the first this many frames (None: all).
+      fps: frame rate of the overlay MP4/GIF (None: the video's).
+      protocol: `propagate_labels`'s keyword arguments.
+    Returns: {"masks": folder, "mp4": path, "gif": path, "frames": frames tracked, "objects": N}.
+    """
+    out = Path(out)
+    reader = VideoReader(video)
+    try:
+        num_frames = reader.num_frames if max_frames is None else min(max_frames, reader.num_frames)
+        if num_frames < 1:
+            raise ValueError(f"{video}: no frames to track")
+        height, width = reader.size
+        size = _working_size(height, width, short_side)
+        first = read_first_mask(mask) if not isinstance(mask, np.ndarray) else mask
+        first = check_first_mask(first, name=str(video)).numpy().astype(np.uint8)
+        if size is None and first.shape != (height, width):
+            raise ValueError(f"mask {mask if not isinstance(mask, np.ndarray) else ''} is "
+                             f"{first.shape[0]}×{first.shape[1]} but the frames of {video} are {height}×{width}; "
+                             f"draw it on the first frame at full size (or pass short_side=N to resize both)")
+        if size is not None:
+            first = np.array(Image.fromarray(first).resize(size[::-1], Image.NEAREST))
+        num_objects = int(first.max())
+        if num_objects == 0:
+            raise ValueError(f"mask {mask if not isinstance(mask, np.ndarray) else ''} marks no object (all 0)")
+
+        chunk: dict[str, Any] = {"start": -DECODE_CHUNK, "frames": None}  # no frame decoded yet
+
+        def frame(t: int) -> torch.Tensor:
+            if not chunk["start"] <= t < chunk["start"] + DECODE_CHUNK:
+                indices = list(range(t, min(t + DECODE_CHUNK, num_frames)))
+                chunk["start"], chunk["frames"] = t, _resize_frames(reader.get_frames(indices), size)
+            return chunk["frames"][t - chunk["start"]]
+
+        rate = float(fps or reader.fps or 25.0)
+        gif_every = max(1, -(-num_frames // gif_frames))
+        gif_images = []
+        masks_dir = out / "masks"
+        with torch.inference_mode(), viz.Mp4Writer(out / "overlay.mp4", fps=rate) as mp4:
+            maps = propagate_labels(lambda t: feature_fn(frame(t)), first, num_frames, name=str(video), **protocol)
+            for t, label_map in enumerate(tqdm(maps, total=num_frames, desc=f"track {Path(video).name}",
+                                               unit="frame", disable=not progress)):
+                labels = label_map.numpy()
+                write_mask(masks_dir / f"{t:05d}.png", labels)
+                over = viz.overlay_masks(frame(t).numpy(), labels)
+                mp4.write(over)
+                if t % gif_every == 0:
+                    gif_images.append(_shrink(over, gif_width))
+        gif = viz.save_gif(out / "overlay.gif", gif_images, fps=min(rate / gif_every, 50.0))
+    finally:
+        reader.close()
+    return {"masks": masks_dir, "mp4": out / "overlay.mp4", "gif": gif, "frames": num_frames,
+            "objects": num_objects}
+
+
+def _shrink(image: np.ndarray, max_width: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    if width <= max_width:
+        return image
+    size = (max_width, max(1, round(height * max_width / width)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
