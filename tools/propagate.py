@@ -16,6 +16,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from vidssl.cli import explain_instantiation_errors
 from vidssl.eval.features import build_feature_fn
 from vidssl.eval.propagate import propagate_dataset
 from vidssl.eval.track import track_video
@@ -24,6 +25,7 @@ PROTOCOL = ("n_context", "topk", "radius", "temperature", "restrict_first", "win
 
 
 @hydra.main(config_path="../configs", config_name="propagate", version_base="1.3")
+@explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     if (cfg.davis_root is None) == (cfg.video is None):
         raise SystemExit("give either davis_root=DIR (a DAVIS layout) or video=FILE mask=PNG (one video)")
