@@ -7,7 +7,6 @@ fixture: tests/fixtures/selavi/record.py stored its key/shape list, the seed of 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,15 @@ from hydra.utils import instantiate
 
 from vidssl.checkpoint import load_checkpoint, load_encoder
 from vidssl.convert import convert_checkpoint
+from fixture_helpers import load_module
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "selavi"
-
-
-def _record_module():
-    spec = importlib.util.spec_from_file_location("selavi_record", FIXTURES / "record.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     recorded = torch.load(FIXTURES / "checkpoint.pt", weights_only=True)
-    weights = _record_module().seeded_state(recorded["shapes"], int(recorded["seed"]))
+    weights = load_module(FIXTURES / "record.py").seeded_state(recorded["shapes"], int(recorded["seed"]))
     path = tmp_path_factory.mktemp("selavi") / "checkpoint.pth.tar"
     selflabels = torch.randint(0, 8, (50, 2), generator=torch.Generator().manual_seed(0))
     torch.save({"epoch": 7, "dist": None, "model": {f"module.{k}": v for k, v in weights.items()},

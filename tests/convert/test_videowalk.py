@@ -9,7 +9,6 @@ seed (tests/fixtures/videowalk/seeded.py; a ResNet-18 is too large to keep), wit
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,16 +22,10 @@ from vidssl.checkpoint import load_encoder
 from vidssl.datasets.formats import read_mask
 from vidssl.eval.features import EncoderFeatures
 from vidssl.eval.propagate import read_frame
+from fixture_helpers import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "videowalk"
-
-
-def _seeded():
-    spec = importlib.util.spec_from_file_location("videowalk_seeded", FIXTURE / "seeded.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def converted(tmp_path_factory) -> Path:
     """The official-format checkpoint, converted by the command line a user runs."""
     folder = tmp_path_factory.mktemp("videowalk")
     recorded = json.loads((FIXTURE / "official_keys.json").read_text())
-    state = _seeded().seeded_state(recorded["shapes"])
+    state = load_module(FIXTURE / "seeded.py").seeded_state(recorded["shapes"])
     official = folder / "pretrained.pth"
     torch.save({"model": state, "optimizer": {}, "lr_scheduler": {}, "epoch": 0,
                 "args": argparse.Namespace(**recorded["args"])}, official)

@@ -25,7 +25,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from vidssl.datasets.formats import VideoEntry
-from vidssl.datasets.transforms import ClipTransform, EvalTransform, _as_size, _finish, _to_tchw
+from vidssl.datasets.transforms import ClipTransform, EvalTransform, _finish
 
 X_CHANNEL = 2  # flow frames read as RGB are (128, y, x)
 
@@ -75,13 +75,9 @@ class FlowTransform(ClipTransform):
             raise ValueError("FlowTransform: colour jitter, hue and grayscale do not apply to flow; leave them 0")
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        clip = _to_tchw(frames)
-        top, left, h, w = self._crop_box(clip.shape[-2], clip.shape[-1], generator)
-        clip = F.resized_crop(clip, top, left, h, w, list(_as_size(self.size)), antialias=True)
-        if float(torch.rand((), generator=generator)) < self.flip:
-            clip = F.horizontal_flip(clip)
-            if self.negate_x:
-                clip = negate_x(clip)
+        clip, flipped = self._geometry(frames, generator)
+        if flipped and self.negate_x:
+            clip = negate_x(clip)
         return _finish(F.to_dtype(clip, torch.float32, scale=True), self.normalize)
 
 

@@ -112,12 +112,16 @@ class ClipTransform:
         side = min(height, width)  # fallback: the centred square, as RandomResizedCrop does
         return (height - side) // 2, (width - side) // 2, side, side
 
-    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _geometry(self, frames: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, bool]:
+        """The clip's random resized crop and flip: uint8 T×H×W×3 → uint8 T×3×size², and whether it flipped."""
         clip = _to_tchw(frames)
-        top, left, h, w = self._crop_box(clip.shape[-2], clip.shape[-1], generator)
+        top, left, h, w = self._crop_box(clip.shape[-2], clip.shape[-1], g)
         clip = F.resized_crop(clip, top, left, h, w, list(_as_size(self.size)), antialias=True)
-        if float(torch.rand((), generator=generator)) < self.flip:
-            clip = F.horizontal_flip(clip)
+        flipped = float(torch.rand((), generator=g)) < self.flip
+        return (F.horizontal_flip(clip) if flipped else clip), flipped
+
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        clip, _ = self._geometry(frames, generator)
         clip = F.to_dtype(clip, torch.float32, scale=True)
         if self.per_frame:
             clip = torch.cat([self._colour(frame, generator) for frame in clip.split(1)])
