@@ -7,6 +7,7 @@ the demo doubles as a worked example. Outputs land in one folder:
     OUT/preview/                contact sheets of augmented views, log-mel images of aligned audio
     OUT/runs/<task>/            training runs (checkpoints, config.yaml, TensorBoard events)
     OUT/memdpc/                 retrieval metrics, trained vs random init
+    OUT/flow/, OUT/memdpc_flow/ optical flow of the corpus (DIS); RGB, flow and R+F retrieval metrics
     OUT/crw/                    propagated masks, J&F tables, overlay GIF/MP4 and montage PNGs
     OUT/selavi/                 pseudo-labels, clustering tables, cluster grid PNGs
     OUT/summary.md              every table of the run
@@ -105,8 +106,9 @@ def step_preview(corpus: Path, out: Path) -> list[Path]:
     return written
 
 
-def pretrain(task: str, corpus: Path, out: Path, settings: DemoSettings, log: list[str], *extra: str) -> Path:
-    run = out / "runs" / task
+def pretrain(task: str, corpus: Path, out: Path, settings: DemoSettings, log: list[str], *extra: str,
+             run_name: str | None = None) -> Path:
+    run = out / "runs" / (run_name or task)
     steps = settings.steps[task]
     run_tool(
         "pretrain",
@@ -149,6 +151,32 @@ def step_memdpc(corpus: Path, out: Path, settings: DemoSettings, log: list[str])
         )
         rows.append({"features": name, **{k: v for k, v in read_metrics(folder).items() if k.startswith("R@")}})
     return "Video retrieval on the held-out split (MemDPC)\n" + format_table(rows)
+
+
+def step_flow(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
+    """MemDPC on optical flow, and retrieval on RGB, flow and both fused (R+F), trained vs random init.
+
+    DIS flow, not the papers' TV-L1: TV-L1 over this corpus takes about 48 CPU-minutes here (see
+    docs/methods/flow.md). Colour jitter and flip are off, as in the runs that page reports.
+    """
+    flow_root = out / "flow"
+    run_tool("extract_flow", "dataset=synthetic", f"dataset.root={corpus}", f"out={flow_root}", "method=dis",
+             f"workers={settings.num_workers}", log=log, threads=1)
+    flow_data = ["dataset.modality=flow", f"dataset.flow_root={flow_root}"]
+    flow_checkpoint = pretrain("memdpc", corpus, out, settings, log, *flow_data, "+task.data.transform.color_jitter=0",
+                               "+task.data.transform.hue=0", "+task.data.transform.flip=0", run_name="memdpc_flow")
+    rgb_checkpoint = out / "runs" / "memdpc" / "checkpoints" / "last.pt"
+    rows = []
+    for name, rgb, flow in (("MemDPC", rgb_checkpoint, flow_checkpoint), ("random init", "random", "random")):
+        folder = out / "memdpc_flow" / name.replace(" ", "_")
+        run_tool("evaluate", "metric=retrieval", f"checkpoint={rgb}", f"flow_checkpoint={flow}", "encoder=r2d3d_18",
+                 *encoder_overrides(settings, "memdpc"), "dataset=synthetic", f"dataset.root={corpus}",
+                 f"dataset.flow_root={flow_root}", f"out={folder}", log=log)
+        metrics = read_metrics(folder)
+        for stream in ("rgb", "flow", "R+F"):
+            rows.append({"features": f"{name}, {stream}",
+                         **{k.split("/")[1]: v for k, v in metrics.items() if k.startswith(f"{stream}/R@")}})
+    return "Video retrieval with optical flow (MemDPC on RGB, on DIS flow, and both fused)\n" + format_table(rows)
 
 
 def real_clip_mask(out: Path) -> tuple[Path, Path]:
@@ -258,6 +286,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     steps += [
         ("data pipeline preview", lambda: step_preview(corpus, out)),
         ("MemDPC pretraining + retrieval", lambda: step_memdpc(corpus, out, settings, log)),
+        ("MemDPC on optical flow + two-stream retrieval", lambda: step_flow(corpus, out, settings, log)),
         ("CRW pretraining + label propagation", lambda: step_crw(corpus, out, settings, log)),
         ("SeLaVi pretraining + pseudo-labels", lambda: step_selavi(corpus, out, settings, log)),
     ]
