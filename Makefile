@@ -39,7 +39,7 @@ demo: check-install
 	PYTHONUNBUFFERED=1 $(PY) tools/demo.py out=$(DEMO_DIR)
 
 test: check-install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: check-install
 	$(PY) -m pytest -q -m "not slow"

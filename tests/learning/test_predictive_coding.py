@@ -11,9 +11,11 @@ and with the trained weights, and compares the two:
   chance 0.016; CPC: 16). **Asserted**, with margins set well inside what was measured;
 - the downstream read-outs, **printed on every run** (`pytest -s`), asserted nowhere since they do not
   beat random init reliably: retrieval R@1/R@5 and a linear probe on the pooled encoder (3 clips per
-  video: 72 queries, 168 gallery clips; chance R@1 0.125, R@5 0.50, top-1 0.125), and for DPC/MemDPC the
-  papers' fine-tuning protocol (`vidssl.eval.finetune`: context read-out, batch norm, dropout 0.5,
-  linear; the whole network trained for 100 steps of batch 8; softmax averaged over 3 clips per video).
+  video: 72 queries, 168 gallery clips; chance R@1 0.125, R@5 0.50, top-1 0.125). The papers'
+  fine-tuning protocol (`vidssl.eval.finetune`: context read-out, batch norm, dropout 0.5, linear; the
+  whole network trained for 100 steps of batch 8; softmax averaged over 3 clips per video) was measured
+  for the table below but is not rerun here: it doubled the file's time, which `make test`'s budget
+  cannot spare (`python tools/evaluate.py metric=finetune checkpoint=RUN ...` measures it).
 
 Settings: the task configs' synthetic defaults (5 blocks × 4 frames, stride 2, 64 px, pred_step 2,
 cosine scores at temperature 0.1), R2D3D-18 at base_width 8, batch 8, AdamW lr 2e-3, 150 steps.
@@ -52,9 +54,9 @@ from hydra.utils import instantiate
 from vidssl.checkpoint import load_checkpoint, load_encoder
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.formats import synthetic
-from vidssl.datasets.transforms import ClipTransform, EvalTransform
+from vidssl.datasets.transforms import EvalTransform
 from vidssl.engine import seed_everything
-from vidssl.eval.finetune import ContextClassifier, PositionedSampler, context_readout, finetune
+from vidssl.eval.finetune import PositionedSampler
 from vidssl.eval.retrieval import extract_features, linear_probe, retrieval_recall
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,23 +148,12 @@ def _pretext(task: torch.nn.Module, root: Path) -> dict[str, float]:
     return {"val_loss": sum(losses) / len(losses), "val_accuracy": sum(accuracies) / len(accuracies)}
 
 
-def _downstream(task: torch.nn.Module, root: Path, *, context: bool) -> dict[str, float]:
-    """Retrieval R@1/R@5 and linear probe top-1 on the pooled encoder, and (tasks with a ConvGRU) the
-    papers' fine-tuning: context classifier trained whole for 100 steps, test softmax averaged over 3 clips."""
+def _downstream(task: torch.nn.Module, root: Path) -> dict[str, float]:
+    """Retrieval R@1/R@5 and linear probe top-1 on the pooled encoder."""
     train_feats, train_labels = extract_features(task.encoder, _clips(root, "train"), batch_size=16)
     test_feats, test_labels = extract_features(task.encoder, _clips(root, "val"), batch_size=16)
     metrics = retrieval_recall(train_feats, train_labels, test_feats, test_labels, ks=(1, 5))
     metrics["linear"] = linear_probe(train_feats, train_labels, test_feats, test_labels)["top1"]
-    if context:
-        model = ContextClassifier(context_readout(task.encoder, 4, task.state_dict(), {}), num_classes=8)
-        augment = ClipTransform(size=64, scale=(0.5, 1.0), ratio=(0.75, 4 / 3), color_jitter=0.5, hue=0.25,
-                                jitter_p=0.3)
-        train = VideoDataset(root=root, entries=synthetic(root, split="train"),
-                             sampler=PositionedSampler(16, 2, 0.5), transform=augment, seed=0)
-        test = [VideoDataset(root=root, entries=synthetic(root, split="val"),
-                             sampler=PositionedSampler(16, 2, p), transform=EvalTransform(size=64), seed=0)
-                for p in CLIP_POSITIONS]
-        metrics["finetune"] = finetune(model, train, test, steps=100, batch_size=8)["top1"]
     return {k: round(v, 3) for k, v in metrics.items()}
 
 
@@ -177,12 +168,11 @@ def _check_learns(task: str, root: Path, run: Path, *, steps: int, max_loss_rati
     assert all(torch.equal(a, b) for a, b in zip(trained.encoder.state_dict().values(),
                                                   load_encoder(run, encoder_cfg).state_dict().values()))
     pretext_trained, pretext_random = _pretext(trained, root), _pretext(initial, root)
-    context = hasattr(trained, "aggregator")
-    down_trained, down_random = _downstream(trained, root, context=context), _downstream(initial, root, context=context)
+    down_trained, down_random = _downstream(trained, root), _downstream(initial, root)
     # Printed on every run (pytest -s); only the pretext margins and the training loss are asserted.
     print(f"{task}: {steps} steps in {seconds:.0f} s, train loss {start:.3f} -> {end:.3f}; val pretext "
           f"trained {pretext_trained} vs random init {pretext_random}; downstream trained {down_trained} vs "
-          f"random init {down_random} (chance: R@1 0.125, R@5 0.50, linear/finetune 0.125)")
+          f"random init {down_random} (chance: R@1 0.125, R@5 0.50, linear 0.125)")
     assert end < max_loss_ratio * start, f"{task}: the training loss fell only from {start:.3f} to {end:.3f}"
     gain = pretext_trained["val_accuracy"] - pretext_random["val_accuracy"]
     assert gain > min_accuracy_gain, f"{task}: val future-prediction accuracy gained only {gain:.3f}"
