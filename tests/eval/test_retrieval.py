@@ -141,11 +141,12 @@ def test_evaluate_checkpoint_metrics():
         metric="retrieval", encoder=encoder, train_set=train, test_set=test, batch_size=4, ks=(1, 5)
     )
     # The class shifts every pixel by ±2: even a random conv + pooling separates it.
-    assert retrieval == {"R@1": 1.0, "R@5": 1.0}
+    counts = {"train_used": 16, "train_dropped": 0, "test_used": 8, "test_dropped": 0}
+    assert retrieval == {"R@1": 1.0, "R@5": 1.0, **counts}
     linear = evaluate_checkpoint(
         metric="linear", encoder=encoder, train_set=train, test_set=test, batch_size=4, epochs=50, lr=0.05
     )
-    assert linear == {"top1": 1.0}
+    assert linear == {"top1": 1.0, **counts}
     with pytest.raises(ValueError, match="metric"):
         evaluate_checkpoint(metric="knn", encoder=encoder, train_set=train, test_set=test, batch_size=4)
 
@@ -245,7 +246,7 @@ def test_evaluate_cli_ks_context_readout_and_finetune(synthetic_root, tmp_path):
 
     common = ["encoder=r2d3d_18", "encoder.base_width=4", "dataset=synthetic", f"dataset.root={synthetic_root}",
               "checkpoint=random", "batch_size=8"]
-    refused = _evaluate("metric=retrieval", "ks=[1,1000]", *common, cwd=tmp_path)
+    refused = _evaluate("metric=retrieval", "ks=[1,1000]", f"out={tmp_path / 'k'}", *common, cwd=tmp_path)
     assert refused.returncode != 0 and "exceeds the gallery size 56" in refused.stderr
     context = _evaluate("metric=retrieval", "ks=[1,3]", "readout=context", "num_seq=4", f"out={tmp_path / 'r'}",
                         *common, cwd=tmp_path)
@@ -257,6 +258,7 @@ def test_evaluate_cli_ks_context_readout_and_finetune(synthetic_root, tmp_path):
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert 0 <= metrics["top1"] <= 1 and metrics["test_clips"] == 2
+    assert metrics["test_used"] == 24 and metrics["test_dropped"] == 0 and metrics["train_dropped"] == 0
 
 
 def test_finetune_loads_a_dpc_encoder_with_running_statistics(tmp_path):

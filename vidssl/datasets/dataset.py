@@ -17,6 +17,10 @@ is required) is logged once, counted in ``failures``, and replaced by another in
 generator; ``skipped`` in the sample says how many bad files were met producing it, so a training loop
 can report the count even when workers live in other processes. After ``max_failures`` bad draws in a
 row the dataset stops with an error instead of looping forever.
+
+Evaluation must never score one clip in place of another: with ``substitute=False`` a bad file gives a
+marker sample ``{"index", "path", "label", "error": reason}`` instead, and `collate_kept` leaves it out
+of the batch and lists it under ``"dropped"``, so the evaluation knows which videos it did not score.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from vidssl.datasets.decode import VideoDecodeError, VideoReader
 from vidssl.datasets.formats import VideoEntry
@@ -83,6 +87,9 @@ class VideoDataset(Dataset):
         modality: "rgb", or "flow" for entries that are flow folders (``dataset.modality=flow``): the
             transform is replaced by its flow version (`vidssl.datasets.flow.for_flow`: no colour
             jitter, a flip negates x).
+        substitute: a bad file is replaced by another drawn index (True: training) or gives a marker
+            sample with its ``error`` that `collate_kept` drops (False: evaluation, which must not score
+            one clip in place of another).
     """
 
     def __init__(
@@ -104,6 +111,7 @@ class VideoDataset(Dataset):
         max_failures: int = 50,
         index: str | Path | None = None,
         modality: str = "rgb",
+        substitute: bool = True,
     ) -> None:
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")
@@ -136,6 +144,7 @@ class VideoDataset(Dataset):
         self.frames_fps = frames_fps
         self.seed = seed
         self.max_failures = max_failures
+        self.substitute = substitute
         self.epoch = 0
         self.failures: dict[str, str] = {}  # path -> reason, in this process
         if index is not None:
@@ -183,6 +192,8 @@ class VideoDataset(Dataset):
                 else:
                     sample.update(index=candidate, path=entry.path, label=entry.label, skipped=skipped)
                     return sample
+            if not self.substitute:
+                return {"index": index, "path": entry.path, "label": entry.label, "error": self.failures[entry.path]}
             # Draw the replacement from the sample's own generator: deterministic for resume.
             candidate = int(torch.randint(0, len(self.entries), (), generator=generator))
         raise BadSampleError(
@@ -192,6 +203,8 @@ class VideoDataset(Dataset):
 
     def _record_failure(self, path: str, err: Exception) -> None:
         self.failures[path] = f"{type(err).__name__}: {err}"
+        if not self.substitute:
+            return  # the evaluation that collects the dropped samples reports them
         log.warning("skipping bad video %s: %s (%d bad so far)", path, err, len(self.failures))
 
     def _reader(self, entry: VideoEntry) -> VideoReader:
@@ -231,3 +244,15 @@ class VideoDataset(Dataset):
         else:
             waveform = torch.zeros(1, int(round(duration * self.audio_rate)))
         return {"audio": self.audio(waveform), "has_audio": bool(reader.has_audio)}
+
+
+def collate_kept(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Collate the good samples; list the marker samples of bad files (``substitute=False``) under "dropped".
+
+    Outputs: ``default_collate`` of the samples without an ``error`` (no other key when none is left),
+    plus ``"dropped": [(index, path, reason), ...]``.
+    """
+    kept = [s for s in samples if "error" not in s]
+    batch: dict[str, Any] = default_collate(kept) if kept else {}
+    batch["dropped"] = [(s["index"], s["path"], s["error"]) for s in samples if "error" in s]
+    return batch
