@@ -10,14 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from vidssl.datasets.dataset import VideoDataset, collate_kept
+from vidssl.datasets.dataset import BadSampleError, VideoDataset, collate_kept
 from vidssl.datasets.formats import VideoEntry
 from vidssl.datasets.sampling import ClipSampler
-from vidssl.datasets.transforms import EvalTransform
+from vidssl.datasets.transforms import EvalTransform, LogMel
+from vidssl.engine import Trainer
 from vidssl.eval.retrieval import evaluate_checkpoint, extract_clips
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,3 +117,94 @@ def test_benchmark_requires_out_and_writes_under_it(tmp_path: Path, monkeypatch)
     result = json.loads((tmp_path / "bench" / "benchmark_sinkhorn.json").read_text())
     assert result["suite"] == "sinkhorn" and (tmp_path / "bench" / "benchmark_sinkhorn.txt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]  # nothing in the working directory
+
+
+# ---- training: each bad file decided once, logged once, counted cumulatively ---------------------------
+
+
+def write_silent_video(path: Path, frames: int) -> Path:
+    """A tiny real H.264 file without an audio stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for t in range(frames):
+            image = np.full((32, 32, 3), 20 * t % 256, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[VideoEntry]]:
+    """4 good synthetic videos, then empty, truncated, renamed-text (a trimmed row) and too-short files."""
+    root = tmp_path_factory.mktemp("mixed")
+    with open(synthetic_root / "manifest.csv", newline="") as f:
+        good = [r["path"] for r in csv.DictReader(f)][:4]
+    for i, path in enumerate(good):
+        shutil.copy(synthetic_root / path, root / f"good{i}.mp4")
+    (root / "empty.mp4").write_bytes(b"")
+    data = (root / "good0.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 4])
+    (root / "notes.mp4").write_text("this is a text file renamed to .mp4\n")
+    write_silent_video(root / "short.mp4", frames=3)
+    entries = [VideoEntry(f"good{i}.mp4", label=0) for i in range(4)] + [
+        VideoEntry("empty.mp4", label=0), VideoEntry("truncated.mp4", label=0),
+        VideoEntry("notes.mp4", label=0, start=1.0, end=2.0), VideoEntry("short.mp4", label=0)]
+    return root, entries
+
+
+class _MeanTask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(3, 1)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": self.encoder(batch["video"].mean(dim=(2, 3, 4))).pow(2).mean()}
+
+
+def test_training_logs_each_bad_file_once_and_counts_cumulatively(mixed, tmp_path: Path, caplog):
+    root, entries = mixed
+    dataset = VideoDataset(root=root, entries=entries, sampler=ClipSampler(num_frames=8, stride=2),
+                           transform=EvalTransform(size=16))
+    run = tmp_path / "run"
+    # 8 entries, batches of 4: 2 steps an epoch, so 10 steps are 5 epochs, each with 2 fresh workers
+    trainer = Trainer(max_steps=10, batch_size=4, out_dir=run, num_workers=2, checkpoint_every=10, log_every=2,
+                      seed=0, progress=False)
+    with caplog.at_level("WARNING"):
+        trainer.fit(_MeanTask(), dataset, lambda params: torch.optim.SGD(params, lr=0.01))
+    bad = ["empty.mp4", "truncated.mp4", "notes.mp4", "short.mp4"]
+    messages = [r.getMessage() for r in caplog.records]
+    for name in bad:
+        assert sum(m.startswith(f"skipping bad video {name}") for m in messages) == 1, (name, messages)
+    assert any("notes.mp4 [1-2 s]:" in m for m in messages)  # the segment of a trimmed row
+    assert any("4 bad files skipped in this run" in m and "skipped.csv" in m for m in messages)
+    with open(run / "skipped.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in rows) == sorted(bad) and all(r["reason"] for r in rows)
+    assert next(r for r in rows if r["path"] == "notes.mp4")["segment"] == "1-2 s"
+    with open(run / "scalars.csv", newline="") as f:
+        counts = [float(r["value"]) for r in csv.DictReader(f) if r["name"] == "train/skipped_videos"]
+    assert counts == sorted(counts) and counts[-1] == 4  # cumulative, never restarting per epoch or worker
+    assert set(bad) <= set(dataset.failures)  # known to the next epochs' workers: not decoded again
+
+
+def test_index_sets_aside_silent_and_short_files_up_front(mixed, synthetic_root: Path, tmp_path: Path, caplog):
+    root, _ = mixed
+    write_silent_video(root / "silent.mp4", frames=40)
+    entries = [VideoEntry(n, label=0) for n in ("good0.mp4", "good1.mp4", "silent.mp4", "short.mp4")]
+    with caplog.at_level("WARNING"):
+        dataset = VideoDataset(root=root, entries=entries, sampler=ClipSampler(num_frames=8, stride=2),
+                               transform=EvalTransform(size=16), audio=LogMel(n_mels=16),
+                               index=tmp_path / "train.index.json")
+    assert set(dataset.failures) == {"silent.mp4", "short.mp4"}
+    lines = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(lines) == 1 and "2 of 4" in lines[0] and "1 too short" in lines[0] and "1 without audio" in lines[0]
+    with pytest.raises(BadSampleError, match="loader.require_audio=false"):
+        VideoDataset(root=root, entries=[VideoEntry("silent.mp4", label=0)], sampler=ClipSampler(num_frames=8),
+                     transform=EvalTransform(size=16), audio=LogMel(n_mels=16), index=tmp_path / "s.index.json")
+    lenient = VideoDataset(root=root, entries=[VideoEntry("silent.mp4", label=0)], sampler=ClipSampler(num_frames=8),
+                           transform=EvalTransform(size=16), audio=LogMel(n_mels=16), require_audio=False,
+                           index=tmp_path / "s.index.json")
+    assert not lenient.failures and lenient[0]["has_audio"] is False
