@@ -208,3 +208,46 @@ def test_index_sets_aside_silent_and_short_files_up_front(mixed, synthetic_root:
                            transform=EvalTransform(size=16), audio=LogMel(n_mels=16), require_audio=False,
                            index=tmp_path / "s.index.json")
     assert not lenient.failures and lenient[0]["has_audio"] is False
+
+
+# ---- check_dataset: cleans what it finds ------------------------------------------------------------
+
+
+def test_check_dataset_drops_missing_short_silent_and_overrunning_rows(mixed, tmp_path: Path):
+    root, _ = mixed
+    write_silent_video(root / "quiet.mp4", frames=40)
+    manifest = tmp_path / "all.csv"
+    rows = [("good0.mp4", "dog", "", ""), ("good1.mp4", "cat", "0.5", "2.0"), ("good2.mp4", "cat", "1.0", "99"),
+            ("gone.mp4", "dog", "", ""), ("short.mp4", "cat", "", ""), ("quiet.mp4", "dog", "", ""),
+            ("empty.mp4", "dog", "", "")]
+    with manifest.open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "start", "end"), *rows])
+    out = tmp_path / "clean" / "clean.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools/check_dataset.py"), "dataset=csv", f"dataset.root={root}",
+         f"dataset.manifest={manifest}", f"out={out}", "workers=1", "min_frames=8", "require_audio=true"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with out.open(newline="") as f:
+        kept = [(r["path"], r["label"]) for r in csv.DictReader(f)]
+    assert kept == [("good0.mp4", "1"), ("good1.mp4", "0")]  # names become indices (sorted: cat 0, dog 1)
+    with (out.parent / "classes.csv").open(newline="") as f:
+        assert list(csv.reader(f)) == [["index", "name"], ["0", "cat"], ["1", "dog"]]
+    report = json.loads((out.parent / "clean.report.json").read_text())
+    reasons = {d["path"]: d["reason"] for d in report["dropped_entries"]}
+    assert set(reasons) == {"good2.mp4", "gone.mp4", "short.mp4", "quiet.mp4", "empty.mp4"}
+    assert "past the end" in reasons["good2.mp4"] and "does not exist" in reasons["gone.mp4"]
+    assert "min_frames=8" in reasons["short.mp4"] and "audio" in reasons["quiet.mp4"]
+    assert "DROPPED gone.mp4" in run.stdout and "DROPPED good2.mp4 [1-99 s]" in run.stdout
+
+
+def test_csv_skip_missing_drops_rows_whose_file_is_absent(mixed, tmp_path: Path):
+    from vidssl.datasets.formats import MissingFilesError, csv_manifest
+
+    root, _ = mixed
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\ngood0.mp4,0\ngone.mp4,1\n")
+    with pytest.raises(MissingFilesError, match="gone.mp4"):
+        csv_manifest(root, manifest=manifest)
+    assert [e.path for e in csv_manifest(root, manifest=manifest, skip_missing=True)] == ["good0.mp4"]
