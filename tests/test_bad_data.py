@@ -251,3 +251,36 @@ def test_csv_skip_missing_drops_rows_whose_file_is_absent(mixed, tmp_path: Path)
     with pytest.raises(MissingFilesError, match="gone.mp4"):
         csv_manifest(root, manifest=manifest)
     assert [e.path for e in csv_manifest(root, manifest=manifest, skip_missing=True)] == ["good0.mp4"]
+
+
+def _merge_on_rank(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from vidssl.engine import SkippedFiles
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        dataset = type("D", (), {"failures": {}})()
+        files = SkippedFiles(Path(out_dir) / "skipped.csv", dataset, resumed=False)
+        # rank 0 met a.mp4 in two workers; rank 1 met a.mp4 too and a trimmed row of b.mp4
+        batches = [["a.mp4\t\tVideoDecodeError: empty", "a.mp4\t\tVideoDecodeError: empty"],
+                   ["a.mp4\t\tVideoDecodeError: empty\nb.mp4\t3-5 s\tClipTooShortError: 4 frames"]]
+        files.note({"skipped_files": batches[rank]})
+        files.merge(2, rank == 0)
+        files.merge(2, rank == 0)  # nothing new: nothing logged again
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(
+            {"files": sorted(f"{p}|{s}" for p, s in files.files), "failures": sorted(dataset.failures)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_share_each_bad_file_and_rank0_lists_it_once(tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_merge_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert seen[0] == seen[1] == {"files": ["a.mp4|", "b.mp4|3-5 s"], "failures": ["a.mp4", "b.mp4"]}
+    with open(tmp_path / "skipped.csv", newline="") as f:
+        assert [tuple(r) for r in csv.reader(f)] == [("path", "segment", "reason"),
+                                                     ("a.mp4", "", "VideoDecodeError: empty"),
+                                                     ("b.mp4", "3-5 s", "ClipTooShortError: 4 frames")]
