@@ -213,7 +213,8 @@ def evaluate_checkpoint(
     two evaluation datasets; this function extracts features and scores them.
 
     Outputs: `{"R@1", "R@5", "R@10", "R@20"}` (retrieval, per `ks`) or `{"top1"}` (linear), in [0, 1],
-    then the clips scored and the bad videos dropped per split (`clip_counts`: `train_used`, `train_dropped`, `test_used`, `test_dropped`).
+    then the clips scored and the bad videos dropped per split (`clip_counts`: `train_used`, `train_dropped`,
+    `test_used`, `test_dropped`).
     """
     if metric not in ("retrieval", "linear"):
         raise ValueError(f"evaluate_checkpoint: metric must be 'retrieval' or 'linear', got {metric!r}")
