@@ -284,3 +284,23 @@ def test_two_ranks_share_each_bad_file_and_rank0_lists_it_once(tmp_path: Path):
         assert [tuple(r) for r in csv.reader(f)] == [("path", "segment", "reason"),
                                                      ("a.mp4", "", "VideoDecodeError: empty"),
                                                      ("b.mp4", "3-5 s", "ClipTooShortError: 4 frames")]
+
+
+def test_a_resumed_run_continues_its_skipped_list_without_logging_again(mixed, tmp_path: Path, caplog):
+    root, entries = mixed
+
+    def fit(steps: int) -> VideoDataset:
+        dataset = VideoDataset(root=root, entries=entries, sampler=ClipSampler(num_frames=8, stride=2),
+                               transform=EvalTransform(size=16))
+        Trainer(max_steps=steps, batch_size=4, out_dir=tmp_path / "run", num_workers=0, checkpoint_every=2,
+                log_every=2, seed=0, progress=False).fit(_MeanTask(), dataset, lambda p: torch.optim.SGD(p, lr=0.01))
+        return dataset
+
+    fit(4)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        resumed = fit(8)
+    assert not [r for r in caplog.records if r.getMessage().startswith("skipping bad video")]
+    assert {"empty.mp4", "truncated.mp4", "notes.mp4", "short.mp4"} <= set(resumed.failures)
+    with open(tmp_path / "run" / "skipped.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4

@@ -308,11 +308,17 @@ class SkippedFiles:
         self.dataset = dataset
         self.files: dict[tuple[str, str], str] = {}  # (path, segment) -> reason
         self.pending: dict[tuple[str, str], str] = {}
+        failures = getattr(dataset, "failures", None)
         if resumed and csv_path.exists():
             with csv_path.open(newline="") as f:
                 self.files.update({(r["path"], r["segment"]): r["reason"] for r in csv.DictReader(f)})
-        for path, reason in getattr(dataset, "failures", {}).items():
-            self.files.setdefault((path, ""), reason)
+            if failures is not None:  # decided in the run's earlier part: not decoded again
+                for (path, _), reason in self.files.items():
+                    failures.setdefault(path, reason)
+        listed = {path for path, _ in self.files}
+        for path, reason in (failures or {}).items():  # set aside up front
+            if path not in listed:
+                self.files[(path, "")] = reason
 
     def note(self, batch: dict[str, Any]) -> None:
         for text in batch.get("skipped_files", ()):
