@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -79,16 +79,9 @@ def extract_clips(
     return ClipFeatures(torch.cat(feats), torch.cat(labels), torch.cat(indices).long(), dropped)
 
 
-def extract_features(
-    encoder: nn.Module,
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-) -> tuple[Tensor, Tensor]:
-    """`(features N×D, labels N)` of `extract_clips`: the good samples of `dataset`, in dataset order."""
-    clips = extract_clips(encoder, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
+def extract_features(encoder: nn.Module, dataset: Dataset, **options: Any) -> tuple[Tensor, Tensor]:
+    """`(features N×D, labels N)` of `extract_clips` (same options): the good samples, in dataset order."""
+    clips = extract_clips(encoder, dataset, **options)
     return clips.features, clips.labels
 
 
