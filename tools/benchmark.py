@@ -1,6 +1,9 @@
-"""Speed and memory benchmarks; prints a table and writes the figures as JSON.
+"""Speed and memory benchmarks; prints a table and writes the figures under ``out=``.
 
-    python tools/benchmark.py suite=data|train|propagate|sinkhorn|flow [out=FILE.json] [option=value ...]
+    python tools/benchmark.py suite=data|train|propagate|sinkhorn|flow out=DIR [option=value ...]
+
+``out=`` is required (created if missing): ``DIR/benchmark_<suite>.json`` holds the figures, the machine and
+the command, ``DIR/benchmark_<suite>.txt`` the table.
 
 Each suite is ``vidssl.benchmarks.<suite>.run(**options) -> {"rows": [...], ...}``; any further
 ``key=value`` is passed to it (e.g. ``suite=train task=memdpc``, ``suite=sinkhorn n=50000``).
@@ -38,9 +41,12 @@ def machine() -> dict:
 def main(argv: list[str]) -> None:
     options = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
     suite = options.pop("suite", None)
+    usage = f"usage: python tools/benchmark.py suite={'|'.join(SUITES)} out=DIR [key=value ...]"
     if suite not in SUITES:
-        raise SystemExit(f"usage: python tools/benchmark.py suite={'|'.join(SUITES)} [out=FILE.json] [key=value ...]")
-    out = Path(options.pop("out", f"benchmark_{suite}.json"))
+        raise SystemExit(usage)
+    if options.get("out") in (None, ""):
+        raise SystemExit(f"benchmark: out=DIR is required (the folder for the results)\n{usage}")
+    out = Path(options.pop("out"))
     module = importlib.import_module(f"vidssl.benchmarks.{suite}")
     started = time.time()
     result = module.run(**options)
@@ -51,10 +57,13 @@ def main(argv: list[str]) -> None:
         "seconds": round(time.time() - started, 1),
         **result,
     }
-    print(format_table(result["rows"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {out}")
+    table = format_table(result["rows"])
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"benchmark_{suite}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"benchmark_{suite}.txt").write_text(table + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Evaluate results or a checkpoint; writes metrics.json and prints a table.
+"""Evaluate results or a checkpoint; writes OUT/metrics.json and OUT/metrics.txt and prints a table.
 
-    python tools/evaluate.py metric=davis davis_root=DIR results=RES [split=val] [out=DIR]
-    python tools/evaluate.py metric=clusters labels=LABELS.csv manifest=MANIFEST.csv [out=DIR]
-    python tools/evaluate.py metric=retrieval|linear checkpoint=CKPT|random encoder=NAME dataset=... [out=DIR]
+    python tools/evaluate.py metric=davis davis_root=DIR results=RES out=DIR [split=val]
+    python tools/evaluate.py metric=clusters labels=LABELS.csv manifest=MANIFEST.csv out=DIR
+    python tools/evaluate.py metric=retrieval|linear checkpoint=CKPT|random encoder=NAME dataset=... out=DIR
         [ks=[1,5,10,20]] [readout=encoder|context num_seq=N]
     python tools/evaluate.py metric=retrieval|linear checkpoint=RGB flow_checkpoint=FLOW dataset.flow_root=DIR ...
-    python tools/evaluate.py metric=finetune checkpoint=CKPT|random encoder=NAME dataset=... [finetune.steps=N]
+    python tools/evaluate.py metric=finetune checkpoint=CKPT|random encoder=NAME dataset=... out=DIR [finetune.steps=N]
+
+`out=` is required (created if missing), so a second evaluation never overwrites the first. A video that
+cannot be read is dropped from its split, logged with its reason, and counted (``train_used``,
+``train_dropped``, ``test_used``, ``test_dropped`` in metrics.json); it is never replaced by another clip.
 
 This file only reads the config and builds objects; the metrics live in ``vidssl.eval``.
 """
@@ -32,7 +36,7 @@ def evaluate_davis(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.eval.davis import evaluate_results, format_tables
 
     _need(cfg, "davis_root", "results")
-    out = Path(cfg.out or cfg.results)
+    out = Path(cfg.out)
     metrics, per_object, _ = evaluate_results(cfg.davis_root, cfg.results, split=cfg.split, out_dir=out)
     return metrics, format_tables(metrics, per_object, cfg.split), out
 
@@ -43,7 +47,7 @@ def evaluate_clusters(cfg: DictConfig) -> tuple[dict, str, Path]:
     _need(cfg, "labels", "manifest")
     metrics, per_cluster = evaluate_labels(cfg.labels, cfg.manifest)
     table = format_table([metrics]) + "\n\n" + format_table(per_cluster)
-    return metrics, table, Path(cfg.out or ".")
+    return metrics, table, Path(cfg.out)
 
 
 def _eval_split(cfg: DictConfig, name: str, sampler, transform):
@@ -51,7 +55,7 @@ def _eval_split(cfg: DictConfig, name: str, sampler, transform):
 
     return VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name), sampler=sampler,
                         transform=transform, backend=cfg.backend, seed=cfg.seed,
-                        modality=cfg.dataset.get("modality", "rgb"))
+                        modality=cfg.dataset.get("modality", "rgb"), substitute=False)
 
 
 def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
@@ -86,7 +90,7 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
         ks=list(cfg.ks),
     )
     metrics = {"checkpoint": str(cfg.checkpoint), "readout": cfg.readout, **metrics}
-    return metrics, format_table([metrics]), Path(cfg.out or ".")
+    return metrics, format_table([metrics]), Path(cfg.out)
 
 
 def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
@@ -115,7 +119,7 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
     metrics = finetune(model, train_set, test_sets, steps=ft.steps, batch_size=cfg.batch_size, lr=ft.lr,
                        weight_decay=ft.weight_decay, num_workers=cfg.num_workers, device=cfg.device, seed=cfg.seed)
     metrics = {"checkpoint": str(cfg.checkpoint), "test_clips": ft.test_clips, **metrics}
-    return metrics, format_table([metrics]), Path(cfg.out or ".")
+    return metrics, format_table([metrics]), Path(cfg.out)
 
 
 def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
@@ -133,6 +137,7 @@ def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
             root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name, modality=modality),
             sampler=sampler if modality == "flow" else FlowAligned(sampler),  # the same frames in both
             transform=EvalTransform(size=cfg.size), backend=cfg.backend, seed=cfg.seed, modality=modality,
+            substitute=False,
         )
 
     metrics = evaluate(
@@ -144,7 +149,7 @@ def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device,
     )
     metrics = {"checkpoint": str(cfg.checkpoint), "flow_checkpoint": str(cfg.flow_checkpoint), **metrics}
-    return metrics, format_table([metrics]), Path(cfg.out or ".")
+    return metrics, format_table([metrics]), Path(cfg.out)
 
 
 EVALUATIONS = {
@@ -161,6 +166,7 @@ EVALUATIONS = {
 def main(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
         raise SystemExit(f"metric={cfg.metric!r} is not one of {sorted(EVALUATIONS)}")
+    _need(cfg, "out")
     metrics, table, out = EVALUATIONS[cfg.metric](cfg)
     path = write_metrics(out, metrics, table)
     print(table)

@@ -235,7 +235,8 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
         results = out / "crw" / f"results_{folder}"
         run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", *arguments, log=log,
                  threads=1)
-        run_tool("evaluate", "metric=davis", f"davis_root={davis_root}", "split=demo", f"results={results}", log=log)
+        run_tool("evaluate", "metric=davis", f"davis_root={davis_root}", "split=demo", f"results={results}",
+                 f"out={results}", log=log)
         metrics = read_metrics(results)
         rows.append({"features": name, **{k: metrics[k] for k in ("J&F-Mean", "J-Mean", "F-Mean")}})
     written = overlays(davis_root, out / "crw" / "results_checkpoint", out / "crw", "synthetic", split="demo")

@@ -40,9 +40,10 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,96 @@ class RunLog:
         self.tensorboard.close()
         self._csv.close()
         self._text.close()
+
+
+class SkippedFiles:
+    """The bad files a run met, each decided once: logged once with its reason, counted, listed in a CSV.
+
+    A sample names the bad files replaced for it (``skipped_files``: ``path<TAB>segment<TAB>reason`` lines,
+    see `vidssl.datasets.dataset`); `note` collects them from a batch. `merge` (every rank at the same
+    step) shares the new ones between ranks, logs each once on rank 0, adds it to the dataset's
+    ``failures`` (so the next epoch's workers skip it without decoding it again) and rewrites
+    ``RUN/skipped.csv`` (``path,segment,reason``). Files the dataset set aside up front (``loader.index``)
+    are counted and listed, not logged again; a resumed run continues its CSV.
+    """
+
+    COLUMNS = ("path", "segment", "reason")
+
+    def __init__(self, csv_path: Path, dataset: Any, *, resumed: bool) -> None:
+        self.csv_path = csv_path
+        self.dataset = dataset
+        self.files: dict[tuple[str, str], str] = {}  # (path, segment) -> reason
+        self.pending: dict[tuple[str, str], str] = {}
+        failures = getattr(dataset, "failures", None)
+        if resumed and csv_path.exists():
+            with csv_path.open(newline="") as f:
+                self.files.update({(r["path"], r["segment"]): r["reason"] for r in csv.DictReader(f)})
+            if failures is not None:  # decided in the run's earlier part: not decoded again
+                for (path, _), reason in self.files.items():
+                    failures.setdefault(path, reason)
+        listed = {path for path, _ in self.files}
+        for path, reason in (failures or {}).items():  # set aside up front
+            if path not in listed:
+                self.files[(path, "")] = reason
+
+    def note(self, batch: dict[str, Any]) -> None:
+        for text in batch.get("skipped_files", ()):
+            for line in text.splitlines():
+                path, segment, reason = line.split("\t", 2)
+                if (path, segment) not in self.files:
+                    self.pending[(path, segment)] = reason
+
+    def merge(self, world: int, is_main: bool) -> None:
+        new = self.pending
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, new)
+            new = {key: reason for part in gathered for key, reason in part.items()}
+        self.pending = {}
+        new = {key: reason for key, reason in new.items() if key not in self.files}
+        failures = getattr(self.dataset, "failures", None)
+        for (path, segment), reason in new.items():
+            self.files[(path, segment)] = reason
+            if failures is not None:
+                failures.setdefault(path, reason)
+            if is_main:
+                log.warning("skipping bad video %s%s: %s (%d bad files so far)", path,
+                            f" [{segment}]" if segment else "", reason, len(self.files))
+        if new and is_main:
+            self.write()
+
+    def write(self) -> None:
+        with self.csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.COLUMNS)
+            writer.writerows([path, segment, reason] for (path, segment), reason in sorted(self.files.items()))
+
+
+class _TqdmStream:
+    """A console stream whose writes go through ``tqdm.write``: log lines print above the bar, not glued to it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        tqdm.write(text, file=self.stream, end="")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextmanager
+def _console_through_tqdm(enabled: bool) -> Iterator[None]:
+    """While the progress bar shows, the root logger's console handlers write through ``tqdm.write``
+    (their formatters and filters stay as they are)."""
+    handlers = [h for h in logging.getLogger().handlers if enabled and type(h) is logging.StreamHandler
+                and h.stream in (sys.stdout, sys.stderr)]
+    streams = [h.setStream(_TqdmStream(h.stream)) for h in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, streams):
+            handler.setStream(stream)
 
 
 class _StopRequest:
@@ -706,9 +797,12 @@ class Trainer:
         first_step = True
         log_keys: list[str] | None = None
         clips_since_log, time_of_log = 0, time.perf_counter()
-        skipped_total = 0  # bad files this rank met and replaced
+        skipped_total = 0  # clips this rank replaced because their file was bad
+        skipped_files = SkippedFiles(self.out_dir / "skipped.csv", dataset, resumed=step > 0)
+        if is_main and skipped_files.files:
+            skipped_files.write()  # the files set aside up front
         try:
-            with _StopRequest() as stop:
+            with _StopRequest() as stop, _console_through_tqdm(not bar.disable):
                 while step < self.max_steps:
                     if step_start is not None:
                         step_start(step, self.max_steps, make_loader)
@@ -722,6 +816,7 @@ class Trainer:
                     for micro in range(self.accumulate):
                         batch = next(data)
                         skipped += int(batch["skipped"].sum()) if "skipped" in batch else 0
+                        skipped_files.note(batch)
                         batch = move_batch(batch, device, self.channels_last)
                         last_micro = micro == self.accumulate - 1
                         sync = nullcontext() if world == 1 or last_micro else model.no_sync()
@@ -766,7 +861,10 @@ class Trainer:
                         0.9 * smoothed_loss + 0.1 * values["loss"])
                     clips_since_log += self.batch_size * self.accumulate * world
                     bar.update(1)
-                    if step % self.log_every == 0 or step == self.max_steps:
+                    log_now = step % self.log_every == 0 or step == self.max_steps
+                    if world == 1 or log_now:  # under DDP the ranks share their bad files at logging steps
+                        skipped_files.merge(world, is_main)
+                    if log_now:
                         now = time.perf_counter()
                         clips_per_sec = clips_since_log / max(now - time_of_log, 1e-9)
                         clips_since_log, time_of_log = 0, now
@@ -774,8 +872,8 @@ class Trainer:
                             scalars = {f"train/{key}": value for key, value in values.items()}
                             scalars.update({"train/lr": optimizer.param_groups[0]["lr"],
                                             "train/clips_per_sec": clips_per_sec, "train/epoch": epoch})
-                            if skipped:
-                                scalars["train/skipped_videos"] = skipped
+                            if skipped_files.files:  # cumulative: every bad file of the run so far
+                                scalars["train/skipped_videos"] = len(skipped_files.files)
                             run_log.write(step, scalars)
                         bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{clips_per_sec:.1f}")
                         if is_main:
@@ -821,5 +919,8 @@ class Trainer:
                      "none yet" if best["value"] is None else f"{best['value']:.4g}",
                      best_file if best_file.exists() else "not written",
                      f"; {skipped_total} unreadable clips replaced (rank 0)" if skipped_total else "")
+            if skipped_files.files:
+                log.warning("%d bad files skipped in this run, listed with their reasons in %s",
+                            len(skipped_files.files), skipped_files.csv_path)
         return {"step": step, "loss": smoothed_loss, "best": best, "interrupted": interrupted,
                 "checkpoint": str(last)}

@@ -246,3 +246,16 @@ def test_bad_results_name_the_sequence(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="results folder"):
         evaluate_results(root, tmp_path / "nowhere", progress=False)
+
+
+def test_missing_ground_truth_mid_sequence_is_named(tmp_path, caplog):
+    gt = {"alpha": moving_masks(8)}
+    root = write_davis(tmp_path / "davis", gt)
+    results = write_results(tmp_path / "res", gt)
+    lost = sorted((root / "Annotations" / "480p" / "alpha").glob("*.png"))[3]
+    lost.unlink()
+    with caplog.at_level("WARNING", logger="vidssl.eval.davis"):
+        metrics, _, _ = evaluate_results(root, results, progress=False)
+    warned = [r.getMessage() for r in caplog.records if "no ground truth" in r.getMessage()]
+    assert len(warned) == 1 and "'alpha'" in warned[0] and lost.stem in warned[0]
+    assert metrics["J&F-Mean"] == pytest.approx(1.0)

@@ -141,11 +141,12 @@ def test_evaluate_checkpoint_metrics():
         metric="retrieval", encoder=encoder, train_set=train, test_set=test, batch_size=4, ks=(1, 5)
     )
     # The class shifts every pixel by ±2: even a random conv + pooling separates it.
-    assert retrieval == {"R@1": 1.0, "R@5": 1.0}
+    counts = {"train_used": 16, "train_dropped": 0, "test_used": 8, "test_dropped": 0}
+    assert retrieval == {"R@1": 1.0, "R@5": 1.0, **counts}
     linear = evaluate_checkpoint(
         metric="linear", encoder=encoder, train_set=train, test_set=test, batch_size=4, epochs=50, lr=0.05
     )
-    assert linear == {"top1": 1.0}
+    assert linear == {"top1": 1.0, **counts}
     with pytest.raises(ValueError, match="metric"):
         evaluate_checkpoint(metric="knn", encoder=encoder, train_set=train, test_set=test, batch_size=4)
 
@@ -245,7 +246,7 @@ def test_evaluate_cli_ks_context_readout_and_finetune(synthetic_root, tmp_path):
 
     common = ["encoder=r2d3d_18", "encoder.base_width=4", "dataset=synthetic", f"dataset.root={synthetic_root}",
               "checkpoint=random", "batch_size=8"]
-    refused = _evaluate("metric=retrieval", "ks=[1,1000]", *common, cwd=tmp_path)
+    refused = _evaluate("metric=retrieval", "ks=[1,1000]", f"out={tmp_path / 'k'}", *common, cwd=tmp_path)
     assert refused.returncode != 0 and "exceeds the gallery size 56" in refused.stderr
     context = _evaluate("metric=retrieval", "ks=[1,3]", "readout=context", "num_seq=4", f"out={tmp_path / 'r'}",
                         *common, cwd=tmp_path)
@@ -257,6 +258,7 @@ def test_evaluate_cli_ks_context_readout_and_finetune(synthetic_root, tmp_path):
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert 0 <= metrics["top1"] <= 1 and metrics["test_clips"] == 2
+    assert metrics["test_used"] == 24 and metrics["test_dropped"] == 0 and metrics["train_dropped"] == 0
 
 
 def test_finetune_loads_a_dpc_encoder_with_running_statistics(tmp_path):
@@ -273,3 +275,45 @@ def test_finetune_loads_a_dpc_encoder_with_running_statistics(tmp_path):
     assert "bn1.running_mean" not in as_trained.state_dict()
     readout = context_readout(encoder, 5, state, task_config)
     torch.testing.assert_close(readout.aggregators[0].state_dict(), task.aggregator.state_dict())
+
+
+class _WithBad(_ListDataset):
+    """Index `bad` is a file the dataset cannot read: the marker a `VideoDataset(substitute=False)` gives."""
+
+    def __init__(self, videos, labels, bad: int) -> None:
+        super().__init__(videos, labels)
+        self.bad = bad
+
+    def __getitem__(self, i: int) -> dict:
+        if i == self.bad:
+            return {"index": i, "path": f"v{i}.mp4", "label": self.labels[i], "error": "VideoDecodeError: truncated"}
+        return super().__getitem__(i)
+
+
+def test_finetune_leaves_a_bad_video_out_of_training_and_of_every_test_clip():
+    from tiny_encoders import TinyVideoEncoder
+
+    from vidssl.eval.finetune import ContextClassifier, context_readout, finetune
+
+    torch.manual_seed(0)
+    videos, labels = torch.randn(12, 3, 8, 8, 8), [i % 3 for i in range(12)]
+    model = ContextClassifier(context_readout(TinyVideoEncoder(), 2), num_classes=3)
+    # the second test set cannot read video 5: it is scored in neither (its other clip is not used alone)
+    result = finetune(model, _WithBad(videos, labels, bad=2), [_ListDataset(videos, labels),
+                      _WithBad(videos, labels, bad=5)], steps=3, batch_size=4)
+    assert result["train_dropped"] == 1 and result["test_used"] == 11 and result["test_dropped"] == 1
+
+
+def test_two_stream_scores_only_videos_both_streams_read():
+    from vidssl.eval.two_stream import evaluate_two_stream
+
+    torch.manual_seed(0)
+    videos = torch.randn(16, 3, 2, 6, 6) + torch.tensor([2.0, -2.0]).repeat(8)[:, None, None, None, None]
+    labels = [0, 1] * 8
+    rgb = (_ListDataset(videos[:10], labels[:10]), _ListDataset(videos[10:], labels[10:]))
+    flow = (_WithBad(videos[:10], labels[:10], bad=3), _WithBad(videos[10:], labels[10:], bad=0))
+    metrics = evaluate_two_stream(metric="linear", rgb_encoder=_TinyEncoder(), flow_encoder=_TinyEncoder(),
+                                  rgb_sets=rgb, flow_sets=flow, batch_size=4)
+    counts = [metrics[k] for k in ("train_used", "train_dropped", "test_used", "test_dropped")]
+    assert counts == [9, 1, 5, 1]
+    assert metrics["R+F/top1"] == 1.0  # the streams stay aligned video by video after the drop

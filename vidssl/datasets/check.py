@@ -8,8 +8,13 @@ after a full decode. `check_dataset` decodes every file in parallel processes an
 - the decoder logs errors while decoding (concealed corruption; its own messages are kept), or
 - the number of decoded video frames differs from the header's count by more than `FRAME_TOLERANCE`.
 
-It writes a clean manifest of the good entries (``path,label,split[,start,end]``, paths relative to the
-root) and, beside it, ``<out stem>.report.json`` listing every bad file with the decoder's messages.
+It also drops, entry by entry, what cannot serve training: a file (or trimmed segment) shorter than
+``min_frames``, a trimmed row whose segment runs past the end of its file, a file without sound when
+``require_audio`` is set, and a row whose file does not exist (``missing``, from a loader's
+``skip_missing``). It writes a clean manifest of the kept entries (``path,label,split[,start,end]``,
+paths relative to the root), beside it ``<out stem>.report.json`` listing every bad file with the
+decoder's messages and every dropped entry with its reason, and ``classes.csv`` (``index,name``) when
+the layout names its classes.
 `tools/check_dataset.py` is the command-line entry point.
 """
 
@@ -20,7 +25,7 @@ import json
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +34,7 @@ import av.logging
 from tqdm import tqdm
 
 from vidssl.datasets.decode import BACKENDS, VideoDecodeError, VideoReader, probe
+from vidssl.datasets.dataset import segment
 from vidssl.datasets.formats import VideoEntry
 
 FRAME_TOLERANCE = 1  # containers often disagree with the decoder by one frame (edit lists, a trailing frame)
@@ -46,6 +52,8 @@ class CheckResult:
     expected: int | None
     error: str | None
     messages: tuple[str, ...] = ()
+    fps: float | None = None
+    has_audio: bool | None = None
 
 
 def _decode_av(path: Path) -> tuple[int, str | None]:
@@ -77,6 +85,8 @@ def check_file(root: str | os.PathLike, path: str, *, backend: str = "av") -> Ch
     """
     full = Path(root) / path
     expected: int | None = None
+    fps: float | None = None
+    has_audio: bool | None = None
     frames = 0
     error: str | None = None
     previous_level = av.logging.get_level()
@@ -85,7 +95,8 @@ def check_file(root: str | os.PathLike, path: str, *, backend: str = "av") -> Ch
         with warnings.catch_warnings(record=True) as caught, av.logging.Capture(local=False) as logs:
             warnings.simplefilter("always")
             try:
-                expected = probe(full, backend).num_frames
+                meta = probe(full, backend)
+                expected, fps, has_audio = meta.num_frames, meta.fps, meta.has_audio
                 if backend == "av":
                     frames, error = _decode_av(full)
                 else:
@@ -108,6 +119,8 @@ def check_file(root: str | os.PathLike, path: str, *, backend: str = "av") -> Ch
         expected=expected,
         error=error,
         messages=tuple(messages[:MAX_MESSAGES]),
+        fps=fps,
+        has_audio=has_audio,
     )
 
 
@@ -119,6 +132,8 @@ class CheckReport:
     clean: list[VideoEntry]
     manifest: Path
     report: Path
+    dropped: list[dict] = field(default_factory=list)  # {"path", "segment", "reason"} per entry left out
+    classes: Path | None = None
 
     @property
     def bad(self) -> list[CheckResult]:
@@ -149,6 +164,38 @@ def write_manifest(path: str | os.PathLike, entries: Sequence[VideoEntry]) -> No
     os.replace(tmp, path)
 
 
+def entry_problem(entry: VideoEntry, result: CheckResult, *, min_frames: int = 0,
+                  require_audio: bool = False) -> str | None:
+    """Why `entry` cannot serve training given its file's verdict, or None when it can."""
+    if not result.ok:
+        return result.error
+    frames = result.frames
+    if (entry.start is not None or entry.end is not None) and result.fps:
+        first = round((entry.start or 0) * result.fps)
+        last = result.frames if entry.end is None else round(entry.end * result.fps)
+        if last > result.frames + FRAME_TOLERANCE or first >= result.frames:
+            return (f"the segment {segment(entry)} runs past the end of the file "
+                    f"({result.frames} frames, {result.frames / result.fps:.2f} s)")
+        frames = last - first
+    if frames < min_frames:
+        return f"{frames} frames, fewer than min_frames={min_frames}"
+    if require_audio and result.has_audio is False:
+        return "no audio stream (require_audio=true)"
+    return None
+
+
+def write_classes(path: str | os.PathLike, entries: Sequence[VideoEntry]) -> bool:
+    """Write ``index,name`` rows for the labelled entries that carry a class name; False when none does."""
+    names = {e.label: e.label_name for e in entries if e.label >= 0 and e.label_name}
+    if not names:
+        return False
+    with Path(path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "name"])
+        writer.writerows(sorted(names.items()))
+    return True
+
+
 def check_dataset(
     root: str | os.PathLike,
     entries: Sequence[VideoEntry],
@@ -157,6 +204,9 @@ def check_dataset(
     backend: str = "av",
     workers: int = 2,
     progress: bool = True,
+    min_frames: int = 0,
+    require_audio: bool = False,
+    missing: Sequence[str] = (),
 ) -> CheckReport:
     """Decode every file of `entries` fully in `workers` processes; write the clean manifest and a report.
 
@@ -167,8 +217,12 @@ def check_dataset(
         backend: how to decode (one of BACKENDS); "av" also decodes the audio stream.
         workers: decoding processes (each decodes single-threaded).
         progress: show a progress bar.
+        min_frames: drop files (trimmed rows: segments) with fewer frames (0: keep all).
+        require_audio: drop files without an audio stream.
+        missing: paths the loader dropped because they do not exist (listed in the report).
     Returns:
-        A CheckReport; entries whose file is bad are left out of the clean manifest.
+        A CheckReport; entries that cannot serve (see `entry_problem`) are left out of the clean manifest
+        and listed in the report; ``classes.csv`` beside the manifest maps label indices to names.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
@@ -190,12 +244,22 @@ def check_dataset(
             bar.update()
     bar.close()
     ordered = [results[p] for p in paths]
-    clean = [e for e in entries if results[e.path].ok]
+    clean, dropped = [], [{"path": p, "segment": "", "reason": "the file does not exist"} for p in missing]
+    for e in entries:
+        problem = entry_problem(e, results[e.path], min_frames=min_frames, require_audio=require_audio)
+        if problem is None:
+            clean.append(e)
+        else:
+            dropped.append({"path": e.path, "segment": segment(e), "reason": problem})
     write_manifest(out, clean)
+    classes = out.with_name("classes.csv")
+    if not write_classes(classes, entries):
+        classes = None
     report = report_path_for(out)
     bad = [asdict(r) for r in ordered if not r.ok]
-    summary = {"root": str(root), "backend": backend, "checked": len(ordered), "bad": len(bad), "files": bad}
+    summary = {"root": str(root), "backend": backend, "checked": len(ordered), "bad": len(bad), "files": bad,
+               "dropped_entries": dropped}
     tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, report)
-    return CheckReport(results=ordered, clean=clean, manifest=out, report=report)
+    return CheckReport(results=ordered, clean=clean, manifest=out, report=report, dropped=dropped, classes=classes)

@@ -6,17 +6,23 @@ One sample is a dict (see docs/internals.md)::
      "video2": float C×T×H×W,            # views=2 only: an independent augmentation of the same frames
      "audio":  float 1×n_mels×frames,    # audio configured only: log-mel of the clip's time span
      "has_audio": bool,                  # audio configured only (False: silent input, see require_audio)
-     "index": int, "path": str, "label": int, "skipped": int}
+     "index": int, "path": str, "label": int, "skipped": int,
+     "skipped_files": str}               # the bad files replaced for this sample, one line each
 
 Every random choice of a sample comes from a ``torch.Generator`` seeded with (seed, epoch, index), so a
 sample does not depend on which worker loads it or on what was loaded before: resuming a run needs only
 the sampler's position, never a replay of the batches already seen.
 
 A file that fails (corrupt, truncated, empty, not a video, shorter than the clip, no audio where audio
-is required) is logged once, counted in ``failures``, and replaced by another index drawn from the same
-generator; ``skipped`` in the sample says how many bad files were met producing it, so a training loop
-can report the count even when workers live in other processes. After ``max_failures`` bad draws in a
-row the dataset stops with an error instead of looping forever.
+is required) is recorded in ``failures`` (path -> reason) and replaced by another index drawn from the
+same generator; ``skipped`` in the sample says how many bad files were met producing it and
+``skipped_files`` names them (``path<TAB>segment<TAB>reason`` lines), so that the training loop, which
+sees the samples of every worker, logs each bad file once per run and counts them (`vidssl.engine`).
+After ``max_failures`` bad draws in a row the dataset stops with an error instead of looping forever.
+
+Evaluation must never score one clip in place of another: with ``substitute=False`` a bad file gives a
+marker sample ``{"index", "path", "label", "error": reason}`` instead, and `collate_kept` leaves it out
+of the batch and lists it under ``"dropped"``, so the evaluation knows which videos it did not score.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from vidssl.datasets.decode import VideoDecodeError, VideoReader
 from vidssl.datasets.formats import VideoEntry
@@ -36,10 +42,19 @@ from vidssl.datasets.sampling import ClipTooShortError, clip_time_span
 log = logging.getLogger(__name__)
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+NO_AUDIO = "no audio stream, and audio is required (loader.require_audio=false gives silence instead)"
 
 
 class BadSampleError(RuntimeError):
     """Too many bad files were met in a row: the dataset cannot produce a sample."""
+
+
+def segment(entry: VideoEntry) -> str:
+    """``start-end s`` of a trimmed row (``end``: to the end of the file); empty for a whole file."""
+    if entry.start is None and entry.end is None:
+        return ""
+    end = "end" if entry.end is None else f"{entry.end:g}"
+    return f"{entry.start or 0:g}-{end} s"
 
 
 def sample_seed(seed: int, epoch: int, index: int, attempt: int = 0) -> int:
@@ -83,6 +98,9 @@ class VideoDataset(Dataset):
         modality: "rgb", or "flow" for entries that are flow folders (``dataset.modality=flow``): the
             transform is replaced by its flow version (`vidssl.datasets.flow.for_flow`: no colour
             jitter, a flip negates x).
+        substitute: a bad file is replaced by another drawn index (True: training) or gives a marker
+            sample with its ``error`` that `collate_kept` drops (False: evaluation, which must not score
+            one clip in place of another).
     """
 
     def __init__(
@@ -104,6 +122,7 @@ class VideoDataset(Dataset):
         max_failures: int = 50,
         index: str | Path | None = None,
         modality: str = "rgb",
+        substitute: bool = True,
     ) -> None:
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")
@@ -136,28 +155,41 @@ class VideoDataset(Dataset):
         self.frames_fps = frames_fps
         self.seed = seed
         self.max_failures = max_failures
+        self.substitute = substitute
         self.epoch = 0
         self.failures: dict[str, str] = {}  # path -> reason, in this process
         if index is not None:
             self._screen(Path(index))
 
     def _screen(self, index: Path) -> None:
-        """Mark unreadable and too-short files as failures up front, from the (cached) metadata index."""
+        """Set aside, from the (cached) metadata index, the files that cannot serve the task: unreadable,
+        shorter than the sampler's span, or without sound where audio is required. One line says how many
+        and why."""
         from vidssl.datasets.index import build_index
 
         files = [e.path for e in self.entries if not (self.root / e.path).is_dir()]
         metas = build_index(self.root, files, index, backend=self.backend)
         span = getattr(self.sampler, "span", 1)
+        kinds: dict[str, int] = {}
         for path, meta in metas.items():
             if isinstance(meta, str):
-                self.failures[path] = meta
+                kind, reason = "unreadable", meta
             elif meta.num_frames < span:
-                self.failures[path] = f"{meta.num_frames} frames, but a clip spans {span}"
+                kind, reason = "too short", f"{meta.num_frames} frames, but a clip spans {span}"
+            elif self.audio is not None and self.require_audio and not meta.has_audio:
+                kind, reason = "without audio", NO_AUDIO
+            else:
+                continue
+            self.failures[path] = reason
+            kinds[kind] = kinds.get(kind, 0) + 1
         if self.failures:
-            log.warning("%d of %d videos set aside by the index %s, e.g. %s", len(self.failures),
-                        len(self.entries), index, dict(list(self.failures.items())[:3]))
+            log.warning("set aside %d of %d videos before training (%s; index %s), e.g. %s", len(self.failures),
+                        len(self.entries), ", ".join(f"{n} {kind}" for kind, n in kinds.items()), index,
+                        dict(list(self.failures.items())[:3]))
         if len(self.failures) == len(self.entries):
-            raise BadSampleError(f"no usable video under {self.root}: {dict(list(self.failures.items())[:3])}")
+            hint = (" No video has sound: pass loader.require_audio=false to train on silence."
+                    if kinds.get("without audio") else "")
+            raise BadSampleError(f"no usable video under {self.root}: {dict(list(self.failures.items())[:3])}.{hint}")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -173,6 +205,7 @@ class VideoDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
         candidate = index
+        met: list[VideoEntry] = []  # the bad files met producing this sample
         for skipped in range(self.max_failures):
             entry = self.entries[candidate]
             if entry.path not in self.failures:
@@ -181,8 +214,12 @@ class VideoDataset(Dataset):
                 except (VideoDecodeError, ClipTooShortError, OSError) as err:  # a bug elsewhere still raises
                     self._record_failure(entry.path, err)
                 else:
-                    sample.update(index=candidate, path=entry.path, label=entry.label, skipped=skipped)
+                    sample.update(index=candidate, path=entry.path, label=entry.label, skipped=skipped,
+                                  skipped_files=self._describe(met))
                     return sample
+            if not self.substitute:
+                return {"index": index, "path": entry.path, "label": entry.label, "error": self.failures[entry.path]}
+            met.append(entry)
             # Draw the replacement from the sample's own generator: deterministic for resume.
             candidate = int(torch.randint(0, len(self.entries), (), generator=generator))
         raise BadSampleError(
@@ -190,9 +227,16 @@ class VideoDataset(Dataset):
             f"{len(self.failures)} bad files so far, e.g. {dict(list(self.failures.items())[:3])}"
         )
 
+    def _describe(self, entries: list[VideoEntry]) -> str:
+        """The bad files met, one ``path<TAB>segment<TAB>reason`` line each (segment: ``start-end`` seconds of
+        a trimmed row, else empty): a string, so that ``default_collate`` passes it from the workers."""
+        return "\n".join(f"{e.path}\t{segment(e)}\t{self.failures[e.path]}".replace("\n", " ") for e in entries)
+
     def _record_failure(self, path: str, err: Exception) -> None:
+        # Logged by whoever collects the samples (the training loop, the evaluation), once per run: a
+        # worker process here only knows its own share of the files.
         self.failures[path] = f"{type(err).__name__}: {err}"
-        log.warning("skipping bad video %s: %s (%d bad so far)", path, err, len(self.failures))
+        log.debug("bad video %s: %s", path, err)
 
     def _reader(self, entry: VideoEntry) -> VideoReader:
         path = self.root / entry.path
@@ -227,7 +271,19 @@ class VideoDataset(Dataset):
         if reader.has_audio:
             waveform = reader.get_audio(start, duration, self.audio_rate)
         elif self.require_audio:
-            raise VideoDecodeError(self.root / entry.path, "no audio stream, and audio is required")
+            raise VideoDecodeError(self.root / entry.path, NO_AUDIO)
         else:
             waveform = torch.zeros(1, int(round(duration * self.audio_rate)))
         return {"audio": self.audio(waveform), "has_audio": bool(reader.has_audio)}
+
+
+def collate_kept(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Collate the good samples; list the marker samples of bad files (``substitute=False``) under "dropped".
+
+    Outputs: ``default_collate`` of the samples without an ``error`` (no other key when none is left),
+    plus ``"dropped": [(index, path, reason), ...]``.
+    """
+    kept = [s for s in samples if "error" not in s]
+    batch: dict[str, Any] = default_collate(kept) if kept else {}
+    batch["dropped"] = [(s["index"], s["path"], s["error"]) for s in samples if "error" in s]
+    return batch

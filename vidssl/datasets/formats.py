@@ -18,10 +18,11 @@ from __future__ import annotations
 import csv
 import functools
 import inspect
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,15 @@ class VideoEntry:
     split: str = "train"
     start: float | None = None  # seconds; optional trimming of the video
     end: float | None = None
+    # the class name behind `label` where the layout has one (check_dataset writes the name <-> index map)
+    label_name: str = field(default="", compare=False)
 
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv",
 )
 
+log = logging.getLogger(__name__)
 _SHOWN_MISSING = 5  # how many missing paths an error message lists
 
 
@@ -99,11 +103,16 @@ def _existing_dir(root: str | Path) -> Path:
     return root
 
 
-def _check_exist(root: Path, entries: list[VideoEntry], source: str | Path) -> list[VideoEntry]:
+def _check_exist(root: Path, entries: list[VideoEntry], source: str | Path, *,
+                 skip_missing: bool = False) -> list[VideoEntry]:
     missing = [e.path for e in entries if not (root / e.path).exists()]
-    if missing:
+    if missing and not skip_missing:
         raise MissingFilesError(source, missing, len(entries))
-    return entries
+    if missing:
+        log.warning("%s: dropped %d of %d rows whose file does not exist (skip_missing), e.g. %s", source,
+                    len(missing), len(entries), ", ".join(missing[:_SHOWN_MISSING]))
+    gone = set(missing)
+    return [e for e in entries if e.path not in gone]
 
 
 def _eval_split(split: str | None) -> str | None:
@@ -190,7 +199,8 @@ def folder(
         for item in sorted(class_dir.iterdir()):
             is_video = item.is_dir() if frame_dirs else (item.is_file() and item.suffix.lower() in wanted)
             if is_video:
-                entries.append(VideoEntry(item.relative_to(root).as_posix(), labels[class_dir.name], split_name))
+                entries.append(VideoEntry(item.relative_to(root).as_posix(), labels[class_dir.name], split_name,
+                                          label_name=class_dir.name))
     if not entries:
         kind = "frame folders" if frame_dirs else f"files with extensions {sorted(wanted)}"
         raise FileNotFoundError(f"folder layout: no {kind} found under {base}/<class>/")
@@ -198,12 +208,15 @@ def folder(
 
 
 @with_modality
-def csv_manifest(root: str | Path, *, manifest: str | Path, split: str | None = None) -> list[VideoEntry]:
+def csv_manifest(root: str | Path, *, manifest: str | Path, split: str | None = None,
+                 skip_missing: bool = False) -> list[VideoEntry]:
     """A CSV manifest with a header naming the columns `path[,label][,split][,start,end]`.
 
     `manifest` is relative to `root` unless absolute; paths in it are relative to `root`. Labels may be
     integers (kept as they are) or class names (mapped to the index of the name in sorted order); an
     empty label is -1. A missing `split` column or cell means `train`; `start`/`end` are seconds.
+    A row whose file does not exist is an error (`MissingFilesError`), or with `skip_missing=True` is
+    dropped with one warning naming the count and the first paths.
 
     Outputs: entries in manifest order, those of `split` only unless it is None.
     """
@@ -239,10 +252,11 @@ def csv_manifest(root: str | Path, *, manifest: str | Path, split: str | None = 
         start, end = (_float_or_none(r.get(k, ""), manifest, line, k) for k in ("start", "end"))
         if start is not None and end is not None and end <= start:
             raise DatasetLayoutError(f"{manifest}:{line}: end {end} is not after start {start}")
-        entry = VideoEntry(r["path"], label, r.get("split", "") or "train", start, end)
+        entry = VideoEntry(r["path"], label, r.get("split", "") or "train", start, end,
+                           label_name=label_text if names else "")
         if split is None or entry.split == split:
             entries.append(entry)
-    return _check_exist(root, entries, manifest)
+    return _check_exist(root, entries, manifest, skip_missing=skip_missing)
 
 
 def _is_int(text: str) -> bool:
@@ -312,7 +326,8 @@ def ucf101(
             class_name = rel.split("/")[0].lower()
             if "/" not in rel or class_name not in classes:
                 raise DatasetLayoutError(f"{path}:{line}: {rel!r} is not '<Class>/<video>' of a class in classInd.txt")
-            entries.append(VideoEntry(_join(video_dir, rel), classes[class_name], split_name))
+            entries.append(VideoEntry(_join(video_dir, rel), classes[class_name], split_name,
+                                      label_name=rel.split("/")[0]))
     return _check_exist(root, entries, lists)
 
 
@@ -352,7 +367,8 @@ def hmdb51(
                 raise DatasetLayoutError(f"{path}:{line}: expected '<video> <0|1|2>', got {text!r}")
             split_name = split_ids.get(parts[1])
             if split_name is not None and wanted in (None, split_name):
-                entries.append(VideoEntry(_join(video_dir, f"{class_name}/{parts[0]}"), labels[class_name], split_name))
+                entries.append(VideoEntry(_join(video_dir, f"{class_name}/{parts[0]}"), labels[class_name], split_name,
+                                          label_name=class_name))
     return _check_exist(root, entries, lists)
 
 
@@ -412,7 +428,8 @@ def kinetics(
                 missing.append(f"{videos.format(split=name)}/{stem}.mp4")
                 continue
             label = labels[r["label"]] if r.get("label") else -1
-            entries.append(VideoEntry(index[stem], label, "val" if name == "test" else name))
+            entries.append(VideoEntry(index[stem], label, "val" if name == "test" else name,
+                                      label_name=r.get("label") or ""))
     if missing and not skip_missing:
         raise MissingFilesError(root / annotations.format(split=requested[0]), missing, total)
     return entries
@@ -467,7 +484,7 @@ def vggsound(
         if found is None:
             missing.append(_join(video_dir, f"{stems[0]}.mp4"))
         else:
-            entries.append(VideoEntry(found, labels[label], split_name))
+            entries.append(VideoEntry(found, labels[label], split_name, label_name=label))
     if missing and not skip_missing:
         raise MissingFilesError(path, missing, total)
     return entries

@@ -6,6 +6,8 @@ Follows the official davis2017-evaluation toolkit:
   counts as background, as the toolkit reads it;
 - the evaluated frames are the ground-truth annotated frames without the first (it is given as input)
   and the last one (``annotations[1:-1]``); every one needs a result PNG of the same name and size;
+  a frame between the first and last annotation without ground truth is not scored, and a warning
+  names it (DAVIS annotates every frame, so a gap is usually a lost file);
 - J is the IoU of an object's result and ground-truth masks (1 when both are empty);
 - F is the F-measure of boundary precision and recall: 1-pixel boundary maps (`boundary_map`, the
   toolkit's ``_seg2bmap``), a boundary pixel is matched when the other mask's boundary lies within
@@ -24,6 +26,7 @@ table is the per-object one and the per-sequence table averages a sequence's obj
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +39,8 @@ from vidssl.datasets.formats import davis, read_mask
 
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 VOID = 255
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,6 +178,14 @@ def _read_sequence(name: str, gt_paths: Sequence[Path], results_dir: Path) -> tu
     return np.stack(gts), np.stack(results)
 
 
+def unannotated_frames(frames: Sequence[Path], annotations: Sequence[Path]) -> list[str]:
+    """The frames between a sequence's first and last annotation that have no ground truth of their own."""
+    annotated = {a.stem for a in annotations}
+    stems = [f.stem for f in frames]
+    inside = [s for s in stems if annotations[0].stem <= s <= annotations[-1].stem]
+    return [s for s in inside if s not in annotated]
+
+
 def _write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -210,6 +223,12 @@ def evaluate_results(
         if len(seq.annotations) < 3:
             raise ValueError(f"sequence {seq.name!r}: {len(seq.annotations)} ground-truth annotations; the "
                              f"evaluation skips the first and the last, so it needs at least 3")
+        gaps = unannotated_frames(seq.frames, seq.annotations)
+        if gaps:
+            # DAVIS annotates every frame: a gap is usually a lost file, and those frames go unscored
+            named = ", ".join(gaps[:10]) + (" ..." if len(gaps) > 10 else "")
+            log.warning("sequence %r: %d frames between its first and last annotation have no ground truth and "
+                        "are not evaluated: %s", seq.name, len(gaps), named)
         first = read_mask(seq.annotations[0])
         num_objects = int(np.where(first == VOID, 0, first).max())
         gt, result = _read_sequence(seq.name, seq.annotations[1:-1], results_dir)

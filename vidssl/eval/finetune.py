@@ -16,6 +16,7 @@ class is the argmax of the softmax averaged over several of its clips.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +25,16 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from vidssl.checkpoint import RANDOM, RANDOM_INIT_SEED, load_checkpoint, load_encoder
+from vidssl.datasets.dataset import collate_kept
 from vidssl.encoders.heads import ConvGRU, orthogonal_init_
 
 READOUTS = ("encoder", "context")
 AGGREGATORS = ("aggregator", "aggregator_backward")  # the task's forward and backward ConvGRU
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,19 +173,23 @@ class ContextClassifier(nn.Module):
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, *, shuffle: bool, seed: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=default_collate, drop_last=shuffle,
+                      collate_fn=collate_kept, drop_last=shuffle,
                       generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: int,
-                   device: torch.device) -> tuple[dict[int, Tensor], dict[int, int]]:
-    probs, labels = {}, {}
+def _probabilities(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
+                   ) -> tuple[dict[int, Tensor], dict[int, int], dict[str, str]]:
+    """Softmax and label per dataset index of the good clips, and `{path: reason}` of the bad ones dropped."""
+    probs, labels, dropped = {}, {}, {}
     for batch in _loader(dataset, batch_size, num_workers, shuffle=False, seed=0):
+        dropped.update({path: reason for _, path, reason in batch["dropped"]})
+        if "video" not in batch:
+            continue
         out = torch.softmax(model(batch["video"].to(device)).float(), dim=1).cpu()
         for index, label, p in zip(batch["index"].tolist(), batch["label"].tolist(), out):
             probs[index], labels[index] = p, label
-    return probs, labels
+    return probs, labels, dropped
 
 
 def finetune(
@@ -196,17 +204,19 @@ def finetune(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """Fine-tune every parameter of `model` on `train_set`, then test on `test_sets`.
 
     Training: Adam (L2 weight decay on every parameter, as the official `eval/test.py`) for `steps`
     batches of randomly drawn, augmented clips (epochs as needed), cross-entropy on the labels.
     Test: every test set holds one clip per video (e.g. `PositionedSampler` at `clip_positions(n)`); a video's
-    prediction is the argmax of its softmax averaged over the sets.
+    prediction is the argmax of its softmax averaged over the sets. A bad file (a `VideoDataset` with
+    `substitute=False`) is dropped from its batch, never replaced; a test video bad in any set is left out.
 
     Inputs: samples `{"video": C×(num_seq·L)×H×W, "label": int, "index": int}`; labels in 0..K-1.
     Outputs: `{"top1"` (multi-clip), `"top1_one_clip"` (the middle test set alone), `"train_loss_first"`,
-    `"train_loss_last"` (mean of the first / last 10 steps)}.
+    `"train_loss_last"` (mean of the first / last 10 steps), `"train_dropped"` (bad training videos met),
+    `"test_used"` (videos scored), `"test_dropped"` (bad test videos left out)}.
     """
     if steps < 1 or batch_size < 1 or not test_sets:
         raise ValueError(f"finetune needs steps >= 1, batch_size >= 1 and a test set, got {steps}, "
@@ -215,12 +225,19 @@ def finetune(
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
+    train_dropped: dict[str, str] = {}
     epoch = 0
     with torch.enable_grad():
         while len(losses) < steps:
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
             for batch in _loader(train_set, batch_size, num_workers, shuffle=True, seed=seed + epoch):
+                for _, path, reason in batch["dropped"]:
+                    if path not in train_dropped:
+                        log.warning("fine-tuning drops bad video %s: %s", path, reason)
+                    train_dropped[path] = reason
+                if "video" not in batch or len(batch["video"]) < 2:  # batch norm needs two clips to train
+                    continue
                 labels = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
                 if (labels < 0).any():
                     raise ValueError("finetune needs labelled videos (a manifest with a `label` column)")
@@ -233,13 +250,19 @@ def finetune(
                     break
             else:
                 if not losses:
-                    raise ValueError(f"finetune: the training set has fewer than batch_size={batch_size} videos")
+                    raise ValueError(f"finetune: the training set has fewer than batch_size={batch_size} readable "
+                                     f"videos ({len(train_dropped)} bad)")
             epoch += 1
     model.eval()
     per_clip = [_probabilities(model, test_set, batch_size, num_workers, device) for test_set in test_sets]
+    test_dropped = {path: reason for _, _, dropped in per_clip for path, reason in dropped.items()}
+    for path, reason in test_dropped.items():
+        log.warning("evaluation drops bad video %s: %s", path, reason)
+    videos = sorted(set.intersection(*(set(probs) for probs, _, _ in per_clip)))
+    if not videos:
+        raise ValueError(f"finetune: no test video could be read ({len(test_dropped)} bad)")
     labels = per_clip[0][1]
-    videos = sorted(labels)
-    mean = torch.stack([torch.stack([probs[v] for probs, _ in per_clip]).mean(0) for v in videos])
+    mean = torch.stack([torch.stack([probs[v] for probs, _, _ in per_clip]).mean(0) for v in videos])
     target = torch.tensor([labels[v] for v in videos])
     centre = torch.stack([per_clip[len(per_clip) // 2][0][v] for v in videos])
     return {
@@ -247,4 +270,7 @@ def finetune(
         "top1_one_clip": (centre.argmax(1) == target).float().mean().item(),
         "train_loss_first": sum(losses[:10]) / len(losses[:10]),
         "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+        "train_dropped": len(train_dropped),
+        "test_used": len(videos),
+        "test_dropped": len(test_dropped),
     }

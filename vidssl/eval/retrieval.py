@@ -7,51 +7,87 @@ the val/test split holds the queries.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
+from vidssl.datasets.dataset import collate_kept
 from vidssl.encoders import pool
+
+log = logging.getLogger(__name__)
+
+
+class ClipFeatures(NamedTuple):
+    """What `extract_clips` read: features N×D, labels N and dataset indices N of the clips it scored,
+    and the `(index, path, reason)` of every bad clip it dropped."""
+
+    features: Tensor
+    labels: Tensor
+    indices: Tensor
+    dropped: list[tuple[int, str, str]]
 
 
 @torch.no_grad()
-def extract_features(
+def extract_clips(
     encoder: nn.Module,
     dataset: Dataset,
     *,
     batch_size: int,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
-) -> tuple[Tensor, Tensor]:
-    """Pooled encoder features and class labels of every sample of `dataset`, in dataset order.
+) -> ClipFeatures:
+    """Pooled encoder features of every good sample of `dataset`, in dataset order; bad ones are dropped.
 
     The dataset decides the clip (for evaluation: a sampler with `random=False` and `EvalTransform`,
-    so every video gives its centred clip). The encoder is moved to `device` and run in eval mode;
-    its previous train/eval mode is restored afterwards.
+    so every video gives its centred clip). A `VideoDataset` built with `substitute=False` gives a
+    marker for a file it cannot read: that video is left out and listed in `dropped` (and logged), never
+    replaced by another. The encoder is moved to `device` and run in eval mode; its previous train/eval
+    mode is restored afterwards.
 
-    Inputs: samples `{"video": C×T×H×W, "label": int, ...}`.
-    Outputs: `(features N×D float32 on the CPU, labels N int64)`.
+    Inputs: samples `{"video": C×T×H×W, "label": int, "index": int (optional), ...}`.
+    Outputs: `ClipFeatures(features N×D float32 on the CPU, labels N int64, indices N int64, dropped)`.
     """
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=default_collate
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_kept
     )
     was_training = encoder.training
     encoder.to(device).eval()
-    feats, labels = [], []
+    feats, labels, indices, dropped = [], [], [], []
     try:
-        for batch in loader:
+        for start, batch in zip(range(0, len(dataset), batch_size), loader):
+            dropped += batch["dropped"]
+            if "video" not in batch:
+                continue
             video = batch["video"].to(device, non_blocking=True)
             feats.append(pool(encoder(video)).float().cpu())  # (B, D)
             labels.append(torch.as_tensor(batch["label"], dtype=torch.long))
+            # a dataset without an "index" key never drops, so its batch holds positions start...
+            indices.append(torch.as_tensor(batch["index"]) if "index" in batch
+                           else torch.arange(start, start + video.shape[0]))
     finally:
         encoder.train(was_training)
+    for index, path, reason in dropped:
+        log.warning("evaluation drops bad video %s (entry %d): %s", path, index, reason)
     if not feats:
-        raise ValueError(f"extract_features: the dataset {dataset!r} yielded no samples")
-    return torch.cat(feats), torch.cat(labels)
+        raise ValueError(f"extract_features: the dataset {dataset!r} yielded no samples"
+                         + (f" ({len(dropped)} bad videos dropped)" if dropped else ""))
+    return ClipFeatures(torch.cat(feats), torch.cat(labels), torch.cat(indices).long(), dropped)
+
+
+def extract_features(encoder: nn.Module, dataset: Dataset, **options: Any) -> tuple[Tensor, Tensor]:
+    """`(features N×D, labels N)` of `extract_clips` (same options): the good samples, in dataset order."""
+    clips = extract_clips(encoder, dataset, **options)
+    return clips.features, clips.labels
+
+
+def clip_counts(split: str, clips: ClipFeatures) -> dict[str, int]:
+    """`{"<split>_used": clips scored, "<split>_dropped": bad videos left out}` for metrics.json."""
+    return {f"{split}_used": int(clips.features.shape[0]), f"{split}_dropped": len(clips.dropped)}
 
 
 def _check_labelled(name: str, feats: Tensor, labels: Tensor) -> None:
@@ -163,33 +199,25 @@ def evaluate_checkpoint(
     lr: float = 0.01,
     weight_decay: float = 1e-4,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """Retrieval recall or linear-probe accuracy of `encoder` (train split = gallery, test = queries).
 
     `tools/evaluate.py` builds the encoder (`vidssl.checkpoint.load_encoder`, or random init) and the
     two evaluation datasets; this function extracts features and scores them.
 
-    Outputs: `{"R@1", "R@5", "R@10", "R@20"}` (retrieval, per `ks`) or `{"top1"}` (linear), in [0, 1].
+    Outputs: `{"R@1", "R@5", "R@10", "R@20"}` (retrieval, per `ks`) or `{"top1"}` (linear), in [0, 1],
+    then the clips scored and the bad videos dropped per split (`clip_counts`: `train_used`, `train_dropped`,
+    `test_used`, `test_dropped`).
     """
     if metric not in ("retrieval", "linear"):
         raise ValueError(f"evaluate_checkpoint: metric must be 'retrieval' or 'linear', got {metric!r}")
     if metric == "retrieval":
         check_ks(ks, len(train_set))  # before minutes of feature extraction, not after
-    train_feats, train_labels = extract_features(
-        encoder, train_set, batch_size=batch_size, num_workers=num_workers, device=device
-    )
-    test_feats, test_labels = extract_features(
-        encoder, test_set, batch_size=batch_size, num_workers=num_workers, device=device
-    )
+    train = extract_clips(encoder, train_set, batch_size=batch_size, num_workers=num_workers, device=device)
+    test = extract_clips(encoder, test_set, batch_size=batch_size, num_workers=num_workers, device=device)
     if metric == "retrieval":
-        return retrieval_recall(train_feats, train_labels, test_feats, test_labels, ks=ks)
-    return linear_probe(
-        train_feats,
-        train_labels,
-        test_feats,
-        test_labels,
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-    )
+        scores = retrieval_recall(train.features, train.labels, test.features, test.labels, ks=ks)
+    else:
+        scores = linear_probe(train.features, train.labels, test.features, test.labels,
+                              epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)
+    return {**scores, **clip_counts("train", train), **clip_counts("test", test)}

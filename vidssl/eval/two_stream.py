@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vidssl.eval.retrieval import extract_features, linear_probe, retrieval_recall
+from vidssl.eval.retrieval import extract_clips, linear_probe, retrieval_recall
 
 
 def fuse_features(rgb: Tensor, flow: Tensor, rgb_centre: Tensor | float = 0.0,
@@ -44,29 +44,41 @@ def evaluate_two_stream(
     batch_size: int,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """Retrieval recall or linear-probe accuracy of RGB, flow and R+F (train split = gallery, test = queries).
 
     Args: the (train, test) datasets of each stream. Outputs: `{"rgb/R@1": ..., "flow/R@1": ...,
-    "R+F/R@1": ...}` (retrieval) or `{"rgb/top1", "flow/top1", "R+F/top1"}` (linear).
+    "R+F/R@1": ...}` (retrieval) or `{"rgb/top1", "flow/top1", "R+F/top1"}` (linear), then per split the
+    videos scored and those dropped (bad in either stream): `train_used`, `train_dropped`, `test_used`, `test_dropped`.
     """
     if metric not in ("retrieval", "linear"):
         raise ValueError(f"evaluate_two_stream: metric must be 'retrieval' or 'linear', got {metric!r}")
-    feats: dict[str, list[Tensor]] = {}
+    clips = {name: [extract_clips(encoder, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
+                    for dataset in sets]
+             for name, encoder, sets in (("rgb", rgb_encoder, rgb_sets), ("flow", flow_encoder, flow_sets))}
+    feats: dict[str, list[Tensor]] = {"rgb": [], "flow": []}
     labels: list[Tensor] = []
-    for name, encoder, sets in (("rgb", rgb_encoder, rgb_sets), ("flow", flow_encoder, flow_sets)):
-        feats[name] = []
-        for i, dataset in enumerate(sets):
-            f, y = extract_features(encoder, dataset, batch_size=batch_size, num_workers=num_workers, device=device)
-            feats[name].append(f)
+    counts: dict[str, int] = {}
+    for i, split in enumerate(("train", "test")):
+        rgb, flow = clips["rgb"][i], clips["flow"][i]
+        # a video bad in either stream is left out of both, so the streams score the same videos
+        both = sorted(set(rgb.indices.tolist()) & set(flow.indices.tolist()))
+        if not both:
+            raise ValueError(f"evaluate_two_stream: no {split} video is readable in both streams")
+        for name, c in (("rgb", rgb), ("flow", flow)):
+            rows = {index: row for row, index in enumerate(c.indices.tolist())}
+            keep = torch.tensor([rows[index] for index in both])
+            feats[name].append(c.features[keep])
             if name == "rgb":
-                labels.append(y)
-            elif not torch.equal(y, labels[i]):
+                labels.append(c.labels[keep])
+            elif not torch.equal(c.labels[keep], labels[i]):
                 raise ValueError("the RGB and flow datasets do not list the same videos in the same order")
+        listed = len(rgb.indices) + len(rgb.dropped)
+        counts.update({f"{split}_used": len(both), f"{split}_dropped": listed - len(both)})
     centres = feats["rgb"][0].mean(0), feats["flow"][0].mean(0)  # of the train split
     feats["R+F"] = [fuse_features(r, f, *centres) for r, f in zip(feats["rgb"], feats["flow"])]
     score = retrieval_recall if metric == "retrieval" else linear_probe
     metrics: dict[str, float] = {}
     for name, (train, test) in feats.items():
         metrics.update({f"{name}/{k}": v for k, v in score(train, labels[0], test, labels[1]).items()})
-    return metrics
+    return {**metrics, **counts}
