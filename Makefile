@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
+BENCH_DIR ?= bench_out
 
 LOCK := requirements.lock
 
@@ -45,10 +46,7 @@ test-fast: check-install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(PY) tools/benchmark.py suite=data
-	$(PY) tools/benchmark.py suite=train
-	$(PY) tools/benchmark.py suite=propagate
-	$(PY) tools/benchmark.py suite=sinkhorn
+	for suite in data train propagate sinkhorn flow; do $(PY) tools/benchmark.py suite=$$suite out=$(BENCH_DIR) || exit 1; done
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache
