@@ -69,12 +69,16 @@ def flow_image(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
 
 def read_flow_image(path: str | os.PathLike, bound: float = DEFAULT_BOUND) -> np.ndarray:
     """Read one written flow image back as displacements in pixels: float32 H×W×2 (x, y)."""
-    import cv2
+    # Pillow, not cv2.imread: once decord is imported, its bundled zlib breaks OpenCV's PNG decoder
+    # ("libpng error: bad parameters to zlib"), while OpenCV's PNG and JPEG writers still work.
+    from PIL import Image, UnidentifiedImageError
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise VideoDecodeError(path, "cannot read flow image")
-    return decode_flow(image[..., :2].astype(np.float32), bound)
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise VideoDecodeError(path, f"cannot read flow image: {err}") from err
+    return decode_flow(rgb[..., 2::-1][..., :2].astype(np.float32), bound)  # BGR as written: (x, y)
 
 
 def flow_estimator(method: str = "tvl1", *, dis_preset: str = "medium"):

@@ -25,7 +25,7 @@ class _Anything:
     """Any attribute or call result of a module whose output is never compared."""
 
     def __init__(self, *args, **kwargs) -> None:
-        pass
+        """Takes and ignores any arguments, as the object it stands in for would take them."""
 
     def __call__(self, *args, **kwargs) -> _Anything:
         return _Anything()
@@ -59,7 +59,7 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return module
 
     def exec_module(self, module) -> None:
-        pass
+        """Nothing to execute: every attribute of a stand-in module is made on demand."""
 
 
 def import_videowalk(official: str | Path) -> types.SimpleNamespace:

@@ -17,6 +17,7 @@ expects). Sources:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,8 @@ def run_to_layer(encoder: nn.Module, x: Tensor, layer: str) -> Tensor:
 
     handle = modules[layer].register_forward_hook(keep)
     try:
-        encoder(x)
-    except _Stop:
-        pass
+        with contextlib.suppress(_Stop):  # the hook stops the forward pass once the layer has run
+            encoder(x)
     finally:
         handle.remove()
     if not kept:
