@@ -360,86 +360,6 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
-    def _schedule_settings(self) -> dict[str, Any]:
-        return {"kind": "cosine", "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
-                "min_lr_ratio": self.min_lr_ratio}
-
-    def _report_schedule_change(self, saved: dict[str, Any] | None, step: int) -> None:
-        """Say on the console when a resumed run's LR schedule differs from the one its checkpoint followed.
-
-        The schedule is a function of the step and these settings, so restoring it means restoring the
-        step (done) and following the same settings; when they changed (a longer run, another warmup),
-        the new ones apply from ``step`` on, and the LR jumps: the line gives both multipliers.
-        """
-        now = self._schedule_settings()
-        if saved is None or saved == now:
-            return
-        changes = [f"{key} {saved.get(key)} -> {value}" for key, value in now.items() if saved.get(key) != value]
-        if step >= self.max_steps:
-            log.warning("the resumed run's LR schedule changed (%s)", ", ".join(changes))
-            return
-        old = cosine_schedule(max_steps=saved["max_steps"], warmup_steps=saved["warmup_steps"],
-                              min_ratio=saved["min_lr_ratio"])
-        new = cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps, min_ratio=self.min_lr_ratio)
-        before = old[min(step, len(old) - 1)]
-        log.warning("the resumed run's LR schedule changed (%s): from step %d on the new one applies, the LR "
-                    "multiplier goes from %.4g (the checkpoint's schedule) to %.4g", ", ".join(changes), step,
-                    before, new[step])
-
-    def _load_initial_weights(self, task: nn.Module, config: dict[str, Any] | None, *, quiet: bool) -> None:
-        """Load ``init_from``'s task or encoder weights into ``task``, naming every key that does not fit."""
-        path = self.init_from
-        state = load_checkpoint(path)
-        part = self.init_part
-        if part not in state:
-            raise KeyError(f"trainer.init_from={path} has no {part!r} weights (it holds {sorted(state)}); "
-                           f"{'use trainer.init_part=encoder' if part == 'model' else 'is it a vidssl checkpoint?'}")
-        saved_task = ((state.get("config") or {}).get("task") or {}).get("model") or {}
-        run_task = ((config or {}).get("task") or {}).get("model") or {}
-        if part == "model" and saved_task.get("_target_") and run_task.get("_target_") \
-                and saved_task["_target_"] != run_task["_target_"]:
-            raise ValueError(f"trainer.init_from={path} holds a {saved_task['_target_']} task, this run trains "
-                             f"{run_task['_target_']}: use trainer.init_part=encoder to take its backbone only")
-        target = task if part == "model" else task.encoder
-        weights = state[part]
-        own = target.state_dict()
-        missing = sorted(own.keys() - weights.keys())
-        unexpected = sorted(weights.keys() - own.keys())
-        shapes = sorted(f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own.keys() & weights.keys()
-                        if weights[k].shape != own[k].shape)
-        problems = [f"{name} ({len(keys)}): {', '.join(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch, checkpoint vs run", shapes))
-                    if keys]
-        if problems and self.init_strict:
-            raise RuntimeError(f"trainer.init_from={path}: its {part} weights do not fit this run's "
-                               f"{'task' if part == 'model' else 'encoder'}; " + "; ".join(problems)
-                               + " (trainer.init_strict=false loads what fits)")
-        fitting = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
-        target.load_state_dict(fitting, strict=False)
-        if not quiet:
-            log.info("initialised the %s from %s (%d tensors)%s", part, path, len(fitting),
-                     "; not loaded: " + "; ".join(problems) if problems else "")
-
-    def _log_start(self, task: nn.Module, dataset: Dataset, device: torch.device, world: int, step: int) -> None:
-        """The start summary: what is trained, on what, how, and where it goes."""
-        params = sum(p.numel() for p in task.parameters())
-        trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
-        set_aside = len(getattr(dataset, "failures", {}))
-        clips = f"{len(dataset)} clips" + (f" ({set_aside} set aside as unreadable or too short)" if set_aside else "")
-        per_step = self.batch_size * world * self.accumulate
-        log.info("training %s: %s parameters (%s trainable) on %s, precision %s", type(task).__name__,
-                 f"{params:,}", f"{trainable:,}", device, self.precision)
-        log.info("data: %s; batch %d per process x %d process(es) x %d accumulated = %d clips per step",
-                 clips, self.batch_size, world, self.accumulate, per_step)
-        log.info("steps %d -> %d (warmup %d, cosine to %g x LR); weight decay on %s", step, self.max_steps,
-                 self.warmup_steps, self.min_lr_ratio,
-                 "every parameter" if self.decay_norm_and_bias else "weights only (not biases/norms)")
-        log.info("checkpoints: %s (every %d steps; best.pt by %s, %s is better); scalars: %s/scalars.{csv,txt}",
-                 self.checkpoint_dir, self.checkpoint_every,
-                 "the smoothed training loss" if self.best_metric == "loss" else f"the evaluator's {self.best_metric}",
-                 "lower" if self.best_mode == "min" else "higher", self.out_dir)
-
-
     def fit(
         self,
         task: nn.Module,
@@ -473,6 +393,7 @@ class Trainer:
                 _leave_process_group(finished=finished)
 
     def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank) -> dict[str, Any]:
+        """Set up, resume or start, then loop: one step, its log line, maybe an evaluation, maybe a checkpoint."""
         run = self._setup(task, dataset, optimizer_factory, config, local_rank)
         saved = self.checkpointer.load()
         if saved is not None:
@@ -543,6 +464,40 @@ class Trainer:
         if self.init_from is not None:
             self._load_initial_weights(run.task, run.config, quiet=not run.is_main)
 
+    def _load_initial_weights(self, task: nn.Module, config: dict[str, Any] | None, *, quiet: bool) -> None:
+        """Load ``init_from``'s task or encoder weights into ``task``, naming every key that does not fit."""
+        path = self.init_from
+        state = load_checkpoint(path)
+        part = self.init_part
+        if part not in state:
+            raise KeyError(f"trainer.init_from={path} has no {part!r} weights (it holds {sorted(state)}); "
+                           f"{'use trainer.init_part=encoder' if part == 'model' else 'is it a vidssl checkpoint?'}")
+        saved_task = ((state.get("config") or {}).get("task") or {}).get("model") or {}
+        run_task = ((config or {}).get("task") or {}).get("model") or {}
+        if part == "model" and saved_task.get("_target_") and run_task.get("_target_") \
+                and saved_task["_target_"] != run_task["_target_"]:
+            raise ValueError(f"trainer.init_from={path} holds a {saved_task['_target_']} task, this run trains "
+                             f"{run_task['_target_']}: use trainer.init_part=encoder to take its backbone only")
+        target = task if part == "model" else task.encoder
+        weights = state[part]
+        own = target.state_dict()
+        missing = sorted(own.keys() - weights.keys())
+        unexpected = sorted(weights.keys() - own.keys())
+        shapes = sorted(f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own.keys() & weights.keys()
+                        if weights[k].shape != own[k].shape)
+        problems = [f"{name} ({len(keys)}): {', '.join(keys)}" for name, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch, checkpoint vs run", shapes))
+                    if keys]
+        if problems and self.init_strict:
+            raise RuntimeError(f"trainer.init_from={path}: its {part} weights do not fit this run's "
+                               f"{'task' if part == 'model' else 'encoder'}; " + "; ".join(problems)
+                               + " (trainer.init_strict=false loads what fits)")
+        fitting = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
+        target.load_state_dict(fitting, strict=False)
+        if not quiet:
+            log.info("initialised the %s from %s (%d tensors)%s", part, path, len(fitting),
+                     "; not loaded: " + "; ".join(problems) if problems else "")
+
     def _resume(self, run: _Run, saved: dict[str, Any]) -> None:
         """Continue from ``last.pt``: weights, optimiser (its base LR is kept), scaler, train state and RNGs."""
         last = self.checkpointer.last
@@ -575,6 +530,32 @@ class Trainer:
             log.info("trainer.init_from=%s is not used: the run resumes from its own last.pt", self.init_from)
         self._report_schedule_change(saved.get("scheduler"), run.state.step)
 
+    def _schedule_settings(self) -> dict[str, Any]:
+        return {"kind": "cosine", "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
+                "min_lr_ratio": self.min_lr_ratio}
+
+    def _report_schedule_change(self, saved: dict[str, Any] | None, step: int) -> None:
+        """Say on the console when a resumed run's LR schedule differs from the one its checkpoint followed.
+
+        The schedule is a function of the step and these settings, so restoring it means restoring the
+        step (done) and following the same settings; when they changed (a longer run, another warmup),
+        the new ones apply from ``step`` on, and the LR jumps: the line gives both multipliers.
+        """
+        now = self._schedule_settings()
+        if saved is None or saved == now:
+            return
+        changes = [f"{key} {saved.get(key)} -> {value}" for key, value in now.items() if saved.get(key) != value]
+        if step >= self.max_steps:
+            log.warning("the resumed run's LR schedule changed (%s)", ", ".join(changes))
+            return
+        old = cosine_schedule(max_steps=saved["max_steps"], warmup_steps=saved["warmup_steps"],
+                              min_ratio=saved["min_lr_ratio"])
+        new = cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps, min_ratio=self.min_lr_ratio)
+        before = old[min(step, len(old) - 1)]
+        log.warning("the resumed run's LR schedule changed (%s): from step %d on the new one applies, the LR "
+                    "multiplier goes from %.4g (the checkpoint's schedule) to %.4g", ", ".join(changes), step,
+                    before, new[step])
+
     def _open_records(self, run: _Run, dataset: Dataset) -> None:
         """Rank 0's scalar log, ``config.yaml`` and start summary; the run's bad files; the progress bar."""
         if run.is_main:
@@ -591,6 +572,25 @@ class Trainer:
         run.bar = tqdm(total=self.max_steps, initial=run.state.step, disable=not (self.progress and run.is_main),
                        dynamic_ncols=True, unit="step")
         run.time_of_log = time.perf_counter()
+
+    def _log_start(self, task: nn.Module, dataset: Dataset, device: torch.device, world: int, step: int) -> None:
+        """The start summary: what is trained, on what, how, and where it goes."""
+        params = sum(p.numel() for p in task.parameters())
+        trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
+        set_aside = len(getattr(dataset, "failures", {}))
+        clips = f"{len(dataset)} clips" + (f" ({set_aside} set aside as unreadable or too short)" if set_aside else "")
+        per_step = self.batch_size * world * self.accumulate
+        log.info("training %s: %s parameters (%s trainable) on %s, precision %s", type(task).__name__,
+                 f"{params:,}", f"{trainable:,}", device, self.precision)
+        log.info("data: %s; batch %d per process x %d process(es) x %d accumulated = %d clips per step",
+                 clips, self.batch_size, world, self.accumulate, per_step)
+        log.info("steps %d -> %d (warmup %d, cosine to %g x LR); weight decay on %s", step, self.max_steps,
+                 self.warmup_steps, self.min_lr_ratio,
+                 "every parameter" if self.decay_norm_and_bias else "weights only (not biases/norms)")
+        log.info("checkpoints: %s (every %d steps; best.pt by %s, %s is better); scalars: %s/scalars.{csv,txt}",
+                 self.checkpoint_dir, self.checkpoint_every,
+                 "the smoothed training loss" if self.best_metric == "loss" else f"the evaluator's {self.best_metric}",
+                 "lower" if self.best_mode == "min" else "higher", self.out_dir)
 
     def _batches(self, run: _Run, dataset: Dataset, collate_fn: Callable) -> Iterator[dict[str, Any]]:
         """Batches forever, epoch after epoch, from the train state's (epoch, batch) on, which they advance."""
