@@ -65,7 +65,7 @@ class TrainStep:
         grad_clip: clip the global gradient norm to this (reported as ``grad_norm``); 0 disables.
         channels_last: inputs channels-last (the weights are the caller's: ``to_channels_last``).
         max_steps: the run's length, passed to the task's hook.
-        scaler: the run's ``GradScaler`` (its state is checkpointed); built here when not given.
+    Attributes: ``scaler``, the ``GradScaler`` (enabled under fp16), whose state a run checkpoints.
     Outputs: the task's outputs as floats, averaged, plus ``grad_norm`` when clipping.
     Raises:
         FloatingPointError: the loss is NaN or infinite; the step is not applied.
@@ -73,11 +73,11 @@ class TrainStep:
 
     def __init__(self, task: nn.Module, optimizer: torch.optim.Optimizer, *, device: torch.device,
                  model: nn.Module | None = None, precision: str = "fp32", grad_clip: float = 0.0,
-                 channels_last: bool = False, max_steps: int, scaler: torch.amp.GradScaler | None = None) -> None:
+                 channels_last: bool = False, max_steps: int) -> None:
         self.task, self.optimizer, self.device = task, optimizer, device
         self.model = task if model is None else model
         self.amp_dtype = PRECISIONS[precision]
-        self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.grad_clip, self.channels_last, self.max_steps = grad_clip, channels_last, max_steps
         self.hook = getattr(task, "on_train_step_end", None)
         self.first = True
