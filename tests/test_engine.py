@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from vidssl.checkpoint import load_checkpoint, rng_state, set_rng_state
-from vidssl.engine import Trainer, cosine_schedule, model_config_changes, move_batch
+from vidssl.engine import Trainer, cosine_schedule, move_batch
+from vidssl.run_config import model_config_changes, refuse_changed_model_config
 from vidssl.samplers import ResumableBatchSampler, epoch_permutation
 
 
@@ -150,9 +151,10 @@ def test_resuming_with_a_different_model_config_is_refused(tmp_path):
     # the same weights' shapes, another model: refused, naming what changed
     changed = {**config, "encoder": {"_target_": "toy", "padding_mode": "reflect"}}
     with pytest.raises(ValueError, match=r"different model config \(encoder.padding_mode\)"):
-        make_trainer(tmp_path, max_steps=8).fit(ToyTask(), ToyDataset(), sgd, config=changed)
+        refuse_changed_model_config(tmp_path, changed)
     # a longer run of the same model resumes
     longer = {**config, "trainer": {"max_steps": 8}}
+    refuse_changed_model_config(tmp_path, longer)
     assert make_trainer(tmp_path, max_steps=8).fit(ToyTask(), ToyDataset(), sgd, config=longer)["step"] == 8
 
 

@@ -4,7 +4,8 @@
         trainer.out_dir=RUN [trainer.checkpoint_every=K]
     torchrun --nproc_per_node=2 tools/pretrain.py ...        # the same, distributed (DDP)
 
-Rerunning the same command with the same trainer.out_dir resumes from RUN/checkpoints/last.pt.
+Rerunning the same command with the same trainer.out_dir resumes from RUN/checkpoints/last.pt; a rerun
+whose encoder or task.model config differs from the checkpoint's is refused first, naming the keys.
 Every mandatory key is checked before Hydra starts, and everything is built (every config key checked)
 before the first step runs. RUN/pretrain.log keeps the console's lines, each logged step (also with the
 progress bar on) and the traceback of a failed run; RUN/scalars.{csv,txt} every logged scalar.
@@ -80,7 +81,12 @@ def train(cfg: DictConfig) -> None:
                 handler.addFilter(_NotOnConsole())
     from vidssl.datasets.dataset import VideoDataset
     from vidssl.engine import seed_everything
+    from vidssl.run_config import refuse_changed_model_config
 
+    config = OmegaConf.to_container(cfg, resolve=True)
+    # A run resumed with another model config would load its weights into a different model: refused
+    # before anything is built.
+    refuse_changed_model_config(cfg.trainer.out_dir, config)
     # Cheap and most often mistyped first: trainer arguments, then the dataset listing, then the model.
     trainer = instantiate(cfg.trainer)
     optimizer_factory = instantiate(cfg.optim)
@@ -99,7 +105,7 @@ def train(cfg: DictConfig) -> None:
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)
     task = instantiate(cfg.task.model)
-    summary = trainer.fit(task, dataset, optimizer_factory, config=OmegaConf.to_container(cfg, resolve=True))
+    summary = trainer.fit(task, dataset, optimizer_factory, config=config)
     if summary["interrupted"]:
         print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
 

@@ -10,12 +10,18 @@ cosine LR schedule with warmup, bf16/fp16 autocast, gradient clipping and accumu
 checkpoints with exact resume, a start summary and an end line, every scalar in TensorBoard and in
 ``RUN/scalars.{csv,txt}``, and a progress bar.
 
+The parts, each in its module: `vidssl.train_step.TrainStep` (one optimiser step: autocast, accumulation,
+clipping, the task's hook; the benchmarks time the same one), `vidssl.train_state.TrainState` (step,
+epoch, position, best, RNGs), `vidssl.checkpointer.Checkpointer` (atomic ``step_*/last/best.pt``) and
+`vidssl.run_log` (scalars, bad files). ``fit`` below builds them, restores or starts, then loops: draw
+the step's batches, step, log, maybe evaluate, maybe checkpoint.
+
 Resume: if ``out_dir/checkpoints/last.pt`` exists, ``fit`` continues from it — model, optimiser, scaler,
 every RNG of every rank, the step, and the sampler's (epoch, position). Each sample's randomness lives
 in the dataset, seeded by (seed, epoch, index) (``set_epoch`` is called when the dataset has it), so the
-run continues mid-epoch without reading any batch twice, and with any number of loader workers. A rerun
-whose ``encoder`` or ``task.model`` config differs from the checkpoint's is refused, naming the keys: weights
-of the same shapes would otherwise load into a different model without complaint.
+run continues mid-epoch without reading any batch twice, and with any number of loader workers.
+Whether the checkpoint's model config matches the run's is for the caller to check (`tools/pretrain.py`
+does, with `vidssl.run_config`): weights of the same shapes load into a different model without complaint.
 
 Distributed: launched by torchrun, ``fit`` joins the process group (NCCL on CUDA, gloo on CPU), wraps
 the task in DDP, shards every global batch by rank (``vidssl.samplers``) and leaves logging and
@@ -34,16 +40,14 @@ Several machines (run the same line on each; any free port on the first node)::
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +60,21 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vidssl import distributed
-from vidssl.checkpoint import (
-    atomic_write_bytes,
-    load_checkpoint,
-    prune_step_checkpoints,
-    rng_state,
-    serialize,
-    set_rng_state,
-    step_path,
-)
+from vidssl.checkpoint import atomic_write_bytes, load_checkpoint
+from vidssl.checkpointer import Checkpointer
+from vidssl.run_log import RunLog, SkippedFiles, console_through_tqdm
 from vidssl.samplers import ResumableBatchSampler
+from vidssl.train_state import TrainState
+from vidssl.train_step import PRECISIONS, TrainStep, move_batch, to_channels_last
+
+__all__ = ["PRECISIONS", "SkippedFiles", "Trainer", "cosine_schedule", "move_batch", "param_groups",
+           "seed_everything", "to_channels_last"]
 
 log = logging.getLogger(__name__)
 # The per-step lines: tools/pretrain.py keeps them in the log file only while the progress bar is shown.
 step_log = logging.getLogger(f"{__name__}.steps")
 
 Evaluator = Callable[[nn.Module, int, SummaryWriter | None], dict[str, float]]
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -101,65 +103,6 @@ def cosine_schedule(*, max_steps: int, warmup_steps: int, min_ratio: float = 0.0
         factors.append(min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     return factors
 
-
-def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    """Tensors to ``device`` (floating 4-D/5-D ones channels-last if asked); other fields pass through."""
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if channels_last and value.is_floating_point() and value.ndim in (4, 5):
-                value = value.contiguous(memory_format=_memory_format(value.ndim))
-        moved[key] = value
-    return moved
-
-
-def _memory_format(ndim: int) -> torch.memory_format:
-    return torch.channels_last_3d if ndim == 5 else torch.channels_last
-
-
-def to_channels_last(module: nn.Module) -> nn.Module:
-    """Convolution weights channels-last (3-D convs ``channels_last_3d``), so cuDNN skips transposes.
-
-    ``Module.to(memory_format=...)`` takes one format for every weight and fails on models mixing 2-D
-    and 3-D convolutions (a video and an audio encoder), hence the per-parameter choice.
-    """
-    for param in module.parameters():
-        if param.ndim in (4, 5):
-            param.data = param.data.contiguous(memory_format=_memory_format(param.ndim))
-    return module
-
-
-# The config sections that define the model: a resumed run must match them. Everything else (max_steps,
-# out_dir, the data and its augmentation, logging) may change between a run and its continuation.
-MODEL_SECTIONS = ("encoder", "task.model")
-
-
-def model_config_changes(saved: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
-    """Dotted keys under MODEL_SECTIONS whose values differ between two run configs (sorted).
-
-    A section missing from either config (or a missing config) is not compared.
-    """
-    def flat(node: Any, prefix: str) -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix: node}
-        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}.{key}").items()}
-
-    def find(config: dict[str, Any] | None, path: str) -> Any:
-        for key in path.split("."):
-            if not isinstance(config, dict) or key not in config:
-                return None
-            config = config[key]
-        return config
-
-    changes = []
-    for section in MODEL_SECTIONS:
-        before, after = find(saved, section), find(new, section)
-        if before is None or after is None:
-            continue
-        old, now = flat(before, section), flat(after, section)
-        changes += [k for k in old.keys() | now.keys() if old.get(k, "<absent>") != now.get(k, "<absent>")]
-    return sorted(changes)
 
 
 def param_groups(module: nn.Module, *, decay_norm_and_bias: bool = False) -> list[dict[str, Any]]:
@@ -236,148 +179,39 @@ def _wait_for_idle_gloo_workers(timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def _first_forward(model: nn.Module, batch: dict[str, Any], task: nn.Module) -> dict[str, Any]:
-    """The run's first forward, whose failure most often means a task and an encoder that do not fit."""
-    try:
-        return model(batch)
-    except torch.OutOfMemoryError:
-        raise  # a batch too large, not a mismatch
-    except (RuntimeError, AttributeError, TypeError, KeyError, ValueError) as err:
-        encoder = type(getattr(task, "encoder", None)).__name__
-        shapes = {k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        raise RuntimeError(f"the first training step failed: task {type(task).__name__} with encoder {encoder} on "
-                           f"a batch of {shapes}: {type(err).__name__}: {err} (do the task, its clips and the "
-                           f"encoder fit together? e.g. a 3-D task needs a video encoder)") from err
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-class RunLog:
-    """Rank 0's record of a run's scalars: TensorBoard events, and the same values as text in the run folder.
-
-    ``RUN/scalars.csv`` holds one ``step,name,value`` row per scalar, ``RUN/scalars.txt`` one line per
-    logging step (``step 10 train/loss 0.6931 ...``): greppable, readable without TensorBoard. Both are
-    appended to, so a resumed run continues them (steps after the last checkpoint appear twice, as in
-    TensorBoard).
-    """
-
-    def __init__(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.tensorboard = SummaryWriter(str(out_dir))
-        csv_path = out_dir / "scalars.csv"
-        write_header = not csv_path.exists()
-        self._csv = csv_path.open("a", newline="")
-        self._rows = csv.writer(self._csv)
-        if write_header:
-            self._rows.writerow(["step", "name", "value"])
-        self._text = (out_dir / "scalars.txt").open("a")
-
-    def write(self, step: int, scalars: dict[str, float]) -> None:
-        for name, value in scalars.items():
-            self.tensorboard.add_scalar(name, value, step)
-            self._rows.writerow([step, name, f"{float(value):.8g}"])
-        self._text.write(f"step {step} " + " ".join(f"{k} {float(v):.6g}" for k, v in scalars.items()) + "\n")
-        self._csv.flush()
-        self._text.flush()
-
-    def close(self) -> None:
-        self.tensorboard.close()
-        self._csv.close()
-        self._text.close()
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any process; every process calls it at the same point."""
+    if distributed.world_size() == 1:
+        return flag
+    return bool(distributed.all_reduce_sum(torch.tensor([float(flag)], device=device))[0] > 0)
 
 
-class SkippedFiles:
-    """The bad files a run met, each decided once: logged once with its reason, counted, listed in a CSV.
+@dataclass
+class _Run:
+    """What one ``fit`` call works with: built by ``Trainer._setup``, the records by ``_open_records``."""
 
-    A sample names the bad files replaced for it (``skipped_files``: ``path<TAB>segment<TAB>reason`` lines,
-    see `vidssl.datasets.dataset`); `note` collects them from a batch. `merge` (every rank at the same
-    step) shares the new ones between ranks, logs each once on rank 0, adds it to the dataset's
-    ``failures`` (so the next epoch's workers skip it without decoding it again) and rewrites
-    ``RUN/skipped.csv`` (``path,segment,reason``). Files the dataset set aside up front (``loader.index``)
-    are counted and listed, not logged again; a resumed run continues its CSV.
-    """
-
-    COLUMNS = ("path", "segment", "reason")
-
-    def __init__(self, csv_path: Path, dataset: Any, *, resumed: bool) -> None:
-        self.csv_path = csv_path
-        self.dataset = dataset
-        self.files: dict[tuple[str, str], str] = {}  # (path, segment) -> reason
-        self.pending: dict[tuple[str, str], str] = {}
-        failures = getattr(dataset, "failures", None)
-        if resumed and csv_path.exists():
-            with csv_path.open(newline="") as f:
-                self.files.update({(r["path"], r["segment"]): r["reason"] for r in csv.DictReader(f)})
-            if failures is not None:  # decided in the run's earlier part: not decoded again
-                for (path, _), reason in self.files.items():
-                    failures.setdefault(path, reason)
-        listed = {path for path, _ in self.files}
-        for path, reason in (failures or {}).items():  # set aside up front
-            if path not in listed:
-                self.files[(path, "")] = reason
-
-    def note(self, batch: dict[str, Any]) -> None:
-        for text in batch.get("skipped_files", ()):
-            for line in text.splitlines():
-                path, segment, reason = line.split("\t", 2)
-                if (path, segment) not in self.files:
-                    self.pending[(path, segment)] = reason
-
-    def merge(self, world: int, is_main: bool) -> None:
-        new = self.pending
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, new)
-            new = {key: reason for part in gathered for key, reason in part.items()}
-        self.pending = {}
-        new = {key: reason for key, reason in new.items() if key not in self.files}
-        failures = getattr(self.dataset, "failures", None)
-        for (path, segment), reason in new.items():
-            self.files[(path, segment)] = reason
-            if failures is not None:
-                failures.setdefault(path, reason)
-            if is_main:
-                log.warning("skipping bad video %s%s: %s (%d bad files so far)", path,
-                            f" [{segment}]" if segment else "", reason, len(self.files))
-        if new and is_main:
-            self.write()
-
-    def write(self) -> None:
-        with self.csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.COLUMNS)
-            writer.writerows([path, segment, reason] for (path, segment), reason in sorted(self.files.items()))
-
-
-class _TqdmStream:
-    """A console stream whose writes go through ``tqdm.write``: log lines print above the bar, not glued to it."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        tqdm.write(text, file=self.stream, end="")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-@contextmanager
-def _console_through_tqdm(enabled: bool) -> Iterator[None]:
-    """While the progress bar shows, the root logger's console handlers write through ``tqdm.write``
-    (their formatters and filters stay as they are)."""
-    handlers = [h for h in logging.getLogger().handlers if enabled and type(h) is logging.StreamHandler
-                and h.stream in (sys.stdout, sys.stderr)]
-    streams = [h.setStream(_TqdmStream(h.stream)) for h in handlers]
-    try:
-        yield
-    finally:
-        for handler, stream in zip(handlers, streams):
-            handler.setStream(stream)
+    task: nn.Module
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    train_step: TrainStep
+    config: dict[str, Any] | None
+    world: int
+    is_main: bool
+    lr_factors: list[float]  # the LR multiplier of every step
+    sampler: ResumableBatchSampler
+    state: TrainState
+    run_log: RunLog | None = None  # rank 0 only
+    skipped: SkippedFiles | None = None
+    bar: tqdm | None = None
+    clips_since_log: int = 0
+    time_of_log: float = 0.0
+    replaced_clips: int = 0  # clips this rank replaced because their file was bad
 
 
 class _StopRequest:
@@ -520,36 +354,115 @@ class Trainer:
         self.init_from = None if init_from in (None, "") else Path(init_from)
         self.init_part = init_part
         self.init_strict = init_strict
+        self.checkpointer = Checkpointer(self.checkpoint_dir, keep_last)
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
-    def _schedule_settings(self) -> dict[str, Any]:
-        return {"kind": "cosine", "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
-                "min_lr_ratio": self.min_lr_ratio}
+    def fit(
+        self,
+        task: nn.Module,
+        dataset: Dataset,
+        optimizer_factory: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
+        *,
+        config: dict[str, Any] | None = None,
+        collate_fn: Callable[[Sequence[Any]], Any] = default_collate,
+    ) -> dict[str, Any]:
+        """Train ``task`` for ``max_steps`` steps (or resume a run in ``out_dir`` and finish it).
 
-    def _report_schedule_change(self, saved: dict[str, Any] | None, step: int) -> None:
-        """Say on the console when a resumed run's LR schedule differs from the one its checkpoint followed.
-
-        The schedule is a function of the step and these settings, so restoring it means restoring the
-        step (done) and following the same settings; when they changed (a longer run, another warmup),
-        the new ones apply from ``step`` on, and the LR jumps: the line gives both multipliers.
+        Args:
+            task: the method (``forward(batch) -> {"loss", ...}``, ``encoder``).
+            dataset: map-style dataset of sample dicts (``set_epoch`` is called if it exists).
+            optimizer_factory: parameter groups (``param_groups``) → optimiser (a Hydra partial of AdamW/SGD).
+            config: the resolved run config, stored in every checkpoint and as ``config.yaml``.
+            collate_fn: list of samples → batch.
+        Outputs:
+            {"step", "loss" (smoothed), "best", "interrupted", "checkpoint"}.
+        Raises:
+            FloatingPointError: the loss became NaN/inf; nothing is saved for that step.
         """
-        now = self._schedule_settings()
-        if saved is None or saved == now:
-            return
-        changes = [f"{key} {saved.get(key)} -> {value}" for key, value in now.items() if saved.get(key) != value]
-        if step >= self.max_steps:
-            log.warning("the resumed run's LR schedule changed (%s)", ", ".join(changes))
-            return
-        old = cosine_schedule(max_steps=saved["max_steps"], warmup_steps=saved["warmup_steps"],
-                              min_ratio=saved["min_lr_ratio"])
-        new = cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps, min_ratio=self.min_lr_ratio)
-        before = old[min(step, len(old) - 1)]
-        log.warning("the resumed run's LR schedule changed (%s): from step %d on the new one applies, the LR "
-                    "multiplier goes from %.4g (the checkpoint's schedule) to %.4g", ", ".join(changes), step,
-                    before, new[step])
+        local_rank, joined = _join_process_group()
+        finished = False
+        try:
+            summary = self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank)
+            finished = True
+            return summary
+        finally:
+            if joined:
+                _leave_process_group(finished=finished)
+
+    def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank) -> dict[str, Any]:
+        """Set up, resume or start, then loop: one step, its log line, maybe an evaluation, maybe a checkpoint."""
+        run = self._setup(task, dataset, optimizer_factory, config, local_rank)
+        saved = self.checkpointer.load()
+        if saved is not None:
+            self._resume(run, saved)
+        else:
+            self._start(run)
+        if run.state.step >= self.max_steps:
+            if run.is_main:
+                log.info("already finished at step %d: nothing to do (raise trainer.max_steps to continue)",
+                         run.state.step)
+            return self._summary(run, interrupted=False)
+        self._open_records(run, dataset)
+        make_loader = functools.partial(DataLoader, dataset, batch_size=self.batch_size, collate_fn=collate_fn,
+                                        num_workers=self.num_workers, pin_memory=run.device.type == "cuda")
+        data = self._batches(run, dataset, collate_fn)
+        started, stopped = time.perf_counter(), False
+        try:
+            with _StopRequest() as stop, console_through_tqdm(not run.bar.disable):
+                while run.state.step < self.max_steps and not stopped:
+                    values = self._step(run, data, make_loader)
+                    stopped = _any_rank(stop.requested, run.device)  # all ranks stop (and save) at one step
+                    self._log_step(run, values)
+                    new_best = self._maybe_evaluate(run)
+                    self._maybe_checkpoint(run, new_best, stopping=stopped)
+        finally:
+            data.close()  # shuts the loader's workers down
+            run.bar.close()
+            if run.run_log is not None:
+                run.run_log.close()
+        if run.is_main:
+            self._log_end(run, started, stopped)
+        return self._summary(run, interrupted=stopped)
+
+    def _setup(self, task, dataset, optimizer_factory, config, local_rank) -> _Run:
+        """The device, the task on it (in DDP under torchrun), its optimiser and step, and a fresh train state."""
+        rank, world = distributed.rank(), distributed.world_size()
+        if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        if self.precision == "fp16" and device.type != "cuda":
+            raise ValueError("trainer.precision=fp16 needs a GPU; use bf16 on the CPU")
+        task.to(device)
+        if self.channels_last:
+            to_channels_last(task)
+        optimizer = optimizer_factory(param_groups(task, decay_norm_and_bias=self.decay_norm_and_bias))
+        for group in optimizer.param_groups:
+            # The schedule multiplies the base LR; keep it in the group so it travels with the state.
+            group.setdefault("initial_lr", group["lr"])
+        model = task
+        if world > 1:
+            model = DistributedDataParallel(task, device_ids=[local_rank] if device.type == "cuda" else None,
+                                            find_unused_parameters=self.find_unused_parameters)
+        train_step = TrainStep(task, optimizer, device=device, model=model, precision=self.precision,
+                               grad_clip=self.grad_clip, channels_last=self.channels_last, max_steps=self.max_steps)
+        return _Run(
+            task=task, device=device, optimizer=optimizer, train_step=train_step, config=config, world=world,
+            is_main=rank == 0,
+            lr_factors=cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps,
+                                       min_ratio=self.min_lr_ratio),
+            sampler=ResumableBatchSampler(size=len(dataset), batch_size=self.batch_size, seed=self.seed, rank=rank,
+                                          world_size=world),
+            state=TrainState(best_metric=self.best_metric, samples_per_batch=self.batch_size * world))
+
+    def _start(self, run: _Run) -> None:
+        """A new run: seed this rank, then load ``init_from``'s weights if given."""
+        seed_everything(self.seed + distributed.rank())
+        if self.init_from is not None:
+            self._load_initial_weights(run.task, run.config, quiet=not run.is_main)
 
     def _load_initial_weights(self, task: nn.Module, config: dict[str, Any] | None, *, quiet: bool) -> None:
         """Load ``init_from``'s task or encoder weights into ``task``, naming every key that does not fit."""
@@ -585,6 +498,81 @@ class Trainer:
             log.info("initialised the %s from %s (%d tensors)%s", part, path, len(fitting),
                      "; not loaded: " + "; ".join(problems) if problems else "")
 
+    def _resume(self, run: _Run, saved: dict[str, Any]) -> None:
+        """Continue from ``last.pt``: weights, optimiser (its base LR is kept), scaler, train state and RNGs."""
+        last = self.checkpointer.last
+        try:
+            run.task.load_state_dict(saved["model"])
+        except RuntimeError as err:
+            raise RuntimeError(f"{last} holds a different model than this run's config: {err}") from err
+        configured_lr = [group["initial_lr"] for group in run.optimizer.param_groups]
+        try:
+            run.optimizer.load_state_dict(saved["optimizer"])
+        except ValueError as err:
+            raise ValueError(f"{last}: its optimiser state does not fit this run's parameter groups ({err}); "
+                             "resume with the same optimiser and trainer.decay_norm_and_bias, or start a "
+                             "new trainer.out_dir") from err
+        restored_lr = [group["initial_lr"] for group in run.optimizer.param_groups]
+        run.train_step.scaler.load_state_dict(saved["scaler"])
+        try:
+            run.state.load_state_dict(saved)
+        except ValueError as err:
+            raise ValueError(f"{last}: {err}") from err
+        if not run.is_main:
+            return
+        if restored_lr != configured_lr:
+            log.warning("%s was trained at base LR %s, the optimiser config says %s: the checkpoint's is kept "
+                        "(start a new trainer.out_dir, or trainer.init_from=%s, to train at another LR)",
+                        last, restored_lr[0], configured_lr[0], last)
+        log.info("resuming from %s at step %d (epoch %d, batch %d)", last, run.state.step, run.state.epoch,
+                 run.state.batch)
+        if self.init_from is not None:
+            log.info("trainer.init_from=%s is not used: the run resumes from its own last.pt", self.init_from)
+        self._report_schedule_change(saved.get("scheduler"), run.state.step)
+
+    def _schedule_settings(self) -> dict[str, Any]:
+        return {"kind": "cosine", "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
+                "min_lr_ratio": self.min_lr_ratio}
+
+    def _report_schedule_change(self, saved: dict[str, Any] | None, step: int) -> None:
+        """Say on the console when a resumed run's LR schedule differs from the one its checkpoint followed.
+
+        The schedule is a function of the step and these settings, so restoring it means restoring the
+        step (done) and following the same settings; when they changed (a longer run, another warmup),
+        the new ones apply from ``step`` on, and the LR jumps: the line gives both multipliers.
+        """
+        now = self._schedule_settings()
+        if saved is None or saved == now:
+            return
+        changes = [f"{key} {saved.get(key)} -> {value}" for key, value in now.items() if saved.get(key) != value]
+        if step >= self.max_steps:
+            log.warning("the resumed run's LR schedule changed (%s)", ", ".join(changes))
+            return
+        old = cosine_schedule(max_steps=saved["max_steps"], warmup_steps=saved["warmup_steps"],
+                              min_ratio=saved["min_lr_ratio"])
+        new = cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps, min_ratio=self.min_lr_ratio)
+        before = old[min(step, len(old) - 1)]
+        log.warning("the resumed run's LR schedule changed (%s): from step %d on the new one applies, the LR "
+                    "multiplier goes from %.4g (the checkpoint's schedule) to %.4g", ", ".join(changes), step,
+                    before, new[step])
+
+    def _open_records(self, run: _Run, dataset: Dataset) -> None:
+        """Rank 0's scalar log, ``config.yaml`` and start summary; the run's bad files; the progress bar."""
+        if run.is_main:
+            run.run_log = RunLog(self.out_dir)
+            if run.config is not None:
+                from omegaconf import OmegaConf
+
+                atomic_write_bytes(self.out_dir / "config.yaml",
+                                   OmegaConf.to_yaml(OmegaConf.create(run.config)).encode())
+            self._log_start(run.task, dataset, run.device, run.world, run.state.step)
+        run.skipped = SkippedFiles(self.out_dir / "skipped.csv", dataset, resumed=run.state.step > 0)
+        if run.is_main and run.skipped.files:
+            run.skipped.write()  # the files set aside up front
+        run.bar = tqdm(total=self.max_steps, initial=run.state.step, disable=not (self.progress and run.is_main),
+                       dynamic_ncols=True, unit="step")
+        run.time_of_log = time.perf_counter()
+
     def _log_start(self, task: nn.Module, dataset: Dataset, device: torch.device, world: int, step: int) -> None:
         """The start summary: what is trained, on what, how, and where it goes."""
         params = sum(p.numel() for p in task.parameters())
@@ -604,323 +592,119 @@ class Trainer:
                  "the smoothed training loss" if self.best_metric == "loss" else f"the evaluator's {self.best_metric}",
                  "lower" if self.best_mode == "min" else "higher", self.out_dir)
 
-    def fit(
-        self,
-        task: nn.Module,
-        dataset: Dataset,
-        optimizer_factory: Callable[[list[dict[str, Any]]], torch.optim.Optimizer],
-        *,
-        config: dict[str, Any] | None = None,
-        collate_fn: Callable[[Sequence[Any]], Any] = default_collate,
-    ) -> dict[str, Any]:
-        """Train ``task`` for ``max_steps`` steps (or resume a run in ``out_dir`` and finish it).
+    def _batches(self, run: _Run, dataset: Dataset, collate_fn: Callable) -> Iterator[dict[str, Any]]:
+        """Batches forever, epoch after epoch, from the train state's (epoch, batch) on, which they advance."""
+        state = run.state
+        while True:
+            run.sampler.set_state(state.epoch, state.batch)
+            set_epoch = getattr(dataset, "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(state.epoch)  # before the workers fork, so they copy the new epoch
+            # An explicit generator: the DataLoader would otherwise draw its worker seed from the
+            # global RNG, and a resumed run (which starts a loader mid-epoch) would drift from it.
+            loader = DataLoader(dataset, batch_sampler=run.sampler, num_workers=self.num_workers,
+                                collate_fn=collate_fn, pin_memory=run.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(self.seed + state.epoch))
+            for batch in loader:
+                state.batch += 1
+                yield batch
+            state.epoch, state.batch = state.epoch + 1, 0
 
-        Args:
-            task: the method (``forward(batch) -> {"loss", ...}``, ``encoder``).
-            dataset: map-style dataset of sample dicts (``set_epoch`` is called if it exists).
-            optimizer_factory: parameter groups (``param_groups``) → optimiser (a Hydra partial of AdamW/SGD).
-            config: the resolved run config, stored in every checkpoint and as ``config.yaml``.
-            collate_fn: list of samples → batch.
-        Outputs:
-            {"step", "loss" (smoothed), "best", "interrupted", "checkpoint"}.
-        Raises:
-            FloatingPointError: the loss became NaN/inf; nothing is saved for that step.
-        """
-        local_rank, joined = _join_process_group()
-        finished = False
+    def _step(self, run: _Run, data: Iterator[dict[str, Any]], make_loader: Callable[..., DataLoader]
+              ) -> dict[str, float]:
+        """The task's step-start hook, the scheduled LR, ``accumulate`` batches and one ``TrainStep`` on them."""
+        state = run.state
+        step_start = getattr(run.task, "on_train_step_start", None)
+        if step_start is not None:
+            step_start(state.step, self.max_steps, make_loader)
+        for group in run.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * run.lr_factors[state.step]
+        batches = [next(data) for _ in range(self.accumulate)]
+        for batch in batches:
+            run.skipped.note(batch)
+            run.replaced_clips += int(batch["skipped"].sum()) if "skipped" in batch else 0
         try:
-            summary = self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank)
-            finished = True
-            return summary
-        finally:
-            if joined:
-                _leave_process_group(finished=finished)
+            values = run.train_step(batches, state.step + 1)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{err} and the last good checkpoint in {self.checkpoint_dir} is left as "
+                                     "it was") from err
+        state.step += 1
+        state.observe_loss(values["loss"])
+        run.clips_since_log += self.batch_size * self.accumulate * run.world
+        run.bar.update(1)
+        return values
 
-    def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank) -> dict[str, Any]:
-        rank, world = distributed.rank(), distributed.world_size()
-        is_main = rank == 0
-        if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
-            device = torch.device("cuda", local_rank)
-        else:
-            device = torch.device("cpu")
-        if self.precision == "fp16" and device.type != "cuda":
-            raise ValueError("trainer.precision=fp16 needs a GPU; use bf16 on the CPU")
-        amp_dtype = PRECISIONS[self.precision]
+    def _log_step(self, run: _Run, values: dict[str, float]) -> None:
+        """Share the new bad files; every ``log_every`` steps write the scalars and the step line."""
+        step = run.state.step
+        log_now = step % self.log_every == 0 or step == self.max_steps
+        if run.world == 1 or log_now:  # under DDP the ranks share their bad files at logging steps
+            run.skipped.merge(run.world, run.is_main)
+        if not log_now:
+            return
+        now = time.perf_counter()
+        clips_per_sec = run.clips_since_log / max(now - run.time_of_log, 1e-9)
+        run.clips_since_log, run.time_of_log = 0, now
+        lr = run.optimizer.param_groups[0]["lr"]
+        if run.run_log is not None:
+            scalars = {f"train/{key}": value for key, value in values.items()}
+            scalars.update({"train/lr": lr, "train/clips_per_sec": clips_per_sec, "train/epoch": run.state.epoch})
+            if run.skipped.files:  # cumulative: every bad file of the run so far
+                scalars["train/skipped_videos"] = len(run.skipped.files)
+            run.run_log.write(step, scalars)
+        run.bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{clips_per_sec:.1f}")
+        if run.is_main:
+            step_log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.max_steps, values["loss"], lr,
+                          clips_per_sec)
 
-        # ---- model and optimiser -------------------------------------------------------------------
-        task.to(device)
-        if self.channels_last:
-            to_channels_last(task)
-        optimizer = optimizer_factory(param_groups(task, decay_norm_and_bias=self.decay_norm_and_bias))
-        for group in optimizer.param_groups:
-            # The schedule multiplies the base LR; keep it in the group so it travels with the state.
-            group.setdefault("initial_lr", group["lr"])
-        lr_factors = cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps,
-                                     min_ratio=self.min_lr_ratio)
-        scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        model: nn.Module = task
-        if world > 1:
-            model = DistributedDataParallel(task, device_ids=[local_rank] if device.type == "cuda" else None,
-                                            find_unused_parameters=self.find_unused_parameters)
+    def _maybe_evaluate(self, run: _Run) -> bool:
+        """Every ``eval_every`` steps run the evaluator on rank 0; whether its metric is a new best."""
+        step = run.state.step
+        if self.evaluator is None or not self.eval_every or step % self.eval_every:
+            return False
+        new_best = False
+        if run.is_main:
+            run.task.eval()
+            metrics = self.evaluator(run.task, step, run.run_log.tensorboard)
+            run.task.train()
+            run.run_log.write(step, {f"eval/{key}": value for key, value in metrics.items()})
+            log.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            if self.best_metric in metrics and run.state.improves(metrics[self.best_metric], self.best_mode):
+                run.state.best["value"] = float(metrics[self.best_metric])
+                new_best = True
+        return _any_rank(new_best, run.device)  # only rank 0 knows; every rank must agree on saving
 
-        # ---- resume from last.pt, or start fresh ---------------------------------------------------
-        sampler = ResumableBatchSampler(size=len(dataset), batch_size=self.batch_size, seed=self.seed,
-                                        rank=rank, world_size=world)
-        global_batch = self.batch_size * world  # samples one batch takes from the epoch
-        step, epoch, position = 0, 0, 0
-        best = {"metric": self.best_metric, "value": None}
-        smoothed_loss: float | None = None
-        last = self.checkpoint_dir / "last.pt"
-        if last.exists():
-            state = load_checkpoint(last)
-            # Weights of the same shapes load into a different model (another padding, temperature,
-            # …) without complaint, so the configs are compared as well.
-            changed = model_config_changes(state.get("config"), config)
-            if changed:
-                raise ValueError(f"{last} was trained with a different model config ({', '.join(changed)}); "
-                                 "resume with the same task and encoder settings, or start a new trainer.out_dir")
-            try:
-                task.load_state_dict(state["model"])
-            except RuntimeError as err:
-                raise RuntimeError(f"{last} holds a different model than this run's config: {err}") from err
-            configured_lr = [group["initial_lr"] for group in optimizer.param_groups]
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except ValueError as err:
-                raise ValueError(f"{last}: its optimiser state does not fit this run's parameter groups ({err}); "
-                                 "resume with the same optimiser and trainer.decay_norm_and_bias, or start a "
-                                 "new trainer.out_dir") from err
-            restored_lr = [group["initial_lr"] for group in optimizer.param_groups]
-            if is_main and restored_lr != configured_lr:
-                log.warning("%s was trained at base LR %s, the optimiser config says %s: the checkpoint's is kept "
-                            "(start a new trainer.out_dir, or trainer.init_from=%s, to train at another LR)",
-                            last, restored_lr[0], configured_lr[0], last)
-            scaler.load_state_dict(state["scaler"])
-            step = state["step"]
-            epoch = state["sampler"]["epoch"]
-            consumed = state["sampler"]["position"]  # samples of this epoch already trained on
-            if consumed % global_batch:
-                raise ValueError(f"{last}: {consumed} samples into the epoch is not a whole number of "
-                                 f"batches of {global_batch}; resume with the batch size and process count "
-                                 f"it was saved with")
-            position = consumed // global_batch
-            # Each rank continues its own random stream (a different world size reuses them cyclically).
-            set_rng_state(state["rng"][rank % len(state["rng"])])
-            best = state["best"]
-            smoothed_loss = state.get("smoothed_loss")
-            if is_main:
-                log.info("resuming from %s at step %d (epoch %d, batch %d)", last, step, epoch, position)
-                if self.init_from is not None:
-                    log.info("trainer.init_from=%s is not used: the run resumes from its own last.pt", self.init_from)
-                self._report_schedule_change(state.get("scheduler"), step)
-        else:
-            seed_everything(self.seed + rank)
-            if self.init_from is not None:
-                self._load_initial_weights(task, config, quiet=not is_main)
-        if step >= self.max_steps:
-            if is_main:
-                log.info("already finished at step %d: nothing to do (raise trainer.max_steps to continue)", step)
-            return {"step": step, "loss": smoothed_loss, "best": best, "interrupted": False,
-                    "checkpoint": str(last)}
+    def _maybe_checkpoint(self, run: _Run, new_best: bool, *, stopping: bool) -> None:
+        """Save every ``checkpoint_every`` steps, at the last step, when stopping, and at a new best metric;
+        a best smoothed loss is looked for at the regular saves only."""
+        state = run.state
+        due = state.step % self.checkpoint_every == 0 or state.step == self.max_steps or stopping
+        if due and self.best_metric == "loss" and state.improves(state.smoothed_loss, self.best_mode):
+            state.best["value"] = state.smoothed_loss
+            new_best = True
+        if not (due or new_best):
+            return
+        train_state = state.state_dict()  # on every rank: it gathers their RNG states
+        if run.is_main:
+            self.checkpointer.save({"model": run.task, "encoder": run.task.encoder, "optimizer": run.optimizer,
+                                    "scheduler": self._schedule_settings(), "scaler": run.train_step.scaler,
+                                    **train_state, "config": run.config}, step=state.step, best=new_best)
 
-        def save(*, also_best: bool) -> None:
-            # Every rank's RNG state goes into the checkpoint, so the all-gather runs on every rank.
-            rngs = [rng_state()]
-            if world > 1:
-                rngs = [None] * world
-                dist.all_gather_object(rngs, rng_state())
-            if not is_main:
-                return
-            data = serialize({
-                "model": task.state_dict(),
-                "encoder": task.encoder.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": self._schedule_settings(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "rng": rngs,
-                "sampler": {"epoch": epoch, "position": position * global_batch},
-                "best": best,
-                "smoothed_loss": smoothed_loss,
-                "config": config,
-            })
-            if self.keep_last > 0:
-                atomic_write_bytes(step_path(self.checkpoint_dir, step), data)
-                prune_step_checkpoints(self.checkpoint_dir, self.keep_last)
-            if also_best:
-                atomic_write_bytes(self.checkpoint_dir / "best.pt", data)
-            atomic_write_bytes(last, data)  # last: whoever resumes trusts it to be complete
+    def _log_end(self, run: _Run, started: float, stopped: bool) -> None:
+        """The end line and the bad files met; or, for a run stopped by a signal, how to resume it."""
+        state, last, best = run.state, self.checkpointer.last, self.checkpointer.best
+        if stopped:
+            log.warning("stop requested: saved step %d to %s; rerun the same command to resume", state.step, last)
+            return
+        log.info("finished at step %d in %s: loss %.4g (smoothed); last: %s; best (%s %s): %s%s", state.step,
+                 _duration(time.perf_counter() - started), state.smoothed_loss, last, state.best["metric"],
+                 "none yet" if state.best["value"] is None else f"{state.best['value']:.4g}",
+                 best if best.exists() else "not written",
+                 f"; {run.replaced_clips} unreadable clips replaced (rank 0)" if run.replaced_clips else "")
+        if run.skipped.files:
+            log.warning("%d bad files skipped in this run, listed with their reasons in %s",
+                        len(run.skipped.files), run.skipped.csv_path)
 
-        def improves(value: float) -> bool:
-            if best["value"] is None:
-                return True
-            return value < best["value"] if self.best_mode == "min" else value > best["value"]
-
-        run_log = RunLog(self.out_dir) if is_main else None
-        writer = run_log.tensorboard if run_log is not None else None
-        if is_main and config is not None:
-            from omegaconf import OmegaConf
-
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)).encode())
-
-        def batches() -> Iterator[dict[str, Any]]:
-            """Batches forever, epoch after epoch, from the current (epoch, position) on."""
-            nonlocal epoch, position
-            while True:
-                sampler.set_state(epoch, position)
-                set_epoch = getattr(dataset, "set_epoch", None)
-                if set_epoch is not None:
-                    set_epoch(epoch)  # before the workers fork, so they copy the new epoch
-                # An explicit generator: the DataLoader would otherwise draw its worker seed from the
-                # global RNG, and a resumed run (which starts a loader mid-epoch) would drift from it.
-                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                    collate_fn=collate_fn, pin_memory=device.type == "cuda",
-                                    generator=torch.Generator().manual_seed(self.seed + epoch))
-                for batch in loader:
-                    position += 1
-                    yield batch
-                epoch, position = epoch + 1, 0
-
-        if is_main:
-            self._log_start(task, dataset, device, world, step)
-        started = time.perf_counter()
-
-        # ---- the loop --------------------------------------------------------------------------------
-        step_start = getattr(task, "on_train_step_start", None)
-        make_loader = functools.partial(DataLoader, dataset, batch_size=self.batch_size, collate_fn=collate_fn,
-                                        num_workers=self.num_workers, pin_memory=device.type == "cuda")
-        data = batches()
-        bar = tqdm(total=self.max_steps, initial=step, disable=not (self.progress and is_main),
-                   dynamic_ncols=True, unit="step")
-        interrupted = False
-        first_step = True
-        log_keys: list[str] | None = None
-        clips_since_log, time_of_log = 0, time.perf_counter()
-        skipped_total = 0  # clips this rank replaced because their file was bad
-        skipped_files = SkippedFiles(self.out_dir / "skipped.csv", dataset, resumed=step > 0)
-        if is_main and skipped_files.files:
-            skipped_files.write()  # the files set aside up front
-        try:
-            with _StopRequest() as stop, _console_through_tqdm(not bar.disable):
-                while step < self.max_steps:
-                    if step_start is not None:
-                        step_start(step, self.max_steps, make_loader)
-                    lr_factor = lr_factors[step]
-                    for group in optimizer.param_groups:
-                        group["lr"] = group["initial_lr"] * lr_factor
-
-                    # Forward/backward `accumulate` batches; DDP syncs gradients only on the last one.
-                    totals: dict[str, torch.Tensor] = {}
-                    skipped = 0
-                    for micro in range(self.accumulate):
-                        batch = next(data)
-                        skipped += int(batch["skipped"].sum()) if "skipped" in batch else 0
-                        skipped_files.note(batch)
-                        batch = move_batch(batch, device, self.channels_last)
-                        last_micro = micro == self.accumulate - 1
-                        sync = nullcontext() if world == 1 or last_micro else model.no_sync()
-                        with sync:
-                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                                out = _first_forward(model, batch, task) if first_step else model(batch)
-                            scaler.scale(out["loss"] / self.accumulate).backward()
-                        for key, value in out.items():
-                            value = torch.as_tensor(value, device=device).detach().float()
-                            totals[key] = totals.get(key, 0) + value / self.accumulate
-                    first_step = False
-                    skipped_total += skipped
-                    if log_keys is None:
-                        log_keys = sorted(totals)
-
-                    # One small all-reduce per step: the mean diagnostics over ranks, and whether any rank
-                    # was asked to stop, so that all ranks stop (and save) at the same step.
-                    packed = torch.stack([totals[k] for k in log_keys]
-                                         + [torch.tensor(float(stop.requested), device=device)])
-                    packed = distributed.all_reduce_sum(packed) / world
-                    values = dict(zip(log_keys, packed[:-1].tolist()))
-                    stop_now = bool(packed[-1] > 0)
-                    if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(
-                            f"non-finite loss ({values['loss']}) at step {step + 1}; the step was not applied "
-                            f"and the last good checkpoint in {self.checkpoint_dir} is left as it was")
-
-                    if self.grad_clip > 0:
-                        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-                        grad_norm = nn.utils.clip_grad_norm_(task.parameters(), self.grad_clip)
-                        values["grad_norm"] = float(grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    hook = getattr(task, "on_train_step_end", None)
-                    if hook is not None:
-                        hook(step, self.max_steps)
-
-                    # ---- logging ---------------------------------------------------------------------
-                    smoothed_loss = values["loss"] if smoothed_loss is None else (
-                        0.9 * smoothed_loss + 0.1 * values["loss"])
-                    clips_since_log += self.batch_size * self.accumulate * world
-                    bar.update(1)
-                    log_now = step % self.log_every == 0 or step == self.max_steps
-                    if world == 1 or log_now:  # under DDP the ranks share their bad files at logging steps
-                        skipped_files.merge(world, is_main)
-                    if log_now:
-                        now = time.perf_counter()
-                        clips_per_sec = clips_since_log / max(now - time_of_log, 1e-9)
-                        clips_since_log, time_of_log = 0, now
-                        if run_log is not None:
-                            scalars = {f"train/{key}": value for key, value in values.items()}
-                            scalars.update({"train/lr": optimizer.param_groups[0]["lr"],
-                                            "train/clips_per_sec": clips_per_sec, "train/epoch": epoch})
-                            if skipped_files.files:  # cumulative: every bad file of the run so far
-                                scalars["train/skipped_videos"] = len(skipped_files.files)
-                            run_log.write(step, scalars)
-                        bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{clips_per_sec:.1f}")
-                        if is_main:
-                            step_log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.max_steps,
-                                     values["loss"], optimizer.param_groups[0]["lr"], clips_per_sec)
-
-                    # ---- evaluation and checkpoints -----------------------------------------------------
-                    new_best = False
-                    if self.evaluator is not None and self.eval_every and step % self.eval_every == 0:
-                        if is_main:
-                            task.eval()
-                            metrics = self.evaluator(task, step, writer)
-                            task.train()
-                            run_log.write(step, {f"eval/{key}": value for key, value in metrics.items()})
-                            log.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-                            if self.best_metric in metrics and improves(metrics[self.best_metric]):
-                                best["value"] = float(metrics[self.best_metric])
-                                new_best = True
-                        # Only rank 0 knows the metric; every rank must agree on whether save() runs.
-                        flag = distributed.all_reduce_sum(torch.tensor([float(new_best)], device=device))
-                        new_best = bool(flag[0] > 0)
-                    due = step % self.checkpoint_every == 0 or step == self.max_steps or stop_now
-                    if due and self.best_metric == "loss" and improves(smoothed_loss):
-                        best["value"] = smoothed_loss
-                        new_best = True
-                    if due or new_best:
-                        save(also_best=new_best)
-                    if stop_now:
-                        interrupted = True
-                        if is_main:
-                            log.warning("stop requested: saved step %d to %s; rerun the same command to resume",
-                                        step, last)
-                        break
-        finally:
-            data.close()  # shuts the loader's workers down
-            bar.close()
-            if run_log is not None:
-                run_log.close()
-        if is_main and not interrupted:
-            best_file = self.checkpoint_dir / "best.pt"
-            log.info("finished at step %d in %s: loss %.4g (smoothed); last: %s; best (%s %s): %s%s", step,
-                     _duration(time.perf_counter() - started), smoothed_loss, last, best["metric"],
-                     "none yet" if best["value"] is None else f"{best['value']:.4g}",
-                     best_file if best_file.exists() else "not written",
-                     f"; {skipped_total} unreadable clips replaced (rank 0)" if skipped_total else "")
-            if skipped_files.files:
-                log.warning("%d bad files skipped in this run, listed with their reasons in %s",
-                            len(skipped_files.files), skipped_files.csv_path)
-        return {"step": step, "loss": smoothed_loss, "best": best, "interrupted": interrupted,
-                "checkpoint": str(last)}
+    def _summary(self, run: _Run, *, interrupted: bool) -> dict[str, Any]:
+        return {"step": run.state.step, "loss": run.state.smoothed_loss, "best": run.state.best,
+                "interrupted": interrupted, "checkpoint": str(self.checkpointer.last)}

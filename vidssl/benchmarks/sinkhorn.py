@@ -140,8 +140,9 @@ def run(
 
 def selavi_step(*, batch_size: int = 16, device: str = "cpu") -> dict:
     """One SeLaVi training step at the synthetic defaults (task config, encoder width 16), as a row, timed
-    by the shared training-step benchmark (`vidssl.benchmarks.train.measure`, fp32, 2 untimed + 5 timed
-    steps). The scheduled relabelling passes are not part of a step; decoding is not included."""
+    by the shared training-step benchmark (`vidssl.benchmarks.train.measure`, which runs the trainer's own
+    `vidssl.train_step.TrainStep`; fp32, 2 untimed + 5 timed steps). The scheduled relabelling passes are
+    not part of a step; decoding is not included."""
     from vidssl.benchmarks.train import measure
 
     row = measure(name="selavi", task="selavi", overrides=["encoder.base_width=16"], batch_size=batch_size,

@@ -12,8 +12,9 @@ with the same optimiser; the suite runs without it.
 
 Encoders get random clips ``B×3×frames×size×size`` and the loss ``mean(pool(features)²)``. A task gets a
 batch cut by its own ``data`` config (its sampler and transform applied to random uint8 frames, audio to
-random waveforms), then runs forward, backward, an AdamW step and its ``on_train_step_end`` (its
-``on_train_step_start``, if any, runs once before the timed steps, with a loader of that one batch).
+random waveforms), then the trainer's step (`vidssl.train_step.TrainStep`: forward, backward, an AdamW
+step and its ``on_train_step_end``; its ``on_train_step_start``, if any, runs once before the timed steps,
+with a loader of that one batch).
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the growth of the process's
 resident memory during the timed steps (sampled every 2 ms).
 """
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
 from vidssl.encoders import pool
-from vidssl.engine import PRECISIONS, move_batch, to_channels_last
+from vidssl.train_step import PRECISIONS, TrainStep, move_batch, to_channels_last
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIDEO_ENCODERS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "r2d3d_18")
@@ -151,27 +152,27 @@ def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size
     model.to(dev).train()
     if channels_last:
         to_channels_last(model)
-    batch = move_batch(batch, dev, channels_last)
+    batch = move_batch(batch, dev, channels_last)  # once: the step's own move is then a no-op
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    dtype = PRECISIONS[precision]
-    hook = getattr(model, "on_train_step_end", None) if task is not None else None
-    start = getattr(model, "on_train_step_start", None) if task is not None else None
-    if start is not None:  # untimed, before the steps: e.g. SeLaVi's first relabelling, over this batch
-        rows = [{k: v[i] for k, v in batch.items() if torch.is_tensor(v)} for i in range(len(batch["video"]))]
-        start(0, 1, functools.partial(DataLoader, rows, batch_size=len(rows)))
+    if task is not None:
+        start = getattr(model, "on_train_step_start", None)
+        if start is not None:  # untimed, before the steps: e.g. SeLaVi's first relabelling, over this batch
+            rows = [{k: v[i] for k, v in batch.items() if torch.is_tensor(v)} for i in range(len(batch["video"]))]
+            start(0, 1, functools.partial(DataLoader, rows, batch_size=len(rows)))
+        # The trainer's own step: forward, backward, AdamW step and the task's hook (as step 1 of 1000).
+        train_step = TrainStep(model, optimizer, device=dev, precision=precision, channels_last=channels_last,
+                               max_steps=1000)
 
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext():
-            if task is not None:
-                loss = model(batch)["loss"]
-            else:
+        def step() -> None:
+            train_step(batch, 1)
+    else:
+        dtype = PRECISIONS[precision]
+
+        def step() -> None:  # an encoder alone: forward and backward
+            with torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext():
                 loss = pool(model(batch["video"])).float().square().mean()
-        loss.backward()
-        if task is not None:  # a task's training step also updates weights and runs its hook
-            optimizer.step()
-            if hook is not None:
-                hook(1, 1000)
-        optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.zero_grad(set_to_none=True)
 
     seconds, peak, cpu_seconds = _time_steps(step, steps=steps, warmup=warmup, device=dev)
     clips = batch["video"].shape[0]
