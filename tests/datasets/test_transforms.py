@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vidssl.datasets.transforms import ClipTransform, EvalTransform, LogMel, denormalize_video
+from vidssl.datasets.transforms import ClipTransform, EvalTransform, LogMel, denormalize_video, to_blocks
 
 
 def frames(t=4, h=48, w=64, seed=0):
@@ -101,3 +101,33 @@ def test_greyscale_first_then_jitter_keeps_frames_grey_under_brightness_only():
     clip = tf(video, torch.Generator().manual_seed(2))
     # Brightness, contrast and saturation of a grey image leave it grey.
     torch.testing.assert_close(clip[0], clip[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"per_frame": True, "grayscale": 0.5, "grayscale_mode": "channel"},
+                                     {"normalize": False}])
+def test_block_layout_holds_the_same_values_as_the_clip_cut_into_blocks(options):
+    # Predictive coding: the clip C×(N·L)×H×W is delivered as N×C×L×H×W; same draws, same values, bit for bit.
+    f = frames(t=12)
+    clip = ClipTransform(size=32, **options)(f, torch.Generator().manual_seed(4))
+    blocks = ClipTransform(size=32, blocks=3, **options)(f, torch.Generator().manual_seed(4))
+    assert blocks.shape == (3, 3, 4, 32, 32) and blocks.is_contiguous()
+    for n in range(3):
+        assert torch.equal(blocks[n], clip[:, 4 * n : 4 * n + 4])  # block n: frames 4n .. 4n+3
+    assert torch.equal(blocks, to_blocks(clip.transpose(0, 1), 3))
+
+
+def test_block_layout_must_divide_the_clip():
+    with pytest.raises(ValueError, match="blocks=5 must divide the clip's 12 frames"):
+        ClipTransform(size=32, blocks=5)(frames(t=12), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="ClipTransform.blocks must be >= 1"):
+        ClipTransform(blocks=0)
+
+
+def test_flow_clips_get_the_same_block_layout():
+    from vidssl.datasets.flow import for_flow
+
+    flow = for_flow(ClipTransform(size=32, blocks=2))
+    assert flow.blocks == 2
+    f = frames(t=6)
+    clip = for_flow(ClipTransform(size=32))(f, torch.Generator().manual_seed(2))
+    assert torch.equal(flow(f, torch.Generator().manual_seed(2)), to_blocks(clip.transpose(0, 1), 2))

@@ -44,6 +44,57 @@ def test_encode_blocks_cuts_time_into_blocks_and_pools_each() -> None:
         encode_blocks(encoder, _video(num_seq=4, seq_len=3)[:, :, :11], num_seq=4)
 
 
+def _block_layout(video: torch.Tensor, num_seq: int) -> torch.Tensor:
+    """B×C×(N·L)×H×W → B×N×C×L×H×W, as `ClipTransform(blocks=N)` delivers it."""
+    b, c, t, h, w = video.shape
+    return video.reshape(b, c, num_seq, t // num_seq, h, w).transpose(1, 2).contiguous()
+
+
+@pytest.mark.parametrize("kind", ["dpc", "memdpc", "cpc"])
+def test_block_layout_gives_the_same_loss_and_gradients_without_copying_the_clip(kind: str) -> None:
+    from vidssl.tasks.cpc import CPC
+    from vidssl.tasks.memdpc import MemDPC
+
+    build = {"dpc": lambda: DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2),
+             "memdpc": lambda: MemDPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, memory_size=16),
+             "cpc": lambda: CPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, hidden_size=16)}[kind]
+    torch.manual_seed(0)
+    task = build()
+    inputs = []
+    task.encoder.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    video = _video(b=3, num_seq=4, seq_len=3)
+    results = []
+    for batch in (video, _block_layout(video, 4)):
+        torch.manual_seed(1)  # the same ConvGRU dropout masks for both layouts
+        out = task({"video": batch})
+        out["loss"].backward()
+        results.append((out, {n: p.grad.clone() for n, p in task.named_parameters()}))
+        task.zero_grad(set_to_none=True)
+    (old, old_grads), (new, new_grads) = results
+    assert torch.equal(old["loss"], new["loss"]) and torch.equal(old["accuracy"], new["accuracy"])
+    assert all(torch.equal(old_grads[n], new_grads[n]) for n in old_grads)
+    # The encoder reads the block layout in place (the batch's own memory); the clip layout is copied.
+    block_batch = _block_layout(video, 4)
+    inputs.clear()
+    task({"video": block_batch})
+    assert inputs[0].data_ptr() == block_batch.data_ptr() and inputs[0].shape == (12, 3, 3, 8, 8)
+    inputs.clear()
+    task({"video": video})
+    assert inputs[0].data_ptr() != video.data_ptr()
+    with pytest.raises(ValueError, match="num_seq=4"):
+        task({"video": _block_layout(video, 2)})  # 2 blocks where the task cuts 4
+
+
+@pytest.mark.parametrize("name", ["dpc", "memdpc", "cpc", "dpc_paper", "memdpc_paper"])
+def test_predictive_coding_configs_deliver_the_sampler_blocks(name: str) -> None:
+    from hydra.utils import instantiate
+
+    from vidssl.benchmarks.train import _compose
+
+    data = instantiate(_compose([f"task={name}"]).task.data, _convert_="all")
+    assert data["transform"].blocks == data["sampler"].num_seq
+
+
 def _dense_reference(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
     """Anchor by anchor: logits against every (clip, step, position), positive = the same triple."""
     b, k, d, h, w = pred.shape

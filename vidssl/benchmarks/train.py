@@ -252,7 +252,9 @@ def measure_official(*, task: str, official: str, overrides: Sequence[str], batc
         to_channels_last(model)
     num_seq = cfg.task.data.sampler.num_seq
     video = batch["video"]
-    block = rearrange(video, "b c (n l) h w -> b n c l h w", n=num_seq).contiguous().to(dev)
+    if video.ndim == 5:  # a task data config without ClipTransform.blocks
+        video = rearrange(video, "b c (n l) h w -> b n c l h w", n=num_seq).contiguous()
+    block = video.to(dev)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dtype = PRECISIONS[precision]
 

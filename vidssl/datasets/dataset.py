@@ -2,7 +2,7 @@
 
 One sample is a dict (see docs/internals.md)::
 
-    {"video":  float C×T×H×W,            # view 1
+    {"video":  float C×T×H×W,            # view 1 (N×C×L×H×W: blocks, with ClipTransform(blocks=N))
      "video2": float C×T×H×W,            # views=2 only: an independent augmentation of the same frames
      "audio":  float 1×n_mels×frames,    # audio configured only: log-mel of the clip's time span
      "has_audio": bool,                  # audio configured only (False: silent input, see require_audio)

@@ -62,7 +62,7 @@ class FlowTransform(ClipTransform):
     """Training augmentation of flow clips: ClipTransform's random resized crop and flip, no colour changes.
 
     Inputs:  flow frames uint8 T×H×W×3 as read back (channels 128, y, x), generator
-    Outputs: float C×T×H×W, normalised as RGB when ``normalize``.
+    Outputs: float C×T×H×W, normalised as RGB when ``normalize`` (N×C×L×H×W with ``blocks=N``, as ClipTransform).
     A flip negates x when ``negate_x``. The colour fields of ClipTransform must stay 0.
     """
 
@@ -78,7 +78,7 @@ class FlowTransform(ClipTransform):
         clip, flipped = self._geometry(frames, generator)
         if flipped and self.negate_x:
             clip = negate_x(clip)
-        return _finish(F.to_dtype(clip, torch.float32, scale=True), self.normalize)
+        return _finish(F.to_dtype(clip, torch.float32, scale=True), self.normalize, self.blocks)
 
 
 def for_flow(transform: Callable) -> Callable:

@@ -4,7 +4,9 @@ A video transform maps decoded frames ``uint8 T×H×W×3`` and a ``torch.Generat
 ``C×T×H×W``. One random draw (crop box, flip, jitter strengths) is shared by every frame of the view,
 so motion stays coherent; two calls with different generator states give two independent views.
 ``ClipTransform(per_frame=True)`` draws the colour jitter and greyscale for every frame instead (DPC and
-MemDPC's pretraining), the crop and flip staying shared.
+MemDPC's pretraining), the crop and flip staying shared. ``ClipTransform(blocks=N)`` delivers the clip cut
+into N blocks, ``N×C×L×H×W`` (predictive coding), so that the training step reads the blocks as a view
+instead of copying the clip to cut it.
 Parameters are drawn from the generator passed in (never from the global RNG), which keeps a sample
 reproducible from its seed in any worker; the image operations are torchvision.transforms.v2's
 functional kernels.
@@ -55,8 +57,22 @@ def _to_tchw(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2)
 
 
-def _finish(clip_tchw: torch.Tensor, normalize: bool) -> torch.Tensor:
-    clip = clip_tchw.permute(1, 0, 2, 3).contiguous()  # (C, T, H, W)
+def to_blocks(clip_tchw: torch.Tensor, blocks: int) -> torch.Tensor:
+    """Frames ``T×C×H×W`` → ``N×C×L×H×W``: N consecutive blocks of L = T/N frames (a copy, contiguous).
+
+    Block n holds frames n·L … n·L + L − 1, as ``rearrange(clip, "c (n l) h w -> n c l h w")`` cuts a
+    ``C×T×H×W`` clip.
+    """
+    frames = clip_tchw.shape[0]
+    if blocks < 1 or frames % blocks:
+        raise ValueError(f"ClipTransform.blocks={blocks} must divide the clip's {frames} frames "
+                         f"(set it to the sampler's num_seq)")
+    return clip_tchw.unflatten(0, (blocks, frames // blocks)).transpose(1, 2).contiguous()
+
+
+def _finish(clip_tchw: torch.Tensor, normalize: bool, blocks: int | None = None) -> torch.Tensor:
+    """Frames ``T×C×H×W`` → the clip ``C×T×H×W``, or its blocks ``N×C×L×H×W`` when ``blocks`` is set."""
+    clip = clip_tchw.permute(1, 0, 2, 3).contiguous() if blocks is None else to_blocks(clip_tchw, blocks)
     return normalize_video(clip) if normalize else clip
 
 
@@ -65,7 +81,8 @@ class ClipTransform:
     """Training augmentation: random resized crop, flip, colour jitter, grayscale, normalisation.
 
     Inputs:  frames uint8 T×H×W×3, generator
-    Outputs: float C×T×H×W (normalised with ImageNet statistics when ``normalize``)
+    Outputs: float C×T×H×W (normalised with ImageNet statistics when ``normalize``), or with ``blocks=N``
+    the same values cut into N blocks of L = T/N frames, N×C×L×H×W
 
     ``scale`` is the crop's area fraction range and ``ratio`` its aspect range, as in
     ``RandomResizedCrop``; ``color_jitter`` is the brightness/contrast/saturation strength and ``hue``
@@ -74,6 +91,8 @@ class ClipTransform:
     RGB channel drawn at random, copied to all three: DPC/MemDPC's "random grey"), applied after the
     jitter, or before it with ``grayscale_first``. ``per_frame``: the jitter (its factors and order) and
     the greyscale are drawn for every frame on its own; the crop and flip stay shared by the clip.
+    ``blocks``: deliver the clip as ``blocks`` blocks (the sampler's ``num_seq``; DPC/MemDPC/CPC read a batch
+    B×N×C×L×H×W as (B·N) clips without a copy, as the official loaders deliver it); None: C×T×H×W.
     """
 
     size: int | tuple[int, int] = 112
@@ -88,8 +107,11 @@ class ClipTransform:
     grayscale_first: bool = False
     per_frame: bool = False
     normalize: bool = True
+    blocks: int | None = None
 
     def __post_init__(self) -> None:
+        if self.blocks is not None and self.blocks < 1:
+            raise ValueError(f"ClipTransform.blocks must be >= 1 (the sampler's num_seq) or null, got {self.blocks}")
         if self.grayscale_mode not in GRAYSCALE_MODES:
             raise ValueError(f"ClipTransform.grayscale_mode must be one of {GRAYSCALE_MODES}, "
                              f"got {self.grayscale_mode!r}")
@@ -127,7 +149,7 @@ class ClipTransform:
             clip = torch.cat([self._colour(frame, generator) for frame in clip.split(1)])
         else:
             clip = self._colour(clip, generator)
-        return _finish(clip, self.normalize)
+        return _finish(clip, self.normalize, self.blocks)
 
     def _colour(self, clip: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Jitter and greyscale, one draw for all of ``clip`` (T×C×H×W floats in [0, 1])."""

@@ -110,7 +110,8 @@ class _R2D3DBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out)) + identity
+        out = self.bn2(self.conv2(out))
+        out += identity  # in place, as the official block: no extra activation-sized tensor per block
         return self.relu(out) if self.final_relu else out
 
 

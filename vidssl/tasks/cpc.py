@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from vidssl.encoders import pool
 from vidssl.losses import dense_info_nce
+from vidssl.tasks.dpc import block_clips
 
 
 class CPC(nn.Module):
@@ -33,7 +34,8 @@ class CPC(nn.Module):
         temperature: InfoNCE temperature (the paper: 1).
         normalize: score cosine similarities instead of raw bilinear products (the paper: False).
 
-    Inputs: batch["video"] B×C×(num_seq·seq_len)×H×W (from `BlockSampler`).
+    Inputs: batch["video"] B×num_seq×C×seq_len×H×W (the block layout) or B×C×(num_seq·seq_len)×H×W
+        (from `BlockSampler`), as `vidssl.tasks.dpc.block_clips` reads them.
     Outputs: {"loss": InfoNCE, "accuracy": fraction of (clip, step) whose true future scores highest}.
     """
 
@@ -63,14 +65,8 @@ class CPC(nn.Module):
         self.predictors = nn.ModuleList(nn.Linear(hidden_size, dim, bias=False) for _ in range(pred_step))
 
     def embed(self, video: Tensor) -> Tensor:
-        """Pooled embedding of every block. Inputs: B×C×(N·L)×H×W. Outputs: B×N×D."""
-        if video.ndim != 5 or video.shape[2] % self.num_seq:
-            raise ValueError(
-                f"CPC: batch['video'] must be B×C×(num_seq·seq_len)×H×W with num_seq={self.num_seq}, "
-                f"got shape {tuple(video.shape)}"
-            )
-        blocks = rearrange(video, "b c (n l) h w -> (b n) c l h w", n=self.num_seq)
-        z = pool(self.encoder(blocks))  # (B·N, D)
+        """Pooled embedding of every block. Inputs: B×N×C×L×H×W or B×C×(N·L)×H×W. Outputs: B×N×D."""
+        z = pool(self.encoder(block_clips(video, self.num_seq, "CPC: batch['video']")))  # (B·N, D)
         return rearrange(z, "(b n) d -> b n d", n=self.num_seq)
 
     def predict(self, z: Tensor) -> Tensor:

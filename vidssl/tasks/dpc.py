@@ -6,7 +6,7 @@ the feature maps of the next `pred_step` blocks, feeding each prediction back in
 InfoNCE asks every predicted (future step, position) vector to pick its true feature among every
 (clip, step, position) of the batch.
 
-The pieces MemDPC reuses (`encode_blocks`, `rollout`, `dense_prediction_loss`, `scheduled_pred_step`)
+The pieces MemDPC and CPC reuse (`block_clips`, `encode_blocks`, `rollout`, `dense_prediction_loss`, `scheduled_pred_step`)
 are plain functions here.
 """
 
@@ -25,19 +25,29 @@ from vidssl.losses import dense_info_nce
 HEAD_INITS = ("default", "orthogonal")
 
 
+def block_clips(video: Tensor, num_seq: int, name: str = "batch['video']") -> Tensor:
+    """Every block of every clip as one clip: (B·N)×C×L×H×W, block n of clip b at row b·N + n.
+
+    Inputs: video B×N×C×L×H×W (the block layout, `ClipTransform(blocks=N)`: a view, no copy) or
+    B×C×(N·L)×H×W (cut here with a copy, as the official loaders never need to).
+    """
+    if video.ndim == 6 and video.shape[1] == num_seq:
+        return video.flatten(0, 1)
+    if video.ndim == 5 and video.shape[2] % num_seq == 0:
+        return rearrange(video, "b c (n l) h w -> (b n) c l h w", n=num_seq)
+    raise ValueError(
+        f"{name} must be B×num_seq×C×L×H×W (ClipTransform.blocks=num_seq) or B×C×(num_seq·L)×H×W with "
+        f"num_seq={num_seq}, got shape {tuple(video.shape)}"
+    )
+
+
 def encode_blocks(encoder: nn.Module, video: Tensor, num_seq: int) -> Tensor:
     """Feature map of every block, its time axis averaged (DPC pools the block's last T' steps).
 
-    Inputs: video B×C×(num_seq·seq_len)×H×W (from `BlockSampler`).
+    Inputs: video B×N×C×L×H×W or B×C×(N·L)×H×W (`block_clips`; N = num_seq, from `BlockSampler`).
     Outputs: B×N×D×H'×W'.
     """
-    if video.ndim != 5 or video.shape[2] % num_seq:
-        raise ValueError(
-            f"batch['video'] must be B×C×(num_seq·seq_len)×H×W with num_seq={num_seq}, "
-            f"got shape {tuple(video.shape)}"
-        )
-    blocks = rearrange(video, "b c (n l) h w -> (b n) c l h w", n=num_seq)
-    maps = encoder(blocks).mean(dim=2)  # (B·N, D, H', W')
+    maps = encoder(block_clips(video, num_seq)).mean(dim=2)  # (B·N, D, H', W')
     return rearrange(maps, "(b n) d h w -> b n d h w", n=num_seq)
 
 
@@ -120,7 +130,7 @@ class DPC(nn.Module):
             weights with gain 1, zero biases) for the ConvGRU and φ.
         temperature, normalize: of the dense InfoNCE (the paper: 1.0, False).
 
-    Inputs: batch["video"] B×C×(num_seq·seq_len)×H×W.
+    Inputs: batch["video"] B×num_seq×C×seq_len×H×W (the block layout) or B×C×(num_seq·seq_len)×H×W.
     Outputs: {"loss", "accuracy" (of the positive among all B·K·H'·W' candidates), "pred_step"}.
     """
 

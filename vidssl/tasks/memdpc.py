@@ -47,7 +47,7 @@ class MemDPC(nn.Module):
             weights with gain 0.1, zero biases) for the ConvGRU(s) and the addresser.
         temperature, normalize: of the dense InfoNCE.
 
-    Inputs: batch["video"] B×C×(num_seq·seq_len)×H×W.
+    Inputs: batch["video"] B×num_seq×C×seq_len×H×W (the block layout) or B×C×(num_seq·seq_len)×H×W.
     Outputs: {"loss", "accuracy" (of the positive, averaged over directions), "pred_step",
         "memory_entropy" (mean entropy of the addressing, in nats: log M = uniform, 0 = one slot)}.
     """
