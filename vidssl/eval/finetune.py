@@ -263,6 +263,11 @@ class ClipScores:
     dropped: dict[str, str]
 
 
+def scoring_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of `score_clips` among those of `train_classifier`."""
+    return {key: options[key] for key in ("batch_size", "num_workers", "device") if key in options}
+
+
 def score_clips(model: nn.Module, test_sets: Sequence[Dataset], *, batch_size: int, num_workers: int = 0,
                     device: str | torch.device = "cpu") -> ClipScores:
     """Softmax of `model` (in eval mode) on every clip of `test_sets` (one clip per video each), per video.
@@ -291,22 +296,12 @@ def top1(probs: Mapping[int, Tensor], labels: Mapping[int, int], videos: Sequenc
     return (scores.argmax(1) == torch.tensor([labels[v] for v in videos])).float().mean().item()
 
 
-def finetune(
-    model: ContextClassifier,
-    train_set: Dataset,
-    test_sets: Sequence[Dataset],
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-3,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-) -> dict[str, float | int]:
+def finetune(model: ContextClassifier, train_set: Dataset, test_sets: Sequence[Dataset], **options: Any,
+             ) -> dict[str, float | int]:
     """Fine-tune every parameter of `model` on `train_set`, then test on `test_sets`.
 
-    Training: Adam (L2 weight decay on every parameter, as the official `eval/test.py`) for `steps`
+    `options`: the keywords of `train_classifier` (`steps` and `batch_size` required; `lr`, `weight_decay`,
+    `num_workers`, `device`, `seed`). Training: Adam (L2 weight decay on every parameter, as the official `eval/test.py`) for `steps`
     batches of randomly drawn, augmented clips (epochs as needed), cross-entropy on the labels.
     Test: every test set holds one clip per video (e.g. `PositionedSampler` at `clip_positions(n)`); a video's
     prediction is the argmax of its softmax averaged over the sets. A bad file (a `VideoDataset` with
@@ -319,9 +314,8 @@ def finetune(
     """
     if not test_sets:
         raise ValueError("finetune needs a test set")
-    trained = train_classifier(model, train_set, steps=steps, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, num_workers=num_workers, device=device, seed=seed)
-    scores = score_clips(model, test_sets, batch_size=batch_size, num_workers=num_workers, device=device)
+    trained = train_classifier(model, train_set, **options)
+    scores = score_clips(model, test_sets, **scoring_options(options))
     videos = sorted(scores.mean)
     if not videos:
         raise ValueError(f"finetune: no test video could be read ({len(scores.dropped)} bad)")

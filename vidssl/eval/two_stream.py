@@ -20,14 +20,14 @@ RGB sampler in `vidssl.datasets.flow.FlowAligned`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from vidssl.eval.finetune import score_clips, top1, train_classifier
+from vidssl.eval.finetune import score_clips, scoring_options, top1, train_classifier
 from vidssl.eval.retrieval import extract_clips, linear_probe, retrieval_recall
 
 
@@ -96,19 +96,14 @@ def finetune_two_stream(
     flow_model: nn.Module,
     rgb_sets: tuple[Dataset, Sequence[Dataset]],
     flow_sets: tuple[Dataset, Sequence[Dataset]],
-    steps: int,
-    batch_size: int,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-3,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
+    **options: Any,
 ) -> dict[str, float | int]:
     """Fine-tune an RGB and a flow classifier, each on its own stream; test RGB, flow and R+F (late fusion).
 
     Args: per stream (train set, test sets with one clip per video each), both streams listing the same
-    videos in the same order and clip positions. Each model is trained as `finetune` trains one (same
-    steps, optimiser and seed). R+F: the mean of the two streams' multi-clip softmax.
+    videos in the same order and clip positions. `options`: the keywords of `train_classifier` (`steps`,
+    `batch_size`, ...); each model is trained as `finetune` trains one, with the same options. R+F: the
+    mean of the two streams' multi-clip softmax.
     Outputs: `{"rgb/top1", "flow/top1", "R+F/top1"` (multi-clip), the same `…/top1_one_clip` (middle
     clip), `"rgb/train_loss_first"`, `…_last`, `"rgb/train_dropped"` (and flow's), `"test_used"` (videos
     every clip of both streams could read: all three accuracies are over these), `"test_dropped"` (the rest)}.
@@ -116,9 +111,8 @@ def finetune_two_stream(
     train: dict[str, dict[str, float | int]] = {}
     scores = {}
     for name, model, (train_set, test_sets) in (("rgb", rgb_model, rgb_sets), ("flow", flow_model, flow_sets)):
-        train[name] = train_classifier(model, train_set, steps=steps, batch_size=batch_size, lr=lr,
-                                       weight_decay=weight_decay, num_workers=num_workers, device=device, seed=seed)
-        scores[name] = score_clips(model, test_sets, batch_size=batch_size, num_workers=num_workers, device=device)
+        train[name] = train_classifier(model, train_set, **options)
+        scores[name] = score_clips(model, test_sets, **scoring_options(options))
     listed = len(rgb_sets[1][0])
     if len(flow_sets[1][0]) != listed:
         raise ValueError(f"finetune_two_stream: {listed} RGB and {len(flow_sets[1][0])} flow test videos")
