@@ -112,3 +112,20 @@ def test_evaluate_finetunes_rgb_flow_and_their_fusion(corpus, tmp_path):  # noqa
     assert fused["flow_checkpoint"] == "random" and fused["test_used"] == 2 and fused["test_dropped"] == 0
     alone = json.loads((tmp_path / "flow" / "metrics.json").read_text())
     assert alone["test_used"] == 2 and "flow_checkpoint" not in alone
+
+
+def test_two_stream_fine_tuning_is_reproducible_from_its_seed():
+    def run(seed: int, caller: int) -> dict:
+        torch.manual_seed(0)  # the models are built alike; the fine-tuning draws from `seed` alone
+        rgb_model, flow_model = _model(), _model()
+        torch.manual_seed(caller)  # the caller's random state must not matter
+        rgb, labels = _videos(24, 0, shown=0)
+        flow, _ = _videos(24, 1, shown=1)
+        return finetune_two_stream(rgb_model=rgb_model, flow_model=flow_model,
+                                   rgb_sets=(_Clips(rgb, labels), [_Clips(rgb, labels)]),
+                                   flow_sets=(_Clips(flow, labels), [_Clips(flow, labels)]),
+                                   steps=6, batch_size=6, seed=seed)
+
+    first = run(0, caller=1)
+    assert run(0, caller=2) == first
+    assert run(1, caller=1)["rgb/train_loss_last"] != first["rgb/train_loss_last"]

@@ -104,6 +104,8 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
 def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
     """Fine-tune `checkpoint` (on `dataset.modality`), or with `flow_checkpoint` an RGB and a flow network
     each on its own stream, tested alone and fused (R+F: their softmax averaged per video)."""
+    import torch
+
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import EvalTransform
     from vidssl.eval.finetune import (
@@ -126,6 +128,7 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
         return train, tests
 
     def classifier(checkpoint: str, num_classes: int) -> ContextClassifier:
+        torch.manual_seed(cfg.seed)  # the new layers' initialisation (a random ConvGRU has its own fixed seed)
         encoder, model_state, task_config = load_trained(checkpoint, cfg.encoder, running_stats=True)
         return ContextClassifier(context_readout(encoder, cfg.num_seq, model_state, task_config),
                                  num_classes=num_classes, dropout=ft.dropout)

@@ -207,12 +207,21 @@ def train_classifier(
 ) -> dict[str, float | int]:
     """Train every parameter of `model` on `train_set` (the training half of `finetune`); leaves it in eval mode.
 
-    Outputs: `{"train_loss_first", "train_loss_last"` (mean of the first / last 10 steps), `"train_dropped"`
-    (bad training videos met)}.
+    `seed` draws the batches and the dropout masks (the caller's random state is left as it was), so a model
+    built the same way trains the same way. Outputs: `{"train_loss_first", "train_loss_last"` (mean of the
+    first / last 10 steps), `"train_dropped"` (bad training videos met)}.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"finetune needs steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
     device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(model, train_set, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      num_workers=num_workers, device=device, seed=seed)
+
+
+def _train(model: nn.Module, train_set: Dataset, *, steps: int, batch_size: int, lr: float, weight_decay: float,
+           num_workers: int, device: torch.device, seed: int) -> dict[str, float | int]:
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
