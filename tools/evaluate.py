@@ -6,6 +6,7 @@
         [ks=[1,5,10,20]] [readout=encoder|context num_seq=N]
     python tools/evaluate.py metric=retrieval|linear checkpoint=RGB flow_checkpoint=FLOW dataset.flow_root=DIR ...
     python tools/evaluate.py metric=finetune checkpoint=CKPT|random encoder=NAME dataset=... out=DIR [finetune.steps=N]
+    python tools/evaluate.py metric=finetune checkpoint=RGB flow_checkpoint=FLOW dataset.flow_root=DIR ...
 
 `out=` is required (created if missing), so a second evaluation never overwrites the first. A video that
 cannot be read is dropped from its split, logged with its reason, and counted (``train_used``,
@@ -50,12 +51,19 @@ def evaluate_clusters(cfg: DictConfig) -> tuple[dict, str, Path]:
     return metrics, table, Path(cfg.out)
 
 
-def _eval_split(cfg: DictConfig, name: str, sampler, transform):
+def _eval_split(cfg: DictConfig, name: str, sampler, transform, modality: str | None = None):
+    """The `name` split of `cfg.dataset`, never substituting a bad file. `modality` (two streams) overrides
+    `dataset.modality`; then an RGB split's sampler is wrapped in `FlowAligned`, so both draw the same frames."""
     from vidssl.datasets.dataset import VideoDataset
+    from vidssl.datasets.flow import FlowAligned
 
-    return VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name), sampler=sampler,
-                        transform=transform, backend=cfg.backend, seed=cfg.seed,
-                        modality=cfg.dataset.get("modality", "rgb"), substitute=False)
+    options = {}
+    if modality is not None:
+        options["modality"] = modality
+        sampler = FlowAligned(sampler) if modality == "rgb" else sampler
+    return VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name, **options),
+                        sampler=sampler, transform=transform, backend=cfg.backend, seed=cfg.seed,
+                        modality=modality or cfg.dataset.get("modality", "rgb"), substitute=False)
 
 
 def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
@@ -94,8 +102,12 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
 
 
 def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
+    """Fine-tune `checkpoint` (on `dataset.modality`), or with `flow_checkpoint` an RGB and a flow network
+    each on its own stream, tested alone and fused (R+F: their softmax averaged per video)."""
+    import torch
+
     from vidssl.datasets.sampling import ClipSampler
-    from vidssl.datasets.transforms import ClipTransform, EvalTransform
+    from vidssl.datasets.transforms import EvalTransform
     from vidssl.eval.finetune import (
         ContextClassifier,
         PositionedSampler,
@@ -104,41 +116,52 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
         finetune,
         load_trained,
     )
+    from vidssl.eval.two_stream import finetune_two_stream
 
     ft = cfg.finetune
-    train_set = _eval_split(cfg, cfg.train_split, ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride),
-                            instantiate(ft.transform, size=cfg.size))
-    test_sets = [_eval_split(cfg, cfg.test_split, PositionedSampler(cfg.num_frames, cfg.stride, position),
-                             EvalTransform(size=cfg.size)) for position in clip_positions(ft.test_clips)]
+
+    def sets(modality: str | None = None) -> tuple:
+        train = _eval_split(cfg, cfg.train_split, ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride),
+                            instantiate(ft.transform, size=cfg.size), modality)
+        tests = [_eval_split(cfg, cfg.test_split, PositionedSampler(cfg.num_frames, cfg.stride, position),
+                             EvalTransform(size=cfg.size), modality) for position in clip_positions(ft.test_clips)]
+        return train, tests
+
+    def classifier(checkpoint: str, num_classes: int) -> ContextClassifier:
+        torch.manual_seed(cfg.seed)  # the new layers' initialisation (a random ConvGRU has its own fixed seed)
+        encoder, model_state, task_config = load_trained(checkpoint, cfg.encoder, running_stats=True)
+        return ContextClassifier(context_readout(encoder, cfg.num_seq, model_state, task_config),
+                                 num_classes=num_classes, dropout=ft.dropout)
+
+    two_stream = bool(cfg.get("flow_checkpoint"))
+    train_set, test_sets = sets("rgb" if two_stream else None)
     labels = [e.label for e in train_set.entries + test_sets[0].entries]
     if min(labels) < 0:
         raise SystemExit(f"metric=finetune needs labelled videos; {cfg.dataset.root} has unlabelled ones")
-    encoder, model_state, task_config = load_trained(cfg.checkpoint, cfg.encoder, running_stats=True)
-    model = ContextClassifier(context_readout(encoder, cfg.num_seq, model_state, task_config),
-                              num_classes=max(labels) + 1, dropout=ft.dropout)
-    metrics = finetune(model, train_set, test_sets, steps=ft.steps, batch_size=cfg.batch_size, lr=ft.lr,
-                       weight_decay=ft.weight_decay, num_workers=cfg.num_workers, device=cfg.device, seed=cfg.seed)
-    metrics = {"checkpoint": str(cfg.checkpoint), "test_clips": ft.test_clips, **metrics}
+    options = dict(steps=ft.steps, batch_size=cfg.batch_size, lr=ft.lr, weight_decay=ft.weight_decay,
+                   num_workers=cfg.num_workers, device=cfg.device, seed=cfg.seed)
+    if two_stream:
+        metrics = finetune_two_stream(rgb_model=classifier(cfg.checkpoint, max(labels) + 1),
+                                      flow_model=classifier(cfg.flow_checkpoint, max(labels) + 1),
+                                      rgb_sets=(train_set, test_sets), flow_sets=sets("flow"), **options)
+        metrics = {"checkpoint": str(cfg.checkpoint), "flow_checkpoint": str(cfg.flow_checkpoint),
+                   "test_clips": ft.test_clips, **metrics}
+    else:
+        metrics = finetune(classifier(cfg.checkpoint, max(labels) + 1), train_set, test_sets, **options)
+        metrics = {"checkpoint": str(cfg.checkpoint), "test_clips": ft.test_clips, **metrics}
     return metrics, format_table([metrics]), Path(cfg.out)
 
 
 def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
     """RGB (`checkpoint`), flow (`flow_checkpoint`, on `dataset.flow_root`) and their fusion R+F."""
     from vidssl.checkpoint import load_encoder
-    from vidssl.datasets.dataset import VideoDataset
-    from vidssl.datasets.flow import FlowAligned
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import EvalTransform
     from vidssl.eval.two_stream import evaluate_two_stream as evaluate
 
-    def split(name: str, modality: str) -> VideoDataset:
+    def split(name: str, modality: str):
         sampler = ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride, random=False)
-        return VideoDataset(
-            root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name, modality=modality),
-            sampler=sampler if modality == "flow" else FlowAligned(sampler),  # the same frames in both
-            transform=EvalTransform(size=cfg.size), backend=cfg.backend, seed=cfg.seed, modality=modality,
-            substitute=False,
-        )
+        return _eval_split(cfg, name, sampler, EvalTransform(size=cfg.size), modality)
 
     metrics = evaluate(
         metric=cfg.metric,

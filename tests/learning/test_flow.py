@@ -12,6 +12,9 @@ start (measured: 11.18 -> 5.28, 0.47 of it), and the evaluated encoder is the tr
 asserted: a retrieval or linear-probe gain over random init. Measured over two seeds
 (docs/methods/flow.md), trained flow MemDPC is not reliably above the random encoder on flow (R@1 0.29
 and 0.25 against 0.29; linear 0.21 and 0.29 against 0.21), so the figures are printed (`pytest -s`).
+Fine-tuning (`tools/evaluate.py metric=finetune flow_checkpoint=`: RGB, flow, R+F) is not run here: it
+would add 4-7 minutes, and measured over two pretraining and two evaluation seeds (docs/methods/flow.md)
+it shows no gain over random init either.
 Wall time: 3 min 38 s on the shared 2 cores, corpus, extraction and evaluation included.
 """
 

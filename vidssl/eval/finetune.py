@@ -10,7 +10,8 @@ class is the argmax of the softmax averaged over several of its clips.
 - `ContextReadout`: encoder + ConvGRU(s) as one module, `B×C×(N·L)×H×W -> B×D'×H'×W'` (D' = D × directions),
   so that `extract_features` (retrieval, linear probe) reads the context instead of the pooled encoder.
 - `ContextClassifier`: the read-out, batch norm, dropout and the linear classifier.
-- `finetune`: trains a `ContextClassifier` and reports the multi-clip test accuracy.
+- `finetune`: trains a `ContextClassifier` and reports the multi-clip test accuracy; its halves
+  `train_classifier` and `score_clips` (per-video softmax), for two-stream fine-tuning.
 - `PositionedSampler`, `clip_positions`: deterministic clips at given places of a video.
 """
 
@@ -192,10 +193,9 @@ def _probabilities(model: nn.Module, dataset: Dataset, batch_size: int, num_work
     return probs, labels, dropped
 
 
-def finetune(
-    model: ContextClassifier,
+def train_classifier(
+    model: nn.Module,
     train_set: Dataset,
-    test_sets: Sequence[Dataset],
     *,
     steps: int,
     batch_size: int,
@@ -205,23 +205,23 @@ def finetune(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict[str, float | int]:
-    """Fine-tune every parameter of `model` on `train_set`, then test on `test_sets`.
+    """Train every parameter of `model` on `train_set` (the training half of `finetune`); leaves it in eval mode.
 
-    Training: Adam (L2 weight decay on every parameter, as the official `eval/test.py`) for `steps`
-    batches of randomly drawn, augmented clips (epochs as needed), cross-entropy on the labels.
-    Test: every test set holds one clip per video (e.g. `PositionedSampler` at `clip_positions(n)`); a video's
-    prediction is the argmax of its softmax averaged over the sets. A bad file (a `VideoDataset` with
-    `substitute=False`) is dropped from its batch, never replaced; a test video bad in any set is left out.
-
-    Inputs: samples `{"video": C×(num_seq·L)×H×W, "label": int, "index": int}`; labels in 0..K-1.
-    Outputs: `{"top1"` (multi-clip), `"top1_one_clip"` (the middle test set alone), `"train_loss_first"`,
-    `"train_loss_last"` (mean of the first / last 10 steps), `"train_dropped"` (bad training videos met),
-    `"test_used"` (videos scored), `"test_dropped"` (bad test videos left out)}.
+    `seed` draws the batches and the dropout masks (the caller's random state is left as it was), so a model
+    built the same way trains the same way. Outputs: `{"train_loss_first", "train_loss_last"` (mean of the
+    first / last 10 steps), `"train_dropped"` (bad training videos met)}.
     """
-    if steps < 1 or batch_size < 1 or not test_sets:
-        raise ValueError(f"finetune needs steps >= 1, batch_size >= 1 and a test set, got {steps}, "
-                         f"{batch_size}, {len(test_sets)} test sets")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"finetune needs steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
     device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(model, train_set, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      num_workers=num_workers, device=device, seed=seed)
+
+
+def _train(model: nn.Module, train_set: Dataset, *, steps: int, batch_size: int, lr: float, weight_decay: float,
+           num_workers: int, device: torch.device, seed: int) -> dict[str, float | int]:
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
@@ -254,23 +254,84 @@ def finetune(
                                      f"videos ({len(train_dropped)} bad)")
             epoch += 1
     model.eval()
-    per_clip = [_probabilities(model, test_set, batch_size, num_workers, device) for test_set in test_sets]
-    test_dropped = {path: reason for _, _, dropped in per_clip for path, reason in dropped.items()}
-    for path, reason in test_dropped.items():
-        log.warning("evaluation drops bad video %s: %s", path, reason)
-    videos = sorted(set.intersection(*(set(probs) for probs, _, _ in per_clip)))
-    if not videos:
-        raise ValueError(f"finetune: no test video could be read ({len(test_dropped)} bad)")
-    labels = per_clip[0][1]
-    mean = torch.stack([torch.stack([probs[v] for probs, _, _ in per_clip]).mean(0) for v in videos])
-    target = torch.tensor([labels[v] for v in videos])
-    centre = torch.stack([per_clip[len(per_clip) // 2][0][v] for v in videos])
     return {
-        "top1": (mean.argmax(1) == target).float().mean().item(),
-        "top1_one_clip": (centre.argmax(1) == target).float().mean().item(),
         "train_loss_first": sum(losses[:10]) / len(losses[:10]),
         "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
         "train_dropped": len(train_dropped),
+    }
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """A classifier's test softmax per video index: `mean` over the test sets (clips), `centre` of the middle
+    one; `labels` per index; only videos every test set could read. `dropped`: `{path: reason}` of the rest."""
+
+    mean: dict[int, Tensor]
+    centre: dict[int, Tensor]
+    labels: dict[int, int]
+    dropped: dict[str, str]
+
+
+def scoring_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of `score_clips` among those of `train_classifier`."""
+    return {key: options[key] for key in ("batch_size", "num_workers", "device") if key in options}
+
+
+def score_clips(model: nn.Module, test_sets: Sequence[Dataset], *, batch_size: int, num_workers: int = 0,
+                    device: str | torch.device = "cpu") -> ClipScores:
+    """Softmax of `model` (in eval mode) on every clip of `test_sets` (one clip per video each), per video.
+
+    A bad file (a `VideoDataset` with `substitute=False`) is dropped, never replaced; a video bad in any set
+    is left out of every one.
+    """
+    if not test_sets:
+        raise ValueError("finetune needs a test set")
+    device = torch.device(device)
+    model.to(device).eval()
+    per_clip = [_probabilities(model, test_set, batch_size, num_workers, device) for test_set in test_sets]
+    dropped = {path: reason for _, _, bad in per_clip for path, reason in bad.items()}
+    for path, reason in dropped.items():
+        log.warning("evaluation drops bad video %s: %s", path, reason)
+    videos = sorted(set.intersection(*(set(probs) for probs, _, _ in per_clip)))
+    middle = per_clip[len(per_clip) // 2][0]
+    return ClipScores(mean={v: torch.stack([probs[v] for probs, _, _ in per_clip]).mean(0) for v in videos},
+                      centre={v: middle[v] for v in videos}, labels={v: per_clip[0][1][v] for v in videos},
+                      dropped=dropped)
+
+
+def top1(probs: Mapping[int, Tensor], labels: Mapping[int, int], videos: Sequence[int]) -> float:
+    """Fraction of `videos` whose argmax of `probs` (K per video) is its label."""
+    scores = torch.stack([probs[v] for v in videos])
+    return (scores.argmax(1) == torch.tensor([labels[v] for v in videos])).float().mean().item()
+
+
+def finetune(model: ContextClassifier, train_set: Dataset, test_sets: Sequence[Dataset], **options: Any,
+             ) -> dict[str, float | int]:
+    """Fine-tune every parameter of `model` on `train_set`, then test on `test_sets`.
+
+    `options`: the keywords of `train_classifier` (`steps` and `batch_size` required; `lr`, `weight_decay`,
+    `num_workers`, `device`, `seed`). Training: Adam (L2 weight decay on every parameter, as the official `eval/test.py`) for `steps`
+    batches of randomly drawn, augmented clips (epochs as needed), cross-entropy on the labels.
+    Test: every test set holds one clip per video (e.g. `PositionedSampler` at `clip_positions(n)`); a video's
+    prediction is the argmax of its softmax averaged over the sets. A bad file (a `VideoDataset` with
+    `substitute=False`) is dropped from its batch, never replaced; a test video bad in any set is left out.
+
+    Inputs: samples `{"video": C×(num_seq·L)×H×W, "label": int, "index": int}`; labels in 0..K-1.
+    Outputs: `{"top1"` (multi-clip), `"top1_one_clip"` (the middle test set alone), `"train_loss_first"`,
+    `"train_loss_last"` (mean of the first / last 10 steps), `"train_dropped"` (bad training videos met),
+    `"test_used"` (videos scored), `"test_dropped"` (bad test videos left out)}.
+    """
+    if not test_sets:
+        raise ValueError("finetune needs a test set")
+    trained = train_classifier(model, train_set, **options)
+    scores = score_clips(model, test_sets, **scoring_options(options))
+    videos = sorted(scores.mean)
+    if not videos:
+        raise ValueError(f"finetune: no test video could be read ({len(scores.dropped)} bad)")
+    return {
+        "top1": top1(scores.mean, scores.labels, videos),
+        "top1_one_clip": top1(scores.centre, scores.labels, videos),
+        **trained,
         "test_used": len(videos),
-        "test_dropped": len(test_dropped),
+        "test_dropped": len(scores.dropped),
     }

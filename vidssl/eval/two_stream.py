@@ -9,19 +9,25 @@ by that mean; the linear probe is trained on them. (The MemDPC paper's R+F avera
 two fine-tuned networks; with frozen features and one probe, averaging the similarities is the
 counterpart.)
 
+`finetune_two_stream` is that paper protocol: each stream's classifier is fine-tuned on its own (as
+`vidssl.eval.finetune.finetune`), and a test video's R+F class is the argmax of the mean of the two
+networks' softmax, each already averaged over the video's test clips.
+
 The RGB and flow datasets must list the same videos in the same order and draw the same frames (wrap the
 RGB sampler in `vidssl.datasets.flow.FlowAligned`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from vidssl.eval.finetune import score_clips, scoring_options, top1, train_classifier
 from vidssl.eval.retrieval import extract_clips, linear_probe, retrieval_recall
 
 
@@ -82,3 +88,49 @@ def evaluate_two_stream(
     for name, (train, test) in feats.items():
         metrics.update({f"{name}/{k}": v for k, v in score(train, labels[0], test, labels[1]).items()})
     return {**metrics, **counts}
+
+
+def finetune_two_stream(
+    *,
+    rgb_model: nn.Module,
+    flow_model: nn.Module,
+    rgb_sets: tuple[Dataset, Sequence[Dataset]],
+    flow_sets: tuple[Dataset, Sequence[Dataset]],
+    **options: Any,
+) -> dict[str, float | int]:
+    """Fine-tune an RGB and a flow classifier, each on its own stream; test RGB, flow and R+F (late fusion).
+
+    Args: per stream (train set, test sets with one clip per video each), both streams listing the same
+    videos in the same order and clip positions. `options`: the keywords of `train_classifier` (`steps`,
+    `batch_size`, ...); each model is trained as `finetune` trains one, with the same options. R+F: the
+    mean of the two streams' multi-clip softmax.
+    Outputs: `{"rgb/top1", "flow/top1", "R+F/top1"` (multi-clip), the same `…/top1_one_clip` (middle
+    clip), `"rgb/train_loss_first"`, `…_last`, `"rgb/train_dropped"` (and flow's), `"test_used"` (videos
+    every clip of both streams could read: all three accuracies are over these), `"test_dropped"` (the rest)}.
+    """
+    train: dict[str, dict[str, float | int]] = {}
+    scores = {}
+    for name, model, (train_set, test_sets) in (("rgb", rgb_model, rgb_sets), ("flow", flow_model, flow_sets)):
+        train[name] = train_classifier(model, train_set, **options)
+        scores[name] = score_clips(model, test_sets, **scoring_options(options))
+    listed = len(rgb_sets[1][0])
+    if len(flow_sets[1][0]) != listed:
+        raise ValueError(f"finetune_two_stream: {listed} RGB and {len(flow_sets[1][0])} flow test videos")
+    # a video bad in either stream is left out of both, so the three accuracies score the same videos
+    videos = sorted(set(scores["rgb"].mean) & set(scores["flow"].mean))
+    if not videos:
+        raise ValueError("finetune_two_stream: no test video is readable in both streams")
+    labels = scores["rgb"].labels
+    if any(scores["flow"].labels[v] != labels[v] for v in videos):
+        raise ValueError("the RGB and flow datasets do not list the same videos in the same order")
+    fused = {part: {v: (getattr(scores["rgb"], part)[v] + getattr(scores["flow"], part)[v]) / 2 for v in videos}
+             for part in ("mean", "centre")}
+    metrics: dict[str, float | int] = {}
+    for name, mean, centre in (("rgb", scores["rgb"].mean, scores["rgb"].centre),
+                               ("flow", scores["flow"].mean, scores["flow"].centre),
+                               ("R+F", fused["mean"], fused["centre"])):
+        metrics[f"{name}/top1"] = top1(mean, labels, videos)
+        metrics[f"{name}/top1_one_clip"] = top1(centre, labels, videos)
+    for name, values in train.items():
+        metrics.update({f"{name}/{key}": value for key, value in values.items()})
+    return {**metrics, "test_used": len(videos), "test_dropped": listed - len(videos)}
