@@ -126,7 +126,9 @@ def test_the_train_benchmark_times_the_trainers_step(monkeypatch):
 def test_no_run_to_resume_is_nothing_to_refuse(tmp_path):
     from vidssl.run_config import refuse_changed_model_config
 
-    refuse_changed_model_config(tmp_path / "new_run", {"encoder": {"base_width": 8}})
+    new_run = tmp_path / "new_run"
+    assert refuse_changed_model_config(new_run, {"encoder": {"base_width": 8}}) is None
+    assert not new_run.exists()  # checking creates nothing
 
 
 def test_pretrain_refuses_another_model_config_before_building_anything(tmp_path):
