@@ -97,6 +97,24 @@ def test_r_plus_f_refuses_streams_that_list_different_videos():
                             flow_sets=(_Clips(videos, labels), [_Clips(videos, shifted)]), steps=1, batch_size=3)
 
 
+class _Untouchable(Dataset):
+    """A training set that fails when read: proves a refusal comes before any training."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict:
+        raise AssertionError("the streams were trained before their test sets were compared")
+
+
+def test_r_plus_f_refuses_test_sets_of_different_lengths_before_training():
+    videos, labels = _videos(6, 0, shown=0)
+    with pytest.raises(ValueError, match="6 RGB and 5 flow test videos"):
+        finetune_two_stream(rgb_model=_model(), flow_model=_model(),
+                            rgb_sets=(_Untouchable(), [_Clips(videos, labels)]),
+                            flow_sets=(_Untouchable(), [_Clips(videos[:5], labels[:5])]), steps=1, batch_size=3)
+
+
 def test_evaluate_finetunes_rgb_flow_and_their_fusion(corpus, tmp_path):  # noqa: F811
     root, flow = corpus
     common = ["checkpoint=random", "encoder=r2d3d_18", "encoder.base_width=4", "dataset=csv", f"dataset.root={root}",

@@ -38,8 +38,8 @@ is printed, not asserted.
 
 The whole file, corpus included, run back to back with the version without fine-tuning (2026-11-29, load
 2.3-5.0): 302.5 s against 305.8 s; its three pretraining runs took 189 s against 196 s, so the rest grew
-from 110 s to 114 s. (At 100 fine-tuning steps it took 292 s against 239 s in a quieter pair: over the 45 s that `make test`
-can spare this file.)
+from 110 s to 114 s. (At 100 fine-tuning steps it took 292 s against 239 s in a quieter pair: over the
+45 s that `make test` can spare this file.)
 
 Asserted: the training loss falls below 0.7 of its start, the val accuracy gains more than 0.10 over
 the random init, the val loss is below 0.7 (CPC: 0.8) of the random init's, and the encoder changed. What is not

@@ -278,7 +278,7 @@ def scoring_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def score_clips(model: nn.Module, test_sets: Sequence[Dataset], *, batch_size: int, num_workers: int = 0,
-                    device: str | torch.device = "cpu") -> ClipScores:
+                device: str | torch.device = "cpu") -> ClipScores:
     """Softmax of `model` (in eval mode) on every clip of `test_sets` (one clip per video each), per video.
 
     A bad file (a `VideoDataset` with `substitute=False`) is dropped, never replaced; a video bad in any set
@@ -310,8 +310,9 @@ def finetune(model: ContextClassifier, train_set: Dataset, test_sets: Sequence[D
     """Fine-tune every parameter of `model` on `train_set`, then test on `test_sets`.
 
     `options`: the keywords of `train_classifier` (`steps` and `batch_size` required; `lr`, `weight_decay`,
-    `num_workers`, `device`, `seed`). Training: Adam (L2 weight decay on every parameter, as the official `eval/test.py`) for `steps`
-    batches of randomly drawn, augmented clips (epochs as needed), cross-entropy on the labels.
+    `num_workers`, `device`, `seed`). Training: Adam (L2 weight decay on every parameter, as the official
+    `eval/test.py`) for `steps` batches of randomly drawn, augmented clips (epochs as needed), cross-entropy
+    on the labels.
     Test: every test set holds one clip per video (e.g. `PositionedSampler` at `clip_positions(n)`); a video's
     prediction is the argmax of its softmax averaged over the sets. A bad file (a `VideoDataset` with
     `substitute=False`) is dropped from its batch, never replaced; a test video bad in any set is left out.

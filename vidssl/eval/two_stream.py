@@ -108,14 +108,14 @@ def finetune_two_stream(
     clip), `"rgb/train_loss_first"`, `…_last`, `"rgb/train_dropped"` (and flow's), `"test_used"` (videos
     every clip of both streams could read: all three accuracies are over these), `"test_dropped"` (the rest)}.
     """
+    listed = len(rgb_sets[1][0])
+    if len(flow_sets[1][0]) != listed:  # before any training: a mismatch wastes both fine-tunings
+        raise ValueError(f"finetune_two_stream: {listed} RGB and {len(flow_sets[1][0])} flow test videos")
     train: dict[str, dict[str, float | int]] = {}
     scores = {}
     for name, model, (train_set, test_sets) in (("rgb", rgb_model, rgb_sets), ("flow", flow_model, flow_sets)):
         train[name] = train_classifier(model, train_set, **options)
         scores[name] = score_clips(model, test_sets, **scoring_options(options))
-    listed = len(rgb_sets[1][0])
-    if len(flow_sets[1][0]) != listed:
-        raise ValueError(f"finetune_two_stream: {listed} RGB and {len(flow_sets[1][0])} flow test videos")
     # a video bad in either stream is left out of both, so the three accuracies score the same videos
     videos = sorted(set(scores["rgb"].mean) & set(scores["flow"].mean))
     if not videos:

@@ -6,8 +6,8 @@ the feature maps of the next `pred_step` blocks, feeding each prediction back in
 InfoNCE asks every predicted (future step, position) vector to pick its true feature among every
 (clip, step, position) of the batch.
 
-The pieces MemDPC and CPC reuse (`block_clips`, `encode_blocks`, `rollout`, `dense_prediction_loss`, `scheduled_pred_step`)
-are plain functions here.
+The pieces MemDPC and CPC reuse (`block_clips`, `encode_blocks`, `rollout`, `dense_prediction_loss`,
+`scheduled_pred_step`) are plain functions here.
 """
 
 from __future__ import annotations
