@@ -137,10 +137,12 @@ def render_jhmdb_video(rng: np.random.Generator, *, num_frames: int, height: int
     joints' pixel positions 2×15×T (0-based x, y)."""
     background = _background(height, width, rng)
     body = 0.7 * height
-    start = np.array([rng.uniform(0.3, 0.45) * width, 0.5 * height])
-    velocity = np.array([rng.uniform(0.6, 1.2), rng.uniform(-0.3, 0.3)])
-    side = max(int(body * 0.12), 5)
-    sprites = [_sprite("circle", str(rng.choice(TEXTURES)), np.stack([c, 1 - c]), side, rng) for c in JOINT_COLOURS]
+    start = np.array([rng.uniform(0.2, 0.3) * width, 0.5 * height])
+    velocity = np.array([rng.uniform(0.4, 0.5), rng.uniform(-0.05, 0.05)]) * width / max(num_frames, 1)
+    side = max(int(body * 0.14), 5)
+    # two tones of one colour per joint, so that a joint's average colour is its own
+    sprites = [_sprite("circle", str(rng.choice(TEXTURES)), np.stack([c, 0.7 * c + 0.1]), side, rng)
+               for c in JOINT_COLOURS]
     swing = rng.uniform(0.02, 0.05)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     positions = np.zeros((2, 15, num_frames))
@@ -160,7 +162,7 @@ def render_jhmdb_video(rng: np.random.Generator, *, num_frames: int, height: int
 
 
 def make_jhmdb(out: str | Path, *, classes: tuple[str, ...] = ("walk", "wave"), videos_per_class: int = 1,
-               num_frames: int = 10, height: int = 48, width: int = 64, seed: int = 0) -> Path:
+               num_frames: int = 10, height: int = 96, width: int = 128, seed: int = 0) -> Path:
     """A JHMDB-style set (see the module doc): every video is in the test part of split 1."""
     from scipy.io import savemat
 
@@ -204,8 +206,8 @@ def render_vip_video(rng: np.random.Generator, *, num_frames: int, height: int, 
         ph, pw = max(int((y1 - y0) * box_h), 2), max(int((x1 - x0) * box_w), 2)
         rgb, _ = _sprite("square", str(rng.choice(TEXTURES)), rng.uniform(0.05, 0.95, (2, 3)), max(ph, pw), rng)
         patches[part] = rgb[:ph, :pw]
-    start = np.array([rng.uniform(0.05, 0.3) * width, 0.1 * height])
-    velocity = np.array([rng.uniform(1.0, 2.0), rng.uniform(-0.3, 0.3)])
+    start = np.array([rng.uniform(0.05, 0.15) * width, 0.1 * height])
+    velocity = np.array([rng.uniform(0.3, 0.4), rng.uniform(-0.02, 0.02)]) * width / max(num_frames, 1)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     masks = np.zeros((num_frames, height, width), dtype=np.uint8)
     for t in range(num_frames):
