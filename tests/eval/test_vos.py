@@ -147,3 +147,12 @@ def test_bad_metadata_is_named(tmp_path):
         vos_videos(root, "valid")
     with pytest.raises(FileNotFoundError, match="split folder"):
         vos_videos(root, "test")
+
+
+def test_benchmark_rows_for_a_long_video():
+    from vidssl.benchmarks.propagate import run
+
+    result = run(channels=[8], height=48, width=64, frames=1, n_context=3, radius=3, methods=["windowed"],
+                 vos_frames=6, vos_height=32, vos_width=48)
+    vos = [r for r in result["rows"] if r["method"].startswith("propagate_vos")]
+    assert [r["frames"] for r in vos] == [6, 12] and all(r["s_per_frame"] > 0 for r in vos)
