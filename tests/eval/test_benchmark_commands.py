@@ -102,3 +102,14 @@ def test_vip_command(tools, tmp_path):
     # (in-between ids on part borders become classes of their own), 0.57 with nearest; first annotation kept 0.23
     assert metrics["mIoU"] > still["mIoU"] + 0.05, (metrics["mIoU"], still["mIoU"])
     assert nearest["mIoU"] > metrics["mIoU"] + 0.1, (nearest["mIoU"], metrics["mIoU"])
+
+
+def test_make_synthetic_benchmarks_tool(tmp_path):
+    tool = _tool("make_synthetic_benchmarks")
+    tool.main([f"out={tmp_path}", "which=[vip,jhmdb]"])
+    assert (tmp_path / "vip" / "lists" / "val_videos.txt").is_file()
+    assert len(jhmdb_videos(tmp_path / "jhmdb")) == 2 and not (tmp_path / "ytvos").exists()
+    with pytest.raises(SystemExit, match="unknown option"):
+        tool.main([f"out={tmp_path}", "seeds=1"])
+    with pytest.raises(ValueError, match="davis"):
+        tool.main([f"out={tmp_path}", "which=[davis]"])
