@@ -156,3 +156,15 @@ def test_benchmark_rows_for_a_long_video():
                  vos_frames=6, vos_height=32, vos_width=48)
     vos = [r for r in result["rows"] if r["method"].startswith("propagate_vos")]
     assert [r["frames"] for r in vos] == [6, 12] and all(r["s_per_frame"] > 0 for r in vos)
+
+
+def test_without_meta_json_the_annotations_name_the_objects(ytvos, tmp_path):
+    import shutil
+
+    root = ytvos[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "valid", copy / "valid", ignore=shutil.ignore_patterns("meta.json"))
+    with_meta, without = vos_videos(root, "valid")[0], vos_videos(copy, "valid")[0]
+    assert [o.id for o in without.objects] == [o.id for o in with_meta.objects]
+    assert [o.frames[0] for o in without.objects] == [o.frames[0] for o in with_meta.objects]
+    assert without.objects[1].frames == tuple(f.stem for f in without.frames if f.stem >= without.objects[1].frames[0])

@@ -86,13 +86,16 @@ def read_meta(path: str | Path) -> dict:
 def vos_videos(root: str | Path, split: str = "valid", *, meta: str = "meta.json") -> list[VosVideo]:
     """The videos of ``root/<split>`` (see the module doc), in ``meta.json`` order.
 
+    Without ``root/<split>/<meta>``, the objects and their frames come from the annotations
+    (`meta_from_annotations`).
+
     Raises an error naming the video when its frames are missing, an object lists no frames, or a
     listed frame has no JPEG.
     """
     base = Path(root) / split
     if not base.is_dir():
         raise FileNotFoundError(f"vos: split folder not found: {base}")
-    meta_data = read_meta(base / meta)
+    meta_data = read_meta(base / meta) if (base / meta).is_file() else meta_from_annotations(base)
     videos = []
     for name, entry in meta_data["videos"].items():
         objects_meta = (entry or {}).get("objects")
@@ -116,6 +119,24 @@ def vos_videos(root: str | Path, split: str = "valid", *, meta: str = "meta.json
         objects.sort(key=lambda o: (o.frames[0], o.id))
         videos.append(VosVideo(name, frames, base / "Annotations" / name, tuple(objects)))
     return videos
+
+
+def meta_from_annotations(base: Path) -> dict:
+    """``meta.json``'s content for a split without one: each id's first frame is the first annotation
+    showing it, and it is listed on every frame from there (categories unknown)."""
+    if not (base / "Annotations").is_dir():
+        raise FileNotFoundError(f"vos: {base} has neither meta.json nor Annotations/")
+    videos = {}
+    for folder in sorted(p for p in (base / "Annotations").iterdir() if p.is_dir()):
+        stems = sorted(f.stem for f in (base / "JPEGImages" / folder.name).glob("*.jpg"))
+        first: dict[int, str] = {}
+        for png in sorted(folder.glob("*.png")):
+            for obj in np.unique(read_mask(png)).tolist():
+                if obj not in (0, 255):
+                    first.setdefault(int(obj), png.stem)
+        videos[folder.name] = {"objects": {str(k): {"category": "", "frames": [s for s in stems if s >= f]}
+                                           for k, f in sorted(first.items())}}
+    return {"videos": videos}
 
 
 def seen_categories(meta_path: str | Path) -> set[str]:
