@@ -90,7 +90,8 @@ def test_vip_command(tools, tmp_path):
     metrics = _run(tools, tmp_path, "vip", root, "vip", ["input_size=256"])  # 64×64 frames: 2-px cells
     assert metrics["frames"] == 4 and len(metrics["IoU"]) == 20
     written = sorted((tmp_path / "res_vip" / "videos1").glob("*.png"))
-    assert [p.name for p in written] == sorted(p.name for p in (root / "Annotations" / "Category_ids" / "videos1").glob("*.png"))
+    annotated = sorted(p.name for p in (root / "Annotations" / "Category_ids" / "videos1").glob("*.png"))
+    assert [p.name for p in written] == annotated
     nearest = _run(tools, tmp_path, "vip", root, "vip", ["input_size=256", "label_resize=nearest"])
     name, frames, annotations = vip_videos(root)[0]
     first = read_parts(annotations / f"{frames[0].stem}.png").astype("uint8")

@@ -61,7 +61,8 @@ def _frames(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(frames, key=lambda p: int(p.stem)))
 
 
-def jhmdb_videos(root: str | Path | None = None, *, split: int = 1, filelist: str | Path | None = None) -> list[JhmdbVideo]:
+def jhmdb_videos(root: str | Path | None = None, *, split: int = 1,
+                 filelist: str | Path | None = None) -> list[JhmdbVideo]:
     """The test videos of JHMDB split ``split`` under ``root``, or those of a videowalk ``filelist``."""
     if filelist is not None:
         videos = []
@@ -222,7 +223,8 @@ def propagate_keypoints(frames: Sequence[Path], joints0: np.ndarray, feature_fn:
     def feats(t: int) -> Tensor:
         frame = first if t == 0 else read_frame(frames[t])
         if frame.shape != first.shape:
-            raise ValueError(f"jhmdb: {name}: frame {frames[t].name} is {tuple(frame.shape)}, the first {tuple(first.shape)}")
+            raise ValueError(f"jhmdb: {name}: frame {frames[t].name} is {tuple(frame.shape)}, "
+                             f"the first {tuple(first.shape)}")
         return feature_fn(_resize(frame, size))
 
     input_size = (height, width) if size is None else (size, size)
