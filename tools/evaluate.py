@@ -1,6 +1,9 @@
 """Evaluate results or a checkpoint; writes OUT/metrics.json and OUT/metrics.txt and prints a table.
 
     python tools/evaluate.py metric=davis davis_root=DIR results=RES out=DIR [split=val]
+    python tools/evaluate.py metric=ytvos|mose root=DIR results=RES out=DIR [vos_split=valid] [seen_meta=train/meta.json]
+    python tools/evaluate.py metric=jhmdb root=DIR results=RES out=DIR [jhmdb_split=1] [filelist=FILE]
+    python tools/evaluate.py metric=vip root=DIR results=RES out=DIR [split=val]
     python tools/evaluate.py metric=clusters labels=LABELS.csv manifest=MANIFEST.csv out=DIR
     python tools/evaluate.py metric=retrieval|linear checkpoint=CKPT|random encoder=NAME dataset=... out=DIR
         [ks=[1,5,10,20]] [readout=encoder|context num_seq=N]
@@ -40,6 +43,38 @@ def evaluate_davis(cfg: DictConfig) -> tuple[dict, str, Path]:
     out = Path(cfg.out)
     metrics, per_object, _ = evaluate_results(cfg.davis_root, cfg.results, split=cfg.split, out_dir=out)
     return metrics, format_tables(metrics, per_object, cfg.split), out
+
+
+def evaluate_vos(cfg: DictConfig) -> tuple[dict, str, Path]:
+    """Local J&F (seen/unseen with seen_meta, or ROOT/train/meta.json when it exists) and the layout check."""
+    from vidssl.eval.vos import check_submission, evaluate_vos, format_vos, seen_categories
+
+    _need(cfg, "root", "results")
+    seen_meta = cfg.seen_meta or (Path(cfg.root) / "train" / cfg.meta)
+    seen = seen_categories(seen_meta) if Path(seen_meta).is_file() and cfg.vos_split != "train" else None
+    metrics, rows = evaluate_vos(cfg.root, cfg.results, cfg.vos_split, meta=cfg.meta, seen=seen)
+    problems = check_submission(cfg.root, cfg.results, cfg.vos_split, meta=cfg.meta)
+    metrics["layout_problems"] = len(problems)
+    table = format_vos(metrics, rows) + "".join(f"\nlayout: {p}" for p in problems[:20])
+    return {**metrics, "per_object": rows}, table, Path(cfg.out)
+
+
+def evaluate_jhmdb(cfg: DictConfig) -> tuple[dict, str, Path]:
+    from vidssl.eval.jhmdb import evaluate_jhmdb as evaluate
+
+    _need(cfg, "results")
+    if cfg.root in (None, "") and cfg.filelist in (None, ""):
+        raise SystemExit("metric=jhmdb needs root=DIR (the JHMDB release) or filelist=FILE")
+    metrics, table = evaluate(cfg.results, cfg.root, split=cfg.jhmdb_split, filelist=cfg.filelist)
+    return metrics, table, Path(cfg.out)
+
+
+def evaluate_vip(cfg: DictConfig) -> tuple[dict, str, Path]:
+    from vidssl.eval.vip import evaluate_vip as evaluate
+
+    _need(cfg, "root", "results")
+    metrics, table = evaluate(cfg.root, cfg.results, cfg.split)
+    return metrics, table, Path(cfg.out)
 
 
 def evaluate_clusters(cfg: DictConfig) -> tuple[dict, str, Path]:
@@ -177,6 +212,10 @@ def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
 
 EVALUATIONS = {
     "davis": evaluate_davis,
+    "ytvos": evaluate_vos,
+    "mose": evaluate_vos,
+    "jhmdb": evaluate_jhmdb,
+    "vip": evaluate_vip,
     "clusters": evaluate_clusters,
     "retrieval": evaluate_features,
     "linear": evaluate_features,

@@ -1,7 +1,7 @@
 """Speed and memory of label propagation at DAVIS scale: windowed vs dense-then-mask, and vs the official code.
 
     python tools/benchmark.py suite=propagate [channels=[256,512]] [frames=2] [device=cpu]
-        [official=PATH/TO/videowalk official_frames=4]
+        [official=PATH/TO/videowalk official_frames=4] [vos_frames=40 vos_height=240 vos_width=427]
 
 Random unit features stand in for an encoder's (a speed benchmark): a full context (the first frame,
 unrestricted as in CRW, plus ``n_context`` radius-restricted frames with random soft labels for
@@ -71,13 +71,17 @@ def run(
     seed: int = 0,
     official: str | None = None,
     official_frames: int = 4,
+    vos_frames: int | None = None,
+    vos_height: int = 240,
+    vos_width: int = 427,
 ) -> dict:
     """Time and measure one propagation step per method; returns ``{"rows": [...], "config": {...}}``.
 
     Each row: channels, method, frames/s, s/frame, peak extra MiB, identical (masks equal to the
     first method's on every frame), mismatched pixels, and time_ratio (this method's s/frame over
     the first method's: how many times slower than windowed). With ``official``, rows comparing the
-    official ``test()`` with `propagate_labels` follow (see the module doc).
+    official ``test()`` with `propagate_labels` follow (see the module doc). With ``vos_frames``, rows
+    of a long YouTube-VOS-style video at that length and twice it (`vidssl.benchmarks.vos.vos_rows`).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -132,6 +136,12 @@ def run(
     if official is not None:
         rows += compare_official(official, grid=(h, w), frames=official_frames, n_context=n_context, topk=topk,
                                  radius=radius, temperature=temperature, tile=tile, seed=seed)
+    if vos_frames:
+        from vidssl.benchmarks.vos import vos_rows
+
+        rows += vos_rows(frames=vos_frames, height=vos_height, width=vos_width, dim=channels[0], n_context=n_context,
+                         topk=topk, radius=radius, temperature=temperature, tile=tile, seed=seed,
+                         memory_ok=_return_freed_memory_to_os())
     return {
         "rows": rows,
         "config": dict(channels=list(channels), height=height, width=width, stride=stride, grid=[h, w],

@@ -288,6 +288,7 @@ def propagate_labels(
     tile: int = 8,
     name: str = "",
     max_objects: int = MAX_OBJECTS,
+    first_labels: Tensor | None = None,
 ) -> Iterator[Tensor]:
     """Propagate a first-frame label map through a video; yields one label map per frame, in order.
 
@@ -299,6 +300,9 @@ def propagate_labels(
       n_context, topk, radius, temperature, restrict_first, window, pad_first, downsample, tile:
         the protocol (see the module doc; tile changes speed only).
       name: sequence name used in error messages.
+      first_labels: frame 0's soft labels at feature resolution, h×w×K, in place of the one-hot of
+        ``first_mask`` (which may then be None): e.g. keypoint heat maps. The generator then yields
+        each frame's soft labels h×w×K at feature resolution (frame 0: ``first_labels``).
     Outputs: T label maps H×W uint8; the first is `first_mask` itself.
     """
     if n_context < 0:
@@ -313,16 +317,21 @@ def propagate_labels(
     if num_frames is None:
         raise ValueError("num_frames is required when feats is a callable")
     # checked here, not inside the generator, so that a bad mask fails at the call
-    first_mask = check_first_mask(first_mask, name=name, max_objects=max_objects)
+    if first_labels is not None:
+        if first_labels.ndim != 3:
+            raise ValueError(f"first_labels must be h×w×K soft labels, got shape {tuple(first_labels.shape)}")
+    else:
+        first_mask = check_first_mask(first_mask, name=name, max_objects=max_objects)
     return _propagate(feats, first_mask, num_frames, n_context=n_context, restrict_first=restrict_first,
                       pad_first=pad_first, downsample=downsample, name=name, max_objects=max_objects,
-                      step=dict(topk=topk, radius=radius, temperature=temperature, window=window, tile=tile))
+                      step=dict(topk=topk, radius=radius, temperature=temperature, window=window, tile=tile),
+                      first_labels=first_labels)
 
 
 def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: int, *, n_context: int,
                restrict_first: bool, pad_first: bool, downsample: str, name: str, max_objects: int,
-               step: dict) -> Iterator[Tensor]:
-    height, width = first_mask.shape[-2:]
+               step: dict, first_labels: Tensor | None = None) -> Iterator[Tensor]:
+    soft = first_labels is not None
     where = f"sequence {name!r}: " if name else ""
 
     def features(t: int) -> Tensor:
@@ -333,9 +342,16 @@ def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: i
 
     first = features(0)
     h, w, dim = first.shape
-    first_values = first_frame_labels(first_mask, (h, w), downsample=downsample, name=name,
-                                      max_objects=max_objects).to(first)
-    yield first_mask.to(torch.uint8)
+    if soft:
+        if first_labels.shape[:2] != (h, w):
+            raise ValueError(f"{where}first_labels {tuple(first_labels.shape)} do not fit the feature grid {h}×{w}")
+        first_values = first_labels.to(first)
+        yield first_values
+    else:
+        height, width = first_mask.shape[-2:]
+        first_values = first_frame_labels(first_mask, (h, w), downsample=downsample, name=name,
+                                          max_objects=max_objects).to(first)
+        yield first_mask.to(torch.uint8)
     if num_frames <= 1:
         return
 
@@ -363,6 +379,9 @@ def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: i
             slot = 1 + (t - 1) % n_context
             keys[slot], values[slot] = query, pred
             filled = min(filled + 1, n_context)
+        if soft:
+            yield pred.clone()
+            continue
         full = F.interpolate(pred.permute(2, 0, 1)[None], size=(height, width), mode="bilinear",
                              align_corners=False)[0]  # (K, H, W)
         yield full.argmax(dim=0).to(torch.uint8).cpu()
