@@ -204,6 +204,10 @@ class VJEPA(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         video = batch["video"]
+        grid = self.encoder.token_grid(video)
+        if grid != self.grid:
+            raise ValueError(f"VJEPA: batch['video'] {tuple(video.shape)} is a {grid} token grid, the masks and the "
+                             f"predictor are built for {self.grid} (set num_frames and img_size to the data's clip)")
         masks = batch.get("masks")
         if masks is None:
             masks = self.draw_masks(video.shape[0])
