@@ -27,8 +27,6 @@ from vidssl.encoders.video import (
 from vidssl.encoders.vit_video import (
     VideoViT,
     vit_video_b,
-    vit_video_g,
-    vit_video_h,
     vit_video_l,
     vit_video_s,
     vit_video_t,
@@ -63,8 +61,6 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "vit_video_s": vit_video_s,
     "vit_video_b": vit_video_b,
     "vit_video_l": vit_video_l,
-    "vit_video_h": vit_video_h,
-    "vit_video_g": vit_video_g,
 }
 
 

@@ -93,19 +93,23 @@ class VJEPAPredictor(nn.Module):
         self.num_patches = math.prod(self.grid)
         self.use_rope = use_rope
         self.activation_checkpointing = activation_checkpointing
-        self.predictor_embed = nn.Linear(embed_dim, predictor_dim)
-        self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, 1, predictor_dim))
-                                            for _ in range(num_mask_tokens))
+        with torch.device("meta"):  # allocated once below, then initialised as the official predictor
+            self.predictor_embed = nn.Linear(embed_dim, predictor_dim)
+            self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, 1, predictor_dim))
+                                                for _ in range(num_mask_tokens))
+            self.predictor_blocks = nn.ModuleList(Block(predictor_dim, num_heads, mlp_ratio=mlp_ratio,
+                                                        rope=use_rope) for _ in range(depth))
+            self.predictor_norm = nn.LayerNorm(predictor_dim, eps=1e-6)
+            self.predictor_proj = nn.Linear(predictor_dim, embed_dim)
+        self.to_empty(device="cpu")
+        init_vit_weights(self, self.predictor_blocks)
+        for token in self.mask_tokens:  # zero_init_mask_tokens
+            nn.init.zeros_(token)
         if use_rope:
             self.predictor_pos_embed = None
         else:
             table = sincos_3d(predictor_dim, *self.grid, uniform_power=uniform_power).float()
             self.register_buffer("predictor_pos_embed", table.unsqueeze(0))
-        self.predictor_blocks = nn.ModuleList(Block(predictor_dim, num_heads, mlp_ratio=mlp_ratio, rope=use_rope)
-                                              for _ in range(depth))
-        self.predictor_norm = nn.LayerNorm(predictor_dim, eps=1e-6)
-        self.predictor_proj = nn.Linear(predictor_dim, embed_dim)
-        init_vit_weights(self, self.predictor_blocks)  # mask tokens stay zero (zero_init_mask_tokens)
 
     def forward(self, context: Tensor, context_index: Tensor, target_index: Tensor, mask_index: int = 0) -> Tensor:
         b, k = context_index.shape
