@@ -3,9 +3,10 @@ official=DIR`: their encoder and predictor (with their multi-clip wrappers) buil
 imported from the checkout at run time, on the same batch and masks as vidssl's row.
 
 The step is train.py's: the target's tokens layer-normed, the context encoder and the predictor per mask
-config, the loss, backward, AdamW (their parameter groups), the EMA of the target. The masks are drawn once,
-outside the timed step (the official loader draws them in its workers), while vidssl's row draws them inside
-its step: the comparison counts that cost against vidssl.
+config, the loss, backward, AdamW (their parameter groups), the EMA of the target. Each step draws the masks
+vidssl's row draws at the same step (same counter and generator: the official collator's draws, see
+`vidssl.datasets.masks`), so both rows see the same numbers of context and target tokens; the drawing is
+timed in both rows (the official loader does it in its workers).
 """
 
 from __future__ import annotations
@@ -67,15 +68,23 @@ def official_step(cfg: Any, checkout: Path, video: Tensor, device: torch.device,
                for mod in (encoder, predictor)]
     optimizer = torch.optim.AdamW(groups, lr=1e-4)
     grid = (frames // e.tubelet_size, size // e.patch_size, size // e.patch_size)
-    g = torch.Generator().manual_seed(0)
-    drawn = [MultiBlockMasks(MaskConfig(**c), grid)(video.shape[0], counter=0, generator=g) for c in masks_cfg]
-    masks_enc = [[c.to(device) for c, _ in drawn]]
-    masks_pred = [[t.to(device) for _, t in drawn]]
+    from vidssl.tasks.vjepa import mask_generator
+
+    generators = [MultiBlockMasks(MaskConfig(**c), grid) for c in masks_cfg]
+    counter = [0]
+
+    def draw() -> tuple[list, list]:
+        g = mask_generator(int(m.mask_seed), 0, counter[0])
+        drawn = [masks(video.shape[0], counter=counter[0], generator=g) for masks in generators]
+        counter[0] += 1
+        return [[c.to(device) for c, _ in drawn]], [[t.to(device) for _, t in drawn]]
+
     clips = [video]
     dtype = PRECISIONS[precision]
     loss_exp = float(m.loss_exp)
 
     def step() -> None:
+        masks_enc, masks_pred = draw()
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
             with torch.no_grad():
                 h = [F.layer_norm(hi, (hi.size(-1),)) for hi in target(clips)]

@@ -73,6 +73,11 @@ def rankme(features: Tensor, eps: float = 1e-7) -> Tensor:
     return torch.exp(-(p * p.log()).sum())
 
 
+def mask_generator(mask_seed: int, rank: int, counter: int) -> torch.Generator:
+    """The generator of batch ``counter``'s mask positions on ``rank``."""
+    return torch.Generator().manual_seed(hash((mask_seed, rank, counter)) % 2**63)
+
+
 class VJEPAPredictor(nn.Module):
     """V-JEPA's predictor (`src/models/predictor.py`), parameter names as the official ones.
 
@@ -144,6 +149,8 @@ class VJEPA(nn.Module):
             ipe_scale of 1.25 stretches every schedule past the last epoch).
         mask_seed: seed of the mask positions.
         monitor: log the target tokens' per-dimension std (``target_std``) and RankMe (``target_rankme``).
+        monitor_every: compute them every this many training forward calls (set it to trainer.log_every;
+            between, the last values are returned): an SVD per step costs ~10 % of a tiny model's step.
         collapse_rank: warn once when RankMe falls below this fraction of min(tokens, width).
         collapse_std: warn once when the per-dimension std falls below this.
 
@@ -155,7 +162,7 @@ class VJEPA(nn.Module):
     def __init__(self, *, encoder: VideoViT, num_frames: int = 16, img_size: int = 224, predictor_dim: int = 384,
                  predictor_depth: int = 12, predictor_heads: int = 12, masks: Sequence[Any] | None = None,
                  loss_exp: float = 1.0, ema: Sequence[float] = (0.998, 1.0), ema_horizon: int | None = None,
-                 mask_seed: int = 0, monitor: bool = True, collapse_rank: float = 0.01,
+                 mask_seed: int = 0, monitor: bool = True, monitor_every: int = 10, collapse_rank: float = 0.01,
                  collapse_std: float = 0.01) -> None:
         super().__init__()
         if not isinstance(encoder, VideoViT):
@@ -184,6 +191,8 @@ class VJEPA(nn.Module):
         self.ema_horizon = ema_horizon
         self.mask_seed = mask_seed
         self.monitor = monitor
+        self.monitor_every = max(1, monitor_every)
+        self._health: dict[str, Tensor] = {}
         self.collapse_rank = collapse_rank
         self.collapse_std = collapse_std
         self._warned = False
@@ -195,7 +204,7 @@ class VJEPA(nn.Module):
     def draw_masks(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """Every mask config's (context, target) indices for the next batch; advances the mask counter."""
         counter = int(self.mask_step)
-        generator = torch.Generator().manual_seed(hash((self.mask_seed, distributed.rank(), counter)) % 2**63)
+        generator = mask_generator(self.mask_seed, distributed.rank(), counter)
         masks = [m(batch_size, counter=counter, generator=generator) for m in self.mask_generators]
         self.mask_step += 1
         return masks
@@ -226,7 +235,11 @@ class VJEPA(nn.Module):
         out = {"loss": loss, "momentum": torch.tensor(self.momentum(self._max_steps), device=video.device),
                "context_tokens": torch.tensor(float(sum(c.shape[1] for c, _ in masks)) / len(masks),
                                               device=video.device)}
-        out.update(self.health(h))
+        if self.monitor:
+            # mask_step counts the training batches (a buffer: resumed runs keep the same logging steps)
+            if not self._health or not self.training or int(self.mask_step) % self.monitor_every == 0:
+                self._health = self.health(h)
+            out.update({k: v.to(video.device) for k, v in self._health.items()})
         return out
 
     @torch.no_grad()
