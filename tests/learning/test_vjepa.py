@@ -79,7 +79,8 @@ def test_vjepa_learns(synthetic_root, tmp_path):
     random_loss, random_rank = _pretext(initial, val_video)
     probe = {}
     for name, model in (("trained", task), ("random", initial)):
-        probe[name] = attentive_probe((_tokens(model, train_video), train_labels), (_tokens(model, val_video), val_labels),
+        probe[name] = attentive_probe((_tokens(model, train_video), train_labels),
+                                      (_tokens(model, val_video), val_labels),
                                       num_classes=int(train_labels.max()) + 1, holdout=0.15, lrs=(5e-3, 1e-3),
                                       wds=(0.01,), epochs=20, batch_size=8, num_heads=4, depth=2)
     print(f"\nV-JEPA {STEPS} steps: val pretext loss trained {trained_loss:.4f} / random {random_loss:.4f}; target "

@@ -5,7 +5,7 @@
     python tools/benchmark.py suite=train task=memdpc              # one training step of a task, as configured
     python tools/benchmark.py suite=train task=dpc overrides=[task.data.transform.size=128,...]   # paper shape
     python tools/benchmark.py suite=train task=memdpc_paper batch_size=4 official=DIR   # + the authors' model
-    python tools/benchmark.py suite=train task=vjepa official=DIR   # + the authors' V-JEPA step (facebookresearch/vjepa2)
+    python tools/benchmark.py suite=train task=vjepa official=DIR   # + the authors' V-JEPA step (vjepa2 checkout)
 
 ``official=DIR`` (a checkout of TengdaHan/DPC or TengdaHan/MemDPC, matching the task) adds a row per precision
 for the authors' model (`DPC_RNN`, `MemDPC_BD`) built with the task config's shape, trained on the same batch

@@ -1,4 +1,4 @@
-"""Import a V-JEPA or V-JEPA 2 checkpoint (facebookresearch/jepa, facebookresearch/vjepa2) as a vidssl `VJEPA` checkpoint.
+"""Import a V-JEPA or V-JEPA 2 checkpoint (facebookresearch/jepa, /vjepa2) as a vidssl `VJEPA` checkpoint.
 
 The official file (`app/vjepa/train.py`'s ``save_checkpoint``) is ``{"encoder", "predictor",
 "target_encoder", "opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr"}``: three state dicts
@@ -70,7 +70,8 @@ def encoder_config(weights: Mapping[str, Tensor], num_heads: int | None = None) 
     if not use_rope:
         frames, size = clip_of_table(int(weights["pos_embed"].shape[1]), int(tubelet), int(patch))
     return {"_target_": "vidssl.encoders.vit_video.VideoViT", "embed_dim": int(dim),
-            "depth": count_blocks(weights, "blocks"), "num_heads": num_heads or HEADS[int(dim)], "mlp_ratio": hidden / dim,
+            "depth": count_blocks(weights, "blocks"), "num_heads": num_heads or HEADS[int(dim)],
+            "mlp_ratio": hidden / dim,
             "qkv_bias": "blocks.0.attn.qkv.bias" in weights, "img_size": int(size), "num_frames": int(frames),
             "patch_size": int(patch), "tubelet_size": int(tubelet), "use_rope": use_rope, "uniform_power": False,
             "activation_checkpointing": False}
@@ -96,8 +97,8 @@ def convert(state: dict[str, Any], *, num_heads: int | None = None, predictor_he
     model = {f"{part}.{key}": value for part in PARTS for key, value in parts[part].items()}
     # the schedules' positions start afresh: a continued run follows its own momentum schedule and masks
     model.update({"ema_step": torch.tensor(0), "mask_step": torch.tensor(0)})
-    masks = [{"num_blocks": 8, "spatial_scale": [0.15, 0.15], "aspect_ratio": [0.75, 1.5], "temporal_scale": [1.0, 1.0]},
-             {"num_blocks": 2, "spatial_scale": [0.7, 0.7], "aspect_ratio": [0.75, 1.5], "temporal_scale": [1.0, 1.0]}]
+    masks = [{"num_blocks": n, "spatial_scale": [s, s], "aspect_ratio": [0.75, 1.5], "temporal_scale": [1.0, 1.0]}
+             for n, s in ((8, 0.15), (2, 0.7))]  # the official two
     if mask_tokens != len(masks):
         raise ValueError(f"the official predictor has {mask_tokens} mask tokens; vidssl's holds one per mask config "
                          f"(the official two): edit the converted config's masks")

@@ -251,7 +251,7 @@ class VideoViT(nn.Module):
         return volume.permute(0, 2, 3, 4, 1).reshape(1, -1, table.shape[-1])
 
     def tokens(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
-        """Normed last-layer tokens: x B×3×T×H×W → B×N×D, or only those at ``masks`` (B×K indices) → B×K×D."""
+        """Normed last-layer tokens: x B×3×T×H×W → B×N×D, or those at ``masks`` (B×K indices) → B×K×D."""
         grid = self.token_grid(x)
         z = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         if self.pos_embed is not None:
