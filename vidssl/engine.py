@@ -686,7 +686,9 @@ class Trainer:
             return
         train_state = state.state_dict()  # on every rank: it gathers their RNG states
         if run.is_main:
-            self.checkpointer.save({"model": run.task, "encoder": run.task.encoder, "optimizer": run.optimizer,
+            # a task may name the encoder evaluations should read (V-JEPA: its EMA target), else its encoder
+            encoder = getattr(run.task, "eval_encoder", run.task.encoder)
+            self.checkpointer.save({"model": run.task, "encoder": encoder, "optimizer": run.optimizer,
                                     "scheduler": self._schedule_settings(), "scaler": run.train_step.scaler,
                                     **train_state, "config": run.config}, step=state.step, best=new_best)
 

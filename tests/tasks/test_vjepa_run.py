@@ -145,6 +145,8 @@ def test_sigkilled_vjepa_run_resumes_bit_identical(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)  # step 5 died: step 3's
     assert last["step"] == 3 and int(last["model"]["ema_step"]) == 3 and int(last["model"]["mask_step"]) == 3
+    for key, value in last["encoder"].items():  # evaluations read the EMA target, as the official ones
+        assert torch.equal(value, last["model"][f"target_encoder.{key}"]), key
     resumed = vjepa_run(tmp_path / "resumed", num_workers=0)  # the same run again, resumed in this process
     assert (resumed["calls"], resumed["step"]) == (4, 7)  # steps 4..7 only
     a, b = straight["state"], resumed["state"]

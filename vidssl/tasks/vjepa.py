@@ -201,6 +201,11 @@ class VJEPA(nn.Module):
         self.register_buffer("ema_step", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("mask_step", torch.tensor(0, dtype=torch.int64))
 
+    @property
+    def eval_encoder(self) -> VideoViT:
+        """What the checkpoint's ``encoder`` holds: the EMA target, which the official evaluations read."""
+        return self.target_encoder
+
     def draw_masks(self, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """Every mask config's (context, target) indices for the next batch; advances the mask counter."""
         counter = int(self.mask_step)
