@@ -162,8 +162,8 @@ class VJEPA(nn.Module):
     def __init__(self, *, encoder: VideoViT, num_frames: int = 16, img_size: int = 224, predictor_dim: int = 384,
                  predictor_depth: int = 12, predictor_heads: int = 12, masks: Sequence[Any] | None = None,
                  loss_exp: float = 1.0, ema: Sequence[float] = (0.998, 1.0), ema_horizon: int | None = None,
-                 mask_seed: int = 0, monitor: bool = True, monitor_every: int = 10, collapse_rank: float = 0.01,
-                 collapse_std: float = 0.01) -> None:
+                 mask_seed: int = 0, monitor: bool = True, monitor_every: int = 10, collapse_rank: float = 0.05,
+                 collapse_std: float = 0.05) -> None:
         super().__init__()
         if not isinstance(encoder, VideoViT):
             raise TypeError(f"VJEPA needs a VideoViT encoder (encoder=vit_video_*), got {type(encoder).__name__}")
