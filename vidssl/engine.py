@@ -619,6 +619,9 @@ class Trainer:
             step_start(state.step, self.max_steps, make_loader)
         for group in run.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * run.lr_factors[state.step]
+        schedule = getattr(run.task, "optimizer_schedule", None)
+        if schedule is not None:  # a task's own lr/weight-decay schedule (V-JEPA's official one) replaces it
+            schedule(state.step, self.max_steps, run.optimizer.param_groups)
         batches = [next(data) for _ in range(self.accumulate)]
         for batch in batches:
             run.skipped.note(batch)

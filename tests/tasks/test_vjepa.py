@@ -74,6 +74,20 @@ def test_training_step_equals_official(kind, expected):
         assert abs(float(state[name].norm()) - float(norm)) < TOL, name
 
 
+def test_schedules_equal_official(expected):
+    ref = expected["schedules"]
+    s = ref["settings"]
+    task = tiny_task(False)
+    task.schedule = {"start_lr": s["start_lr"], "final_lr": s["final_lr"], "warmup_steps": s["warmup_steps"],
+                     "final_wd": s["final_wd"], "total_steps": s["total_steps"]}
+    groups = [{"initial_lr": s["ref_lr"], "lr": 0.0, "weight_decay": s["ref_wd"]},
+              {"initial_lr": s["ref_lr"], "lr": 0.0, "weight_decay": 0.0}]
+    for step in range(s["steps"]):
+        task.optimizer_schedule(step, 1000, groups)
+        assert abs(groups[0]["lr"] - float(ref["lr"][step])) < 1e-12 and groups[1]["lr"] == groups[0]["lr"]
+        assert abs(groups[0]["weight_decay"] - float(ref["wd"][step])) < 1e-12 and groups[1]["weight_decay"] == 0
+
+
 def test_masks_equal_official_indices():
     official = torch.load(FIXTURES / "masks.pt", weights_only=True)
     grid = (CASE["T"] // CASE["tubelet"], CASE["HW"] // CASE["patch"], CASE["HW"] // CASE["patch"])

@@ -122,7 +122,7 @@ def vjepa_run(out_dir: Path, num_workers: int, kill_at: int = 0) -> dict:
     seed_everything(0)
     encoder = VideoViT(embed_dim=32, depth=1, num_heads=2, img_size=32, num_frames=4, patch_size=8, use_rope=True)
     task = Killed(encoder=encoder, num_frames=4, img_size=32, predictor_dim=16, predictor_depth=1, predictor_heads=2,
-                  ema=(0.9, 0.99))
+                  ema=(0.9, 0.99), schedule={"start_lr": 1e-4, "final_lr": 1e-5, "warmup_steps": 2, "final_wd": 0.4})
     trainer = Trainer(max_steps=7, batch_size=2, out_dir=out_dir, num_workers=num_workers, checkpoint_every=3,
                       log_every=2, seed=0, warmup_steps=2, progress=False)
     summary = trainer.fit(task, RandomClips(6, 4, 32), lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.04))
@@ -145,6 +145,8 @@ def test_sigkilled_vjepa_run_resumes_bit_identical(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)  # step 5 died: step 3's
     assert last["step"] == 3 and int(last["model"]["ema_step"]) == 3 and int(last["model"]["mask_step"]) == 3
+    decay = last["optimizer"]["param_groups"][0]
+    assert decay["initial_weight_decay"] == 0.04 and 0.04 < decay["weight_decay"] < 0.4  # the official wd schedule ran
     for key, value in last["encoder"].items():  # evaluations read the EMA target, as the official ones
         assert torch.equal(value, last["model"][f"target_encoder.{key}"]), key
     resumed = vjepa_run(tmp_path / "resumed", num_workers=0)  # the same run again, resumed in this process

@@ -73,6 +73,23 @@ def rankme(features: Tensor, eps: float = 1e-7) -> Tensor:
     return torch.exp(-(p * p.log()).sum())
 
 
+def warmup_cosine_lr(step: int, *, start_lr: float, ref_lr: float, final_lr: float, warmup_steps: int,
+                     total_steps: int) -> float:
+    """The official ``WarmupCosineSchedule`` after ``step`` (1-based) calls: linear from ``start_lr`` to
+    ``ref_lr`` over ``warmup_steps``, then a half cosine to ``final_lr`` at ``total_steps`` (never below it)."""
+    if step < warmup_steps:
+        return start_lr + step / max(1, warmup_steps) * (ref_lr - start_lr)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(final_lr, final_lr + (ref_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def cosine_weight_decay(step: int, *, ref_wd: float, final_wd: float, total_steps: int) -> float:
+    """The official ``CosineWDSchedule`` after ``step`` (1-based) calls: a half cosine from ``ref_wd`` to
+    ``final_wd`` at ``total_steps``, held there after."""
+    wd = final_wd + (ref_wd - final_wd) * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return max(final_wd, wd) if final_wd <= ref_wd else min(final_wd, wd)
+
+
 def mask_generator(mask_seed: int, rank: int, counter: int) -> torch.Generator:
     """The generator of batch ``counter``'s mask positions on ``rank``."""
     return torch.Generator().manual_seed(hash((mask_seed, rank, counter)) % 2**63)
@@ -153,6 +170,10 @@ class VJEPA(nn.Module):
             between, the last values are returned): an SVD per step costs ~10 % of a tiny model's step.
         collapse_rank: warn once when RankMe falls below this fraction of min(tokens, width).
         collapse_std: warn once when the per-dimension std falls below this.
+        schedule: the official learning-rate and weight-decay schedules, replacing the trainer's warmup +
+            cosine (``optimizer_schedule``): ``{"start_lr", "final_lr", "warmup_steps", "final_wd"}`` and
+            ``"ipe_scale"`` (default 1.25: the schedules end at 1.25 × max_steps) or ``"total_steps"``; the
+            peak lr and the first weight decay are the optimiser's. None: the trainer's schedule.
 
     Inputs: batch["video"] B×3×T×H×W; optionally batch["masks"]: a list of (context B×K, target B×M)
     index pairs, one per mask config, replacing the drawn masks (tests, replays).
@@ -163,7 +184,7 @@ class VJEPA(nn.Module):
                  predictor_depth: int = 12, predictor_heads: int = 12, masks: Sequence[Any] | None = None,
                  loss_exp: float = 1.0, ema: Sequence[float] = (0.998, 1.0), ema_horizon: int | None = None,
                  mask_seed: int = 0, monitor: bool = True, monitor_every: int = 10, collapse_rank: float = 0.05,
-                 collapse_std: float = 0.05) -> None:
+                 collapse_std: float = 0.05, schedule: dict[str, float] | None = None) -> None:
         super().__init__()
         if not isinstance(encoder, VideoViT):
             raise TypeError(f"VJEPA needs a VideoViT encoder (encoder=vit_video_*), got {type(encoder).__name__}")
@@ -191,6 +212,11 @@ class VJEPA(nn.Module):
         self.ema_horizon = ema_horizon
         self.mask_seed = mask_seed
         self.monitor = monitor
+        if schedule is not None:
+            missing = {"start_lr", "final_lr", "warmup_steps", "final_wd"} - set(schedule)
+            if missing:
+                raise ValueError(f"VJEPA: schedule needs {sorted(missing)} (got {sorted(schedule)})")
+        self.schedule = dict(schedule) if schedule is not None else None
         self.monitor_every = max(1, monitor_every)
         self._health: dict[str, Tensor] = {}
         self.collapse_rank = collapse_rank
@@ -277,6 +303,23 @@ class VJEPA(nn.Module):
         online = [p.detach() for p in self.encoder.parameters()]
         torch._foreach_mul_(target, momentum)
         torch._foreach_add_(target, online, alpha=1 - momentum)
+
+    def optimizer_schedule(self, step: int, max_steps: int, groups: list[dict[str, Any]]) -> None:
+        """Set every group's lr and weight decay for step ``step`` (0-based) as the official schedulers do
+        (`warmup_cosine_lr`, `cosine_weight_decay`); groups without weight decay keep none. A function of
+        the step and of the group's ``initial_lr``/``initial_weight_decay`` (saved with the optimiser), so a
+        resumed run continues it exactly."""
+        if self.schedule is None:
+            return
+        s = self.schedule
+        total = int(s.get("total_steps") or s.get("ipe_scale", 1.25) * max_steps)
+        for group in groups:
+            group["lr"] = warmup_cosine_lr(step + 1, start_lr=s["start_lr"], ref_lr=group["initial_lr"],
+                                           final_lr=s["final_lr"], warmup_steps=int(s["warmup_steps"]),
+                                           total_steps=total)
+            ref_wd = group.setdefault("initial_weight_decay", group["weight_decay"])
+            group["weight_decay"] = 0.0 if ref_wd == 0 else cosine_weight_decay(
+                step + 1, ref_wd=ref_wd, final_wd=s["final_wd"], total_steps=total)
 
     def on_train_step_end(self, step: int, max_steps: int) -> None:
         self._max_steps = max_steps
