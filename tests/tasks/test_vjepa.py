@@ -74,6 +74,20 @@ def test_training_step_equals_official(kind, expected):
         assert abs(float(state[name].norm()) - float(norm)) < TOL, name
 
 
+def test_mask_token_per_config_reads_token_j(expected):
+    ref = expected["rope"]
+    video = seeded_video(CASE["input_seed"], CASE["B"], CASE["T"], CASE["HW"])
+    task = tiny_task(True)
+    shared = task({"video": video, "masks": ref["masks"]})["loss"]
+    task.mask_token_per_config = True
+    with torch.no_grad():
+        task.predictor.mask_tokens[1].copy_(task.predictor.mask_tokens[0])
+    assert torch.equal(task({"video": video, "masks": ref["masks"]})["loss"], shared)  # same token values
+    with torch.no_grad():
+        task.predictor.mask_tokens[1].add_(torch.randn(task.predictor.mask_tokens[1].shape, dtype=torch.float64))
+    assert not torch.allclose(task({"video": video, "masks": ref["masks"]})["loss"], shared)
+
+
 def test_schedules_equal_official(expected):
     ref = expected["schedules"]
     s = ref["settings"]

@@ -29,8 +29,7 @@ def converter(source: str) -> Any:
     """The module that converts ``source`` checkpoints."""
     if source not in SOURCES:
         raise ValueError(f"source={source!r} is not one of {', '.join(SOURCES)}")
-    module = {"vjepa2": "vjepa"}.get(source, source)  # V-JEPA 2 saves V-JEPA's checkpoint dict
-    return importlib.import_module(f"vidssl.convert.{module}")
+    return importlib.import_module(f"vidssl.convert.{source}")
 
 
 def load_official(path: str | Path, safe_globals: list | tuple = ()) -> dict[str, Any]:

@@ -77,12 +77,13 @@ def encoder_config(weights: Mapping[str, Tensor], num_heads: int | None = None) 
             "activation_checkpointing": False}
 
 
-def convert(state: dict[str, Any], *, num_heads: int | None = None, predictor_heads: int = PREDICTOR_HEADS
-            ) -> dict[str, Any]:
+def convert(state: dict[str, Any], *, num_heads: int | None = None, predictor_heads: int = PREDICTOR_HEADS,
+            version: int = 1) -> dict[str, Any]:
     """Official V-JEPA checkpoint → ``{"encoder" (the target encoder), "model", "config"}`` of vidssl's `VJEPA`.
 
     ``num_heads`` / ``predictor_heads``: the attention heads, which the weights do not record (defaults:
-    the official size of the encoder's width; 12 for the predictor)."""
+    the official size of the encoder's width; 12 for the predictor). ``version`` 1 (facebookresearch/jepa)
+    gives mask config j the predictor's mask token j; 2 (vjepa2) gives every config token 0."""
     missing = [part for part in PARTS if part not in state]
     if missing:
         raise KeyError(f"not a V-JEPA pretraining checkpoint: no {missing} (it holds {sorted(state)[:8]})")
@@ -105,7 +106,10 @@ def convert(state: dict[str, Any], *, num_heads: int | None = None, predictor_he
     task = {"_target_": "vidssl.tasks.vjepa.VJEPA", "num_frames": encoder_cfg["num_frames"],
             "img_size": encoder_cfg["img_size"], "predictor_dim": predictor_dim,
             "predictor_depth": count_blocks(predictor, "predictor_blocks"), "predictor_heads": predictor_heads,
-            "masks": masks, "loss_exp": 1.0, "ema": [0.99925, 0.99925]}
+            "masks": masks, "loss_exp": 1.0, "mask_token_per_config": version == 1,
+            # the momentum of the released recipes: V-JEPA 1 vitl16 0.998 -> 1.0, V-JEPA 2 0.99925
+            "ema": [0.998, 1.0] if version == 1 else [0.99925, 0.99925]}
     return {"encoder": parts["target_encoder"], "model": model,
             "config": {"encoder": encoder_cfg, "task": {"model": task},
-                       "converted_from": {"source": "vjepa", "epoch": state.get("epoch")}}}
+                       "converted_from": {"source": f"vjepa{'' if version == 1 else version}",
+                                          "epoch": state.get("epoch")}}}

@@ -8,10 +8,11 @@ an exponential moving average of the context encoder and gets no gradient. The l
 ``mean(|z - h|^loss_exp) / loss_exp`` per mask config, averaged over the configs (L1 by default).
 
 This computes what `app/vjepa/train.py` of facebookresearch/vjepa2 computes (equivalence fixtures in
-tests/fixtures/vjepa/). Two details of the official code are kept as they are: the predictor picks its
-mask token by the clip-length group, not the mask config, so with one clip length every config uses mask
-token 0 (the other tokens exist, as in the official checkpoints, and stay at their initial value); and
-the momentum schedule is linear from ``ema[0]`` to ``ema[1]`` over ``ema_horizon`` steps.
+tests/fixtures/vjepa/). Two details of the official code are kept as they are: V-JEPA 2's predictor picks
+its mask token by the clip-length group, not the mask config, so with one clip length every config uses
+mask token 0 (the other tokens exist, as in the official checkpoints, and stay at their initial value;
+V-JEPA 1 used one token per config: ``mask_token_per_config=True``); and the momentum schedule is linear
+from ``ema[0]`` to ``ema[1]`` over ``ema_horizon`` steps.
 
 State that resumes exactly: the momentum schedule's position (``ema_step``) and the mask counter
 (``mask_step``) are buffers, so they travel in the checkpoint; each mask draw uses a generator seeded from
@@ -170,6 +171,8 @@ class VJEPA(nn.Module):
             between, the last values are returned): an SVD per step costs ~10 % of a tiny model's step.
         collapse_rank: warn once when RankMe falls below this fraction of min(tokens, width).
         collapse_std: warn once when the per-dimension std falls below this.
+        mask_token_per_config: the predictor's mask token j for mask config j (V-JEPA 1,
+            facebookresearch/jepa); False: token 0 for every config (V-JEPA 2).
         schedule: the official learning-rate and weight-decay schedules, replacing the trainer's warmup +
             cosine (``optimizer_schedule``): ``{"start_lr", "final_lr", "warmup_steps", "final_wd"}`` and
             ``"ipe_scale"`` (default 1.25: the schedules end at 1.25 × max_steps) or ``"total_steps"``; the
@@ -184,7 +187,8 @@ class VJEPA(nn.Module):
                  predictor_depth: int = 12, predictor_heads: int = 12, masks: Sequence[Any] | None = None,
                  loss_exp: float = 1.0, ema: Sequence[float] = (0.998, 1.0), ema_horizon: int | None = None,
                  mask_seed: int = 0, monitor: bool = True, monitor_every: int = 10, collapse_rank: float = 0.05,
-                 collapse_std: float = 0.05, schedule: dict[str, float] | None = None) -> None:
+                 collapse_std: float = 0.05, mask_token_per_config: bool = False,
+                 schedule: dict[str, float] | None = None) -> None:
         super().__init__()
         if not isinstance(encoder, VideoViT):
             raise TypeError(f"VJEPA needs a VideoViT encoder (encoder=vit_video_*), got {type(encoder).__name__}")
@@ -212,6 +216,7 @@ class VJEPA(nn.Module):
         self.ema_horizon = ema_horizon
         self.mask_seed = mask_seed
         self.monitor = monitor
+        self.mask_token_per_config = mask_token_per_config
         if schedule is not None:
             missing = {"start_lr", "final_lr", "warmup_steps", "final_wd"} - set(schedule)
             if missing:
@@ -258,9 +263,10 @@ class VJEPA(nn.Module):
         masks = [(c.to(video.device), t.to(video.device)) for c, t in masks]
         h = self.targets(video)
         predictions, targets = [], []
-        for context_index, target_index in masks:
+        for j, (context_index, target_index) in enumerate(masks):
             z = self.encoder.tokens(video, context_index)
-            predictions.append(self.predictor(z, context_index, target_index, mask_index=0))
+            token = j if self.mask_token_per_config else 0
+            predictions.append(self.predictor(z, context_index, target_index, mask_index=token))
             targets.append(gather_tokens(h, target_index))
         loss = jepa_loss(predictions, targets, self.loss_exp)
         out = {"loss": loss, "momentum": torch.tensor(self.momentum(self._max_steps), device=video.device),
