@@ -83,7 +83,8 @@ def convert(state: dict[str, Any], *, num_heads: int | None = None, predictor_he
 
     ``num_heads`` / ``predictor_heads``: the attention heads, which the weights do not record (defaults:
     the official size of the encoder's width; 12 for the predictor). ``version`` 1 (facebookresearch/jepa)
-    gives mask config j the predictor's mask token j; 2 (vjepa2) gives every config token 0."""
+    gives mask config j the predictor's mask token j (jepa's ``PredictorMultiMaskWrapper`` passes
+    ``mask_index=i``; not checked by a fixture here); 2 (vjepa2) gives every config token 0."""
     missing = [part for part in PARTS if part not in state]
     if missing:
         raise KeyError(f"not a V-JEPA pretraining checkpoint: no {missing} (it holds {sorted(state)[:8]})")
