@@ -12,7 +12,7 @@ from vidssl.eval.attentive_probe import AttentiveClassifier, ViewCrop, attentive
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vjepa"
 sys.path.insert(0, str(FIXTURES))
-from seeded import fill_  # noqa: E402
+from vjepa_seeded import fill_  # noqa: E402
 
 
 def test_probe_equals_official_attentive_classifier():

@@ -17,7 +17,7 @@ from vidssl.tasks.vjepa import VJEPA, feature_std, jepa_loss, rankme
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vjepa"
 sys.path.insert(0, str(FIXTURES))
-from seeded import CASE, fill_, seeded_video  # noqa: E402
+from vjepa_seeded import CASE, fill_, seeded_video  # noqa: E402
 
 TOL = 1e-5
 

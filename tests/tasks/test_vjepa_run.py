@@ -20,7 +20,7 @@ from vidssl.encoders.vit_video import sincos_3d
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "vjepa"
 sys.path.insert(0, str(FIXTURES))
-from seeded import CASE, seeded_tensor, seeded_video  # noqa: E402
+from vjepa_seeded import CASE, seeded_tensor, seeded_video  # noqa: E402
 
 
 def official_file(kind: str, path: Path) -> Path:
