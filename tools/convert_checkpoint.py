@@ -1,6 +1,6 @@
 """Convert a checkpoint of the authors' code into a vidssl checkpoint.
 
-    python tools/convert_checkpoint.py source=videowalk|dpc|memdpc|selavi in=OFFICIAL.pth out=CKPT.pt
+    python tools/convert_checkpoint.py source=videowalk|dpc|memdpc|selavi|vjepa|vjepa2 in=OFFICIAL.pth out=CKPT.pt
 
 The result holds ``encoder``, ``model`` and ``config`` and loads with ``torch.load(weights_only=True)``;
 use it as ``checkpoint=CKPT.pt`` in the evaluation tools or ``trainer.init_from=CKPT.pt``.
@@ -20,7 +20,9 @@ from vidssl.convert import convert_checkpoint
 @hydra.main(config_path="../configs", config_name="convert_checkpoint", version_base="1.3")
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
-    state = convert_checkpoint(cfg.source, cfg["in"], cfg.out)
+    # converter options the weights cannot tell (vjepa: +num_heads=N +predictor_heads=N), when given
+    options = {key: cfg[key] for key in ("num_heads", "predictor_heads") if key in cfg}
+    state = convert_checkpoint(cfg.source, cfg["in"], cfg.out, **options)
     print(f"wrote {cfg.out}: {len(state['encoder'])} encoder tensors, {len(state['model'])} model tensors "
           f"(source={cfg.source})")
 

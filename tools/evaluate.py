@@ -10,6 +10,8 @@
     python tools/evaluate.py metric=retrieval|linear checkpoint=RGB flow_checkpoint=FLOW dataset.flow_root=DIR ...
     python tools/evaluate.py metric=finetune checkpoint=CKPT|random encoder=NAME dataset=... out=DIR [finetune.steps=N]
     python tools/evaluate.py metric=finetune checkpoint=RGB flow_checkpoint=FLOW dataset.flow_root=DIR ...
+    python tools/evaluate.py metric=attentive_probe checkpoint=CKPT|random encoder=NAME dataset=... out=DIR
+        [probe.segments=2 probe.views=3 probe.epochs=20]
 
 `out=` is required (created if missing), so a second evaluation never overwrites the first. A video that
 cannot be read is dropped from its split, logged with its reason, and counted (``train_used``,
@@ -210,6 +212,42 @@ def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
     return metrics, format_table([metrics]), Path(cfg.out)
 
 
+def evaluate_attentive_probe(cfg: DictConfig) -> tuple[dict, str, Path]:
+    """V-JEPA's frozen attentive probe: the official lr × wd grid over every segment and view of each video;
+    the val-picked figure (the official script's) and the clean one (picked on a held-out part of train)."""
+    from vidssl.checkpoint import load_encoder
+    from vidssl.eval.attentive_probe import ViewCrop, attentive_probe, extract_views
+    from vidssl.eval.finetune import PositionedSampler, clip_positions
+
+    p = cfg.probe
+
+    def views_of(split: str) -> tuple:
+        datasets = [[_eval_split(cfg, split, PositionedSampler(cfg.num_frames, cfg.stride, position),
+                                 ViewCrop(cfg.size, view, p.views)) for view in range(p.views)]
+                    for position in clip_positions(p.segments)]
+        views, labels, dropped = extract_views(encoder, datasets, batch_size=cfg.batch_size,
+                                               num_workers=cfg.num_workers, device=cfg.device)
+        return views, labels, dropped
+
+    encoder = load_encoder(cfg.checkpoint, cfg.encoder)
+    train_views, train_labels, train_dropped = views_of(cfg.train_split)
+    test_views, test_labels, test_dropped = views_of(cfg.test_split)
+    if min(train_labels.min(), test_labels.min()) < 0:
+        raise SystemExit(f"metric=attentive_probe needs labelled videos; {cfg.dataset.root} has unlabelled ones")
+    result = attentive_probe((train_views, train_labels), (test_views, test_labels),
+                             num_classes=int(max(train_labels.max(), test_labels.max())) + 1, holdout=p.holdout,
+                             lrs=list(p.lrs), wds=list(p.wds), epochs=p.epochs, batch_size=p.batch_size,
+                             num_heads=p.num_heads, depth=p.depth, seed=cfg.seed, device=cfg.device)
+    grid = result.pop("grid")
+    metrics = {"checkpoint": str(cfg.checkpoint), "segments": p.segments, "views": p.views, **result,
+               "train_used": int(train_labels.numel()), "train_dropped": len(train_dropped),
+               "test_used": int(test_labels.numel()), "test_dropped": len(test_dropped)}
+    table = (format_table([metrics]) + "\n\nval_picked_top1 is the official figure: the best of the grid on "
+             f"{cfg.test_split}, the split it reports. clean_top1 is picked on {result['holdout_videos']} held-out "
+             f"{cfg.train_split} videos.\n\n" + format_table(grid))
+    return {**metrics, "grid": grid}, table, Path(cfg.out)
+
+
 EVALUATIONS = {
     "davis": evaluate_davis,
     "ytvos": evaluate_vos,
@@ -220,6 +258,7 @@ EVALUATIONS = {
     "retrieval": evaluate_features,
     "linear": evaluate_features,
     "finetune": evaluate_finetune,
+    "attentive_probe": evaluate_attentive_probe,
 }
 
 

@@ -619,6 +619,9 @@ class Trainer:
             step_start(state.step, self.max_steps, make_loader)
         for group in run.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * run.lr_factors[state.step]
+        schedule = getattr(run.task, "optimizer_schedule", None)
+        if schedule is not None:  # a task's own lr/weight-decay schedule (V-JEPA's official one) replaces it
+            schedule(state.step, self.max_steps, run.optimizer.param_groups)
         batches = [next(data) for _ in range(self.accumulate)]
         for batch in batches:
             run.skipped.note(batch)
@@ -686,7 +689,9 @@ class Trainer:
             return
         train_state = state.state_dict()  # on every rank: it gathers their RNG states
         if run.is_main:
-            self.checkpointer.save({"model": run.task, "encoder": run.task.encoder, "optimizer": run.optimizer,
+            # a task may name the encoder evaluations should read (V-JEPA: its EMA target), else its encoder
+            encoder = getattr(run.task, "eval_encoder", run.task.encoder)
+            self.checkpointer.save({"model": run.task, "encoder": encoder, "optimizer": run.optimizer,
                                     "scheduler": self._schedule_settings(), "scaler": run.train_step.scaler,
                                     **train_state, "config": run.config}, step=state.step, best=new_best)
 

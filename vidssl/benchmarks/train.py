@@ -5,6 +5,7 @@
     python tools/benchmark.py suite=train task=memdpc              # one training step of a task, as configured
     python tools/benchmark.py suite=train task=dpc overrides=[task.data.transform.size=128,...]   # paper shape
     python tools/benchmark.py suite=train task=memdpc_paper batch_size=4 official=DIR   # + the authors' model
+    python tools/benchmark.py suite=train task=vjepa official=DIR   # + the authors' V-JEPA step (vjepa2 checkout)
 
 ``official=DIR`` (a checkout of TengdaHan/DPC or TengdaHan/MemDPC, matching the task) adds a row per precision
 for the authors' model (`DPC_RNN`, `MemDPC_BD`) built with the task config's shape, trained on the same batch
@@ -245,6 +246,16 @@ def measure_official(*, task: str, official: str, overrides: Sequence[str], batc
     torch.manual_seed(0)
     cfg = _compose([f"task={task}", *overrides])
     batch = task_batch(instantiate(cfg.task.data, _convert_="all"), batch_size)
+    if cfg.task.model._target_ == "vidssl.tasks.vjepa.VJEPA":  # the authors' V-JEPA step (vjepa_official.py)
+        from vidssl.benchmarks.vjepa_official import official_step
+
+        video = batch["video"].to(dev)
+        seconds, peak, cpu_seconds = _time_steps(official_step(cfg, Path(official), video, dev, precision),
+                                                 steps=steps, warmup=warmup, device=dev)
+        return {"encoder": "official", "task": f"{task} (official)", "input": "x".join(str(s) for s in video.shape[1:]),
+                "batch": video.shape[0], "precision": precision, "device": dev.type,
+                "clips_per_s": round(video.shape[0] / seconds, 2), "step_s": round(seconds, 3),
+                "cpu_step_s": round(cpu_seconds, 3), "peak_mem_mb": round(peak / 2**20, 1)}
     with contextlib.redirect_stdout(io.StringIO()):  # the official constructors print their settings
         model, loss_fn = _official_model(cfg, Path(official))
     model.to(dev).train()

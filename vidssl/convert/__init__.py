@@ -22,7 +22,7 @@ import torch
 
 from vidssl.checkpoint import atomic_write_bytes, serialize
 
-SOURCES = ("videowalk", "dpc", "memdpc", "selavi")
+SOURCES = ("videowalk", "dpc", "memdpc", "selavi", "vjepa", "vjepa2")
 
 
 def converter(source: str) -> Any:
@@ -44,10 +44,11 @@ def load_official(path: str | Path, safe_globals: list | tuple = ()) -> dict[str
         raise RuntimeError(f"cannot read {path} as a checkpoint with weights_only=True: {err}") from err
 
 
-def convert_checkpoint(source: str, in_path: str | Path, out_path: str | Path) -> dict[str, Any]:
-    """Convert the official ``source`` checkpoint at ``in_path`` and write it to ``out_path``; returns it."""
+def convert_checkpoint(source: str, in_path: str | Path, out_path: str | Path, **options: Any) -> dict[str, Any]:
+    """Convert the official ``source`` checkpoint at ``in_path`` and write it to ``out_path``; returns it.
+    ``options`` go to the converter (vjepa: ``num_heads``, ``predictor_heads``)."""
     module = converter(source)
-    state = module.convert(load_official(in_path, module.SAFE_GLOBALS))
+    state = module.convert(load_official(in_path, module.SAFE_GLOBALS), **options)
     missing = {"encoder", "model", "config"} - set(state)
     if missing:
         raise RuntimeError(f"converter {source!r} returned no {sorted(missing)}")

@@ -24,6 +24,13 @@ from vidssl.encoders.video import (
     r3d_18,
     s3d,
 )
+from vidssl.encoders.vit_video import (
+    VideoViT,
+    vit_video_b,
+    vit_video_l,
+    vit_video_s,
+    vit_video_t,
+)
 
 __all__ = [
     "ENCODERS",
@@ -31,6 +38,7 @@ __all__ = [
     "pool",
     "TorchvisionVideoEncoder",
     "R2D3D",
+    "VideoViT",
     "ResNet18Dense",
     "AudioCNN",
     "ConvGRU",
@@ -49,6 +57,10 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "r2d3d_34": r2d3d_34,
     "resnet18_dense": resnet18_dense,
     "audio_cnn": audio_cnn,
+    "vit_video_t": vit_video_t,
+    "vit_video_s": vit_video_s,
+    "vit_video_b": vit_video_b,
+    "vit_video_l": vit_video_l,
 }
 
 
