@@ -1,6 +1,8 @@
 """Propagate first-frame masks: every sequence of a DAVIS split, or one video of your own.
 
     python tools/propagate.py davis_root=DIR out=RES features=pixels|random|checkpoint [checkpoint=CKPT] [split=val]
+    python tools/propagate.py davis_root=DIR out=RES features=timm model=vit_base_patch8_224.dino \
+        weights=dino_vitbase8_pretrain.pth protocol=dino
     python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=480]
 
 Protocol options (defaults = videowalk's DAVIS evaluation): n_context=20 topk=10 radius=12
@@ -31,11 +33,23 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit("give either davis_root=DIR (a DAVIS layout) or video=FILE mask=PNG (one video)")
     if cfg.video is not None and cfg.mask is None:
         raise SystemExit("video=FILE needs mask=PNG: the first frame's mask")
+    backbone = {}
+    if cfg.features in ("timm", "torchvision"):
+        if not cfg.get("model"):
+            raise SystemExit(f"features={cfg.features} needs model=NAME (a timm model name, or resnet50…)")
+        if cfg.features == "torchvision" and cfg.model_kwargs:
+            raise SystemExit("model_kwargs applies to features=timm")
+        backbone = dict(model=cfg.model, weights=cfg.weights, checkpoint_key=cfg.checkpoint_key, block=cfg.block,
+                        resize=cfg.resize, short_side=cfg.short_side, mean=cfg.mean, std=cfg.std,
+                        pos_resample=cfg.pos_resample, model_kwargs=dict(cfg.model_kwargs or {}))
     feature_fn = build_feature_fn(cfg.features, encoder_cfg=cfg.encoder, checkpoint=cfg.checkpoint,
-                                  stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device)
+                                  stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device,
+                                  **backbone)
     protocol = {k: cfg[k] for k in PROTOCOL}
     if cfg.video is not None:
-        result = track_video(cfg.video, cfg.mask, cfg.out, feature_fn, short_side=cfg.short_side,
+        # a backbone that prepares its own frames (resize=dino|multiple|short) sees the video at its size
+        short_side = None if backbone and cfg.resize != "none" else cfg.short_side
+        result = track_video(cfg.video, cfg.mask, cfg.out, feature_fn, short_side=short_side,
                              max_frames=cfg.max_frames, fps=cfg.fps, **protocol)
         print(f"tracked {result['objects']} object(s) through {result['frames']} frames: {result['masks']}/, "
               f"{result['mp4']}, {result['gif']}")
