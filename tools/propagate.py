@@ -6,7 +6,8 @@
     python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=480]
 
 Protocol options (defaults = videowalk's DAVIS evaluation): n_context=20 topk=10 radius=12
-temperature=0.05 window=circle pad_first=true downsample=bilinear restrict_first=false layer=auto.
+temperature=0.05 window=circle pad_first=true downsample=bilinear restrict_first=false layer=auto;
+presets: protocol=videowalk|dino|dinov3|vjepa21|vfs (configs/protocol/, each citing its source).
 
 DAVIS: writes palette PNGs to ``RES/<sequence>/<frame>.png``; score them with
 ``python tools/evaluate.py metric=davis davis_root=DIR results=RES``. A video: writes ``DIR/masks/*.png``,
@@ -23,7 +24,8 @@ from vidssl.eval.features import build_feature_fn
 from vidssl.eval.propagate import propagate_dataset
 from vidssl.eval.track import track_video
 
-PROTOCOL = ("n_context", "topk", "radius", "temperature", "restrict_first", "window", "pad_first", "downsample", "tile")
+PROTOCOL = ("n_context", "topk", "radius", "temperature", "restrict_first", "window", "pad_first", "downsample", "tile",
+            "ties", "upsample")
 
 
 @hydra.main(config_path="../configs", config_name="propagate", version_base="1.3")
@@ -46,6 +48,7 @@ def main(cfg: DictConfig) -> None:
                                   stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device,
                                   **backbone)
     protocol = {k: cfg[k] for k in PROTOCOL}
+    protocol["patch"] = getattr(feature_fn, "patch", None)  # upsample=patch: the backbone's patch size
     if cfg.video is not None:
         # a backbone that prepares its own frames (resize=dino|multiple|short) sees the video at its size
         short_side = None if backbone and cfg.resize != "none" else cfg.short_side

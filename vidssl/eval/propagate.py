@@ -48,7 +48,7 @@ FeatureFn = Callable[[Tensor], Tensor]  # uint8 frame H×W×3 → features D×h�
 MAX_OBJECTS = 100  # DAVIS-2017 sequences have at most ~10 objects; far more means a mis-read mask
 WINDOWS = ("circle", "square", "disk")
 DOWNSAMPLING = ("bilinear", "area", "pil_nearest")
-UPSAMPLING = ("bilinear", "patch", "nearest")
+UPSAMPLING = ("bilinear", "patch", "nearest", "bilinear_minmax")
 
 
 def _check_window(window: str) -> None:
@@ -349,7 +349,8 @@ def propagate_labels(
       upsample: soft labels to label maps: "bilinear" (to the frame size, then argmax: videowalk),
         "patch" (DINO: bilinear by the factor ``patch``, each label's map min-max normalised, argmax,
         then nearest-neighbour resizing to the frame) or "nearest" (the DINOv3 notebook: nearest
-        to the frame size, min-max normalised, argmax).
+        to the frame size, min-max normalised, argmax) or "bilinear_minmax" (VFS: bilinear to the
+        frame size, min-max normalised where a label's max is > 0, argmax).
       patch: the backbone's patch size, for upsample="patch".
       name: sequence name used in error messages.
     Outputs: T label maps H×W uint8; the first is `first_mask` itself.
@@ -451,6 +452,13 @@ def label_map(pred: Tensor, size: tuple[int, int], *, upsample: str = "bilinear"
         if labels.shape != size:
             labels = np.array(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
         return torch.from_numpy(labels)
+    if upsample == "bilinear_minmax":
+        # VFS (mmaction/models/trackers/vanilla_tracker.py): bilinear, min-max per label where its max > 0, argmax
+        full = F.interpolate(soft, size=size, mode="bilinear", align_corners=False)
+        low = full.flatten(2).min(dim=2).values[..., None, None]
+        high = full.flatten(2).max(dim=2).values[..., None, None]
+        full = torch.where(high > 0, (full - low) / (high - low + 1e-12), full)[0]
+        return full.argmax(dim=0).to(torch.uint8).cpu()
     if upsample == "nearest":
         # the DINOv3 segmentation-tracking notebook: nearest upsampling, min-max per label (0/0 → 0), argmax
         full = F.interpolate(soft, size=size, mode="nearest")
