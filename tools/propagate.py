@@ -4,6 +4,7 @@
     python tools/propagate.py davis_root=DIR out=RES features=timm model=vit_base_patch8_224.dino \
         weights=dino_vitbase8_pretrain.pth protocol=dino
     python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=480]
+    python tools/propagate.py davis_root=DIR out=RES features=... sweep=true split=train [apply_split=val]
 
 Protocol options (defaults = videowalk's DAVIS evaluation): n_context=20 topk=10 radius=12
 temperature=0.05 window=circle pad_first=true downsample=bilinear restrict_first=false layer=auto;
@@ -48,7 +49,26 @@ def main(cfg: DictConfig) -> None:
                                   stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device,
                                   **backbone)
     protocol = {k: cfg[k] for k in PROTOCOL}
-    protocol["patch"] = getattr(feature_fn, "patch", None)  # upsample=patch: the backbone's patch size
+    # upsample=patch: the feature stride (a backbone's patch size, the pixel cell size)
+    protocol["patch"] = getattr(feature_fn, "patch", None) or getattr(feature_fn, "stride", None)
+    if cfg.get("sweep"):
+        from omegaconf import OmegaConf
+
+        from vidssl.eval.sweep import apply_best, sweep_protocol
+
+        if cfg.davis_root is None:
+            raise SystemExit("sweep=true needs davis_root=DIR (a DAVIS layout with the split to sweep)")
+        grid = OmegaConf.to_container(cfg.sweep_grid)
+        base = {k: v for k, v in protocol.items() if k not in grid}
+        table, best = sweep_protocol(cfg.davis_root, cfg.out, feature_fn, grid=grid, split=cfg.split, base=base,
+                                     resolution=cfg.resolution)
+        print(f"{len(table)} settings on {cfg.split}: best {best} J&F {table[0]['J&F-Mean']:.4f} "
+              f"(table: {cfg.out}/sweep-{cfg.split}.csv)")
+        metrics = apply_best(cfg.davis_root, cfg.out, feature_fn, best, split=cfg.apply_split, base=base,
+                             resolution=cfg.resolution)
+        print(f"{cfg.apply_split} with the best setting: J&F {metrics['J&F-Mean']:.4f} "
+              f"({cfg.out}/best-{cfg.apply_split}.json)")
+        return
     if cfg.video is not None:
         # a backbone that prepares its own frames (resize=dino|multiple|short) sees the video at its size
         short_side = None if backbone and cfg.resize != "none" else cfg.short_side
