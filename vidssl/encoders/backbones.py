@@ -200,3 +200,48 @@ class TorchvisionResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.stages(self.stem(x))
+
+
+class ClipBackbone(nn.Module):
+    """An image backbone applied to every frame of a clip: a video encoder for clustering and retrieval.
+
+    Inputs: B×3×T×H×W normalised clips. Outputs: B×D×T×h×w (each frame's map, frames stacked), which
+    `vidssl.encoders.pool` averages over time and space: frame features pooled over the clip.
+    """
+
+    def __init__(self, backbone: nn.Module, *, out_channels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_channels = out_channels
+
+    def forward(self, clip: Tensor) -> Tensor:
+        if clip.ndim != 5:
+            raise ValueError(f"expected a clip B×3×T×H×W, got {tuple(clip.shape)}")
+        b, c, t, h, w = clip.shape
+        maps = self.backbone(clip.transpose(1, 2).reshape(b * t, c, h, w))  # (B·T, D, h', w')
+        return maps.reshape(b, t, *maps.shape[1:]).transpose(1, 2)
+
+
+def timm_clip_encoder(*, model: str = "vit_small_patch16_224.dino", weights: str | None = None,
+                      checkpoint_key: str | None = None, block: int | None = None, pos_resample: str = "auto",
+                      model_kwargs: dict[str, Any] | None = None) -> ClipBackbone:
+    """`TimmBackbone` as a video encoder (configs/encoder/timm.yaml): frames' maps stacked over time."""
+    backbone = TimmBackbone(model=model, weights=weights, checkpoint_key=checkpoint_key, block=block,
+                            pos_resample=pos_resample, model_kwargs=dict(model_kwargs or {}))
+    return ClipBackbone(backbone, out_channels=_channels(backbone))
+
+
+def torchvision_clip_encoder(*, model: str = "resnet18", weights: str | None = None, block: int | None = 4,
+                             ) -> ClipBackbone:
+    """`TorchvisionResNet` as a video encoder (configs/encoder/torchvision_resnet.yaml)."""
+    backbone = TorchvisionResNet(model=model, weights=weights, block=block)
+    return ClipBackbone(backbone, out_channels=_channels(backbone))
+
+
+def _channels(backbone: nn.Module) -> int:
+    with torch.no_grad():
+        was = backbone.training
+        size = 2 * (getattr(backbone, "patch_size", None) or 32)
+        channels = backbone.eval()(torch.zeros(1, 3, size, size)).shape[1]
+        backbone.train(was)
+    return int(channels)
