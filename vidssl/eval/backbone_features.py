@@ -74,7 +74,7 @@ def resize_frame(frame: Tensor, resize: str, short_side: int | None, patch: int 
         if patch is None:
             raise ValueError("resize=multiple needs the backbone's patch size")
         size = multiple_frame_size(height, width, short_side, patch)
-        return torch.from_numpy(np.asarray(Image.fromarray(array).resize(size[::-1], Image.BICUBIC)))
+        return torch.from_numpy(np.array(Image.fromarray(array).resize(size[::-1], Image.BICUBIC)))
     scale = short_side / min(height, width)
     size = (round(height * scale), round(width * scale))
     x = frame.permute(2, 0, 1)[None].float()
