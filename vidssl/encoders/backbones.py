@@ -139,6 +139,10 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.vit:
+            # rows and columns past the last whole patch are dropped, as a stride-p patch convolution
+            # does (DINO's); timm's patch embedding would refuse the input instead
+            p = self.patch_size
+            x = x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p]
             kwargs = dict(indices=[self.block], norm=self.norm, intermediates_only=True)
         else:
             kwargs = dict(indices=[self.block], intermediates_only=True)
