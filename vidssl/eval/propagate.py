@@ -19,7 +19,10 @@ with ``data/vos.py``, run with ``--topk 10 --videoLen 20 --radius 12 --temperatu
 Named options, off by default, give the other common forms: ``window="square"`` (``|dy|, |dx| ≤
 radius``), ``pad_first=False`` (each frame once: early frames see only what was predicted so far),
 ``downsample="area"`` (first-frame labels as area fractions), ``restrict_first=True`` (the first frame
-windowed too). Their effect on J&F is measured in docs/methods/correspondence.md.
+windowed too). Their effect on J&F is measured in docs/methods/correspondence.md. The other
+protocols' steps are options too (presets in configs/protocol/): ``window="disk"`` (distance ≤
+radius), ``downsample="pil_nearest"``, ``ties=True`` (every candidate equal to the k-th score kept),
+``upsample="patch" | "nearest" | "bilinear_minmax"`` (DINO, the DINOv3 notebook, VFS).
 
 Memory does not grow with the video: each frame's features are computed when the frame is reached,
 and only the first frame plus a rolling window of ``n_context`` frames is kept. Affinities are only
