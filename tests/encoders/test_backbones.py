@@ -111,3 +111,20 @@ def test_torchvision_resnet_reads_a_stage_and_loads_its_file(tmp_path):
     assert backbone(x).shape == (1, 256, 4, 6)
     with pytest.raises(ValueError, match="r18.pth: weights do not fit"):
         load_backbone_weights(torchvision.models.resnet34(weights=None), tmp_path / "r18.pth")
+
+
+def test_feature_sources_through_build_feature_fn(tmp_path):
+    """features=torchvision|timm on the command line: a frame in, a unit-norm D×h×w map out."""
+    import torchvision
+
+    from vidssl.eval.features import build_feature_fn
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    frame = torch.randint(0, 256, (40, 72, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    resnet = build_feature_fn("torchvision", model="resnet18", weights=str(tmp_path / "r18.pth"), block=2)
+    vit = build_feature_fn("timm", model="vit_small_patch8_224.dino", weights=str(HERE / "dino_pretrain.pth"),
+                           resize="short", short_side=48, model_kwargs={**TINY, "img_size": 32})
+    for fn, shape in ((resnet, (128, 5, 9)), (vit, (8, 6, 10))):
+        out = fn(frame)
+        assert out.shape == shape
+        torch.testing.assert_close(out.norm(dim=0), torch.ones(shape[1:]))
