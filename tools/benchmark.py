@@ -1,6 +1,6 @@
 """Speed and memory benchmarks; prints a table and writes the figures under ``out=``.
 
-    python tools/benchmark.py suite=data|train|propagate|sinkhorn|flow out=DIR [option=value ...]
+    python tools/benchmark.py suite=data|train|propagate|propagate_dino|sinkhorn|flow out=DIR [option=value ...]
 
 ``out=`` is required (created if missing): ``DIR/benchmark_<suite>.json`` holds the figures, the machine and
 the command, ``DIR/benchmark_<suite>.txt`` the table.
@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from vidssl.eval.report import format_table
 
-SUITES = ("data", "train", "propagate", "sinkhorn", "flow")
+SUITES = ("data", "train", "propagate", "propagate_dino", "sinkhorn", "flow")
 
 
 def machine() -> dict:

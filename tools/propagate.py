@@ -1,11 +1,15 @@
 """Propagate first-frame masks: every sequence of a DAVIS split, or one video of your own.
 
     python tools/propagate.py davis_root=DIR out=RES features=pixels|random|checkpoint [checkpoint=CKPT] [split=val]
+    python tools/propagate.py davis_root=DIR out=RES features=timm model=vit_base_patch8_224.dino \
+        weights=dino_vitbase8_pretrain.pth protocol=dino
     python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=480]
+    python tools/propagate.py davis_root=DIR out=RES features=... sweep=true split=train [apply_split=val]
     python tools/propagate.py benchmark=davis|ytvos|mose|jhmdb|vip root=DIR out=RES [features=...] [checkpoint=CKPT]
 
 Protocol options (defaults = videowalk's DAVIS evaluation): n_context=20 topk=10 radius=12
-temperature=0.05 window=circle pad_first=true downsample=bilinear restrict_first=false layer=auto.
+temperature=0.05 window=circle pad_first=true downsample=bilinear restrict_first=false layer=auto;
+presets: protocol=videowalk|dino|dinov3|vjepa21|vfs (configs/protocol/, each citing its source).
 
 DAVIS: writes palette PNGs to ``RES/<sequence>/<frame>.png``; score them with
 ``python tools/evaluate.py metric=davis davis_root=DIR results=RES``. A video: writes ``DIR/masks/*.png``,
@@ -25,7 +29,8 @@ from vidssl.eval.features import build_feature_fn
 from vidssl.eval.propagate import propagate_dataset
 from vidssl.eval.track import track_video
 
-PROTOCOL = ("n_context", "topk", "radius", "temperature", "restrict_first", "window", "pad_first", "downsample", "tile")
+PROTOCOL = ("n_context", "topk", "radius", "temperature", "restrict_first", "window", "pad_first", "downsample", "tile",
+            "ties", "upsample")
 
 
 def propagate_benchmark(cfg: DictConfig, feature_fn, protocol: dict) -> str:
@@ -55,22 +60,54 @@ def propagate_benchmark(cfg: DictConfig, feature_fn, protocol: dict) -> str:
 @hydra.main(config_path="../configs", config_name="propagate", version_base="1.3")
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
-    if cfg.layout not in (None, "davis"):
-        feature_fn = build_feature_fn(cfg.features, encoder_cfg=cfg.encoder, checkpoint=cfg.checkpoint,
-                                      stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device)
-        print(f"wrote {propagate_benchmark(cfg, feature_fn, {k: cfg[k] for k in PROTOCOL})}")
-        return
+    benchmark = cfg.layout not in (None, "davis")
     if cfg.layout == "davis" and cfg.root is not None:
         cfg.davis_root = cfg.root
-    if (cfg.davis_root is None) == (cfg.video is None):
-        raise SystemExit("give either davis_root=DIR (a DAVIS layout) or video=FILE mask=PNG (one video)")
+    if not benchmark and (cfg.davis_root is None) == (cfg.video is None):
+        raise SystemExit("give either davis_root=DIR (a DAVIS layout), benchmark=NAME root=DIR, "
+                         "or video=FILE mask=PNG (one video)")
     if cfg.video is not None and cfg.mask is None:
         raise SystemExit("video=FILE needs mask=PNG: the first frame's mask")
+    backbone = {}
+    if cfg.features in ("timm", "torchvision"):
+        if not cfg.get("model"):
+            raise SystemExit(f"features={cfg.features} needs model=NAME (a timm model name, or resnet50…)")
+        if cfg.features == "torchvision" and cfg.model_kwargs:
+            raise SystemExit("model_kwargs applies to features=timm")
+        backbone = dict(model=cfg.model, weights=cfg.weights, checkpoint_key=cfg.checkpoint_key, block=cfg.block,
+                        resize=cfg.resize, short_side=cfg.short_side, mean=cfg.mean, std=cfg.std,
+                        pos_resample=cfg.pos_resample, model_kwargs=dict(cfg.model_kwargs or {}))
     feature_fn = build_feature_fn(cfg.features, encoder_cfg=cfg.encoder, checkpoint=cfg.checkpoint,
-                                  stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device)
+                                  stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device,
+                                  **backbone)
     protocol = {k: cfg[k] for k in PROTOCOL}
+    # upsample=patch: the feature stride (a backbone's patch size, the pixel cell size)
+    protocol["patch"] = getattr(feature_fn, "patch", None) or getattr(feature_fn, "stride", None)
+    if benchmark:
+        print(f"wrote {propagate_benchmark(cfg, feature_fn, protocol)}")
+        return
+    if cfg.get("sweep"):
+        from omegaconf import OmegaConf
+
+        from vidssl.eval.sweep import apply_best, sweep_protocol
+
+        if cfg.davis_root is None:
+            raise SystemExit("sweep=true needs davis_root=DIR (a DAVIS layout with the split to sweep)")
+        grid = OmegaConf.to_container(cfg.sweep_grid)
+        base = {k: v for k, v in protocol.items() if k not in grid}
+        table, best = sweep_protocol(cfg.davis_root, cfg.out, feature_fn, grid=grid, split=cfg.split, base=base,
+                                     resolution=cfg.resolution)
+        print(f"{len(table)} settings on {cfg.split}: best {best} J&F {table[0]['J&F-Mean']:.4f} "
+              f"(table: {cfg.out}/sweep-{cfg.split}.csv)")
+        metrics = apply_best(cfg.davis_root, cfg.out, feature_fn, best, split=cfg.apply_split, base=base,
+                             resolution=cfg.resolution)
+        print(f"{cfg.apply_split} with the best setting: J&F {metrics['J&F-Mean']:.4f} "
+              f"({cfg.out}/best-{cfg.apply_split}.json)")
+        return
     if cfg.video is not None:
-        result = track_video(cfg.video, cfg.mask, cfg.out, feature_fn, short_side=cfg.short_side,
+        # a backbone that prepares its own frames (resize=dino|multiple|short) sees the video at its size
+        short_side = None if backbone and cfg.resize != "none" else cfg.short_side
+        result = track_video(cfg.video, cfg.mask, cfg.out, feature_fn, short_side=short_side,
                              max_frames=cfg.max_frames, fps=cfg.fps, **protocol)
         print(f"tracked {result['objects']} object(s) through {result['frames']} frames: {result['masks']}/, "
               f"{result['mp4']}, {result['gif']}")

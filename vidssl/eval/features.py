@@ -12,7 +12,10 @@ expects). Sources:
   removes layer4 before label propagation, unless MAST trained it; other encoders give their output
   (``"output"``);
   any submodule name (``"layer2"``, ``"layer4"``…) gives that submodule's output;
-- `build_feature_fn("pixels" | "random" | "checkpoint", ...)`: what ``tools/propagate.py`` offers.
+- `vidssl.eval.backbone_features.BackboneFeatures`: a timm or torchvision image backbone (DINO,
+  DINOv2, DINOv3, ResNets…) with weights from a file, its patch-token map;
+- `build_feature_fn("pixels" | "random" | "checkpoint" | "timm" | "torchvision", ...)`: what
+  ``tools/propagate.py`` offers.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import Tensor, nn
 from vidssl.color import rgb_to_lab
 from vidssl.datasets.transforms import MEAN, STD, normalize_video
 
-FEATURE_SOURCES = ("pixels", "random", "checkpoint")
+FEATURE_SOURCES = ("pixels", "random", "checkpoint", "timm", "torchvision")
 AUTO, OUTPUT = "auto", "output"
 
 
@@ -197,7 +200,7 @@ class EncoderFeatures:
 
 def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str | Path | None = None,
                      stride: int = 8, clip_len: int = 1, layer: str = AUTO,
-                     device: str | torch.device = "cpu") -> PixelFeatures | EncoderFeatures:
+                     device: str | torch.device = "cpu", **backbone: Any) -> Any:
     """The feature source named on the command line.
 
     Arguments:
@@ -205,7 +208,13 @@ def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str 
         its fixed-seed random initialisation) or "checkpoint" (the encoder a checkpoint was trained
         with, built from the checkpoint's own config; ``encoder_cfg`` only as a fallback).
       layer: the encoder's feature map (see `EncoderFeatures`).
+      backbone: with "timm" / "torchvision", `vidssl.eval.backbone_features.build_backbone_features`'s
+        arguments (model, weights, checkpoint_key, block, resize, short_side, mean, std…).
     """
+    if features in ("timm", "torchvision"):
+        from vidssl.eval.backbone_features import build_backbone_features
+
+        return build_backbone_features(features, device=device, **backbone)
     if features == "pixels":
         return PixelFeatures(stride=stride, device=device)
     if features not in FEATURE_SOURCES:

@@ -19,7 +19,10 @@ with ``data/vos.py``, run with ``--topk 10 --videoLen 20 --radius 12 --temperatu
 Named options, off by default, give the other common forms: ``window="square"`` (``|dy|, |dx| ≤
 radius``), ``pad_first=False`` (each frame once: early frames see only what was predicted so far),
 ``downsample="area"`` (first-frame labels as area fractions), ``restrict_first=True`` (the first frame
-windowed too). Their effect on J&F is measured in docs/methods/correspondence.md.
+windowed too). Their effect on J&F is measured in docs/methods/correspondence.md. The other
+protocols' steps are options too (presets in configs/protocol/): ``window="disk"`` (distance ≤
+radius), ``downsample="pil_nearest"``, ``ties=True`` (every candidate equal to the k-th score kept),
+``upsample="patch" | "nearest" | "bilinear_minmax"`` (DINO, the DINOv3 notebook, VFS).
 
 Memory does not grow with the video: each frame's features are computed when the frame is reached,
 and only the first frame plus a rolling window of ``n_context`` frames is kept. Affinities are only
@@ -46,8 +49,9 @@ from vidssl.datasets.formats import DavisSequence, davis, read_mask, write_mask
 FeatureFn = Callable[[Tensor], Tensor]  # uint8 frame H×W×3 → features D×h×w (L2-normalised over D)
 
 MAX_OBJECTS = 100  # DAVIS-2017 sequences have at most ~10 objects; far more means a mis-read mask
-WINDOWS = ("circle", "square")
-DOWNSAMPLING = ("bilinear", "area")
+WINDOWS = ("circle", "square", "disk")
+DOWNSAMPLING = ("bilinear", "area", "pil_nearest")
+UPSAMPLING = ("bilinear", "patch", "nearest", "bilinear_minmax")
 
 
 def _check_window(window: str) -> None:
@@ -58,7 +62,8 @@ def _check_window(window: str) -> None:
 def window_reach(radius: float, window: str = "circle") -> int:
     """The largest |dy| (or |dx|) in cells that a window of ``radius`` contains."""
     _check_window(window)
-    # circle: distance < radius (strict, as the official mask); square: |dy|, |dx| ≤ radius
+    # circle: distance < radius (strict, as the official mask); square: |dy|, |dx| ≤ radius;
+    # disk: distance ≤ radius
     return max(math.ceil(radius) - 1, -1) if window == "circle" else math.floor(radius)
 
 
@@ -67,6 +72,8 @@ def window_mask(dy: Tensor, dx: Tensor, radius: float, window: str = "circle") -
     _check_window(window)
     if window == "circle":
         return dy * dy + dx * dx < radius * radius
+    if window == "disk":
+        return dy * dy + dx * dx <= radius * radius
     return (dy.abs() <= radius) & (dx.abs() <= radius)
 
 
@@ -101,13 +108,40 @@ def _softmax_sum(top: Tensor, labels: Tensor, temperature: float) -> Tensor:
     return torch.einsum("qk,qkc->qc", weights, labels)
 
 
-def _merge_topk(top_a: Tensor, labels_a: Tensor, top_b: Tensor, labels_b: Tensor, topk: int) -> tuple[Tensor, Tensor]:
+def _topk(scores: Tensor, topk: int, ties: bool) -> tuple[Tensor, Tensor]:
+    """The ``topk`` largest scores of each row and their columns; with ``ties``, every score equal to the
+    k-th largest too (DINO's and DINOv3's rule: they keep all candidates ≥ the k-th value), the rows
+    padded with −inf where they have fewer.
+
+    Inputs: scores Q×C. Outputs: Q×k' scores (sorted, k' ≥ k with ties) and Q×k' column indices.
+    """
+    k = min(topk, scores.shape[1])
+    if not ties:
+        return scores.topk(k, dim=1)
+    extra = 4
+    while True:
+        wanted = min(k + extra, scores.shape[1])
+        top, pick = scores.topk(wanted, dim=1)
+        kth = top[:, k - 1: k]
+        # more candidates may equal the k-th than were taken: take more
+        if wanted == scores.shape[1] or not ((top[:, -1:] == kth) & (kth > float("-inf"))).any():
+            break
+        extra *= 2
+    return top.masked_fill(top < kth, float("-inf")), pick
+
+
+def _merge_topk(top_a: Tensor, labels_a: Tensor, top_b: Tensor, labels_b: Tensor, topk: int,
+                ties: bool = False) -> tuple[Tensor, Tensor]:
     """The top-k of two candidate sets from the top-k of each (the union's top-k is among them).
 
-    Inputs: top_* Q×k_* scores, labels_* Q×k_*×K. Outputs: Q×k scores (sorted) and Q×k×K labels.
+    Inputs: top_* Q×k_* scores, labels_* Q×k_*×K. Outputs: Q×k scores (sorted) and Q×k×K labels
+    (with ``ties``, every candidate equal to the union's k-th score is kept, the rest set to −inf).
     """
     top = torch.cat([top_a, top_b], dim=1)
     labels = torch.cat([labels_a, labels_b], dim=1)
+    if ties:
+        kth = top.topk(min(topk, top.shape[1]), dim=1).values[:, -1:]
+        return top.masked_fill(top < kth, float("-inf")), labels
     top, pick = top.topk(min(topk, top.shape[1]), dim=1)
     return top, labels.gather(1, pick[..., None].expand(-1, -1, labels.shape[-1]))
 
@@ -124,6 +158,7 @@ def propagate_step(
     temperature: float = 0.05,
     window: str = "circle",
     tile: int = 8,
+    ties: bool = False,
 ) -> Tensor:
     """Predict one frame's soft labels, computing affinities only inside each query's radius window.
 
@@ -133,7 +168,8 @@ def propagate_step(
       global_keys, global_values: M×h'×w'×D / M×h'×w'×K context seen without radius restriction
         (the first frame when ``restrict_first=False``), or None.
       window: "circle" (context cells at distance < radius from the query's position, the
-        official mask) or "square" (|dy|, |dx| ≤ radius).
+        official mask), "square" (|dy|, |dx| ≤ radius) or "disk" (distance ≤ radius).
+      ties: keep every candidate whose score equals the k-th largest (DINO, DINOv3), not exactly k.
       tile: queries are processed in tile×tile blocks: the block's context region, (tile+2r)² cells
         per frame, is multiplied with it as one matrix, and the products outside each query's own
         window are masked before the top-k. Larger tiles waste more products, smaller ones
@@ -181,13 +217,13 @@ def propagate_step(
             near = window_mask(dy[:, None, None, :], dx[:, :, None, None], radius, window)  # (Q, rw, 1, rh)
             scores = scores.masked_fill_(~near, float("-inf")).view(num_q, -1)
 
-            top, pick = scores.topk(min(topk, scores.shape[1]), dim=1)  # (Q, k); pick = (x * N + frame) * rh + y
+            top, pick = _topk(scores, topk, ties)  # (Q, k); pick = (x * N + frame) * rh + y
             cell_y, rest = pick % rh + ry0, pick // rh
             frame, cell_x = rest % n, rest // n + rx0
             labels = flat_values[(frame * h + cell_y) * w + cell_x]  # (Q, k, K)
             if global_keys is not None:
-                g_top, g_pick = (q @ g_keys.T).topk(min(topk, g_keys.shape[0]), dim=1)  # (Q, k) over all G cells
-                top, labels = _merge_topk(g_top, g_values[g_pick], top, labels, topk)
+                g_top, g_pick = _topk(q @ g_keys.T, topk, ties)  # (Q, k) over all G cells
+                top, labels = _merge_topk(g_top, g_values[g_pick], top, labels, topk, ties)
             out[y0:y1, x0:x1] = _softmax_sum(top, labels, temperature).view(y1 - y0, x1 - x0, num_labels)
     return out
 
@@ -204,6 +240,7 @@ def _reference_step(
     temperature: float = 0.05,
     window: str = "circle",
     chunk: int = 1024,
+    ties: bool = False,
 ) -> Tensor:
     """The common dense form of `propagate_step`: full query×context affinities, then a radius mask.
 
@@ -229,6 +266,11 @@ def _reference_step(
         scores = scores.masked_fill(~near[:, None, :], float("-inf")).flatten(1)
         if global_keys is not None:
             scores = torch.cat([q_all[qi] @ global_keys.reshape(-1, dim).T, scores], dim=1)
+        if ties:  # every candidate ≥ the k-th score, over the whole row
+            kth = scores.topk(min(topk, scores.shape[1]), dim=1).values[:, -1:]
+            weights = torch.softmax(scores.masked_fill(scores < kth, float("-inf")) / temperature, dim=1)
+            out.append(weights @ table)
+            continue
         top, pick = scores.topk(min(topk, scores.shape[1]), dim=1)
         out.append(_softmax_sum(top, table[pick], temperature))
     return torch.cat(out).view(h, w, num_labels)
@@ -257,14 +299,19 @@ def first_frame_labels(mask: Tensor | np.ndarray, size: tuple[int, int], *, down
 
     Inputs: mask H×W integers (0 background, 1..N objects); size (h, w) of the feature grid;
       downsample: "bilinear" (the one-hot map sampled at each cell's centre by bilinear
-      interpolation without antialiasing, as OpenCV's INTER_LINEAR in the official loader) or
-      "area" (the fraction of each cell covered by each label).
+      interpolation without antialiasing, as OpenCV's INTER_LINEAR in the official loader),
+      "area" (the fraction of each cell covered by each label) or "pil_nearest" (the label map resized
+      to the grid by Pillow's nearest neighbour, then one-hot: DINO's ``read_seg``).
     Output: h×w×(N+1) float.
     """
     mask = check_first_mask(mask, name=name, max_objects=max_objects)
     if downsample not in DOWNSAMPLING:
         raise ValueError(f"downsample={downsample!r}: expected one of {', '.join(DOWNSAMPLING)}")
-    onehot = F.one_hot(mask, int(mask.max()) + 1).permute(2, 0, 1).float()  # (K, H, W)
+    num_labels = int(mask.max()) + 1
+    if downsample == "pil_nearest":
+        small = Image.fromarray(mask.to(torch.uint8).numpy()).resize((size[1], size[0]), Image.NEAREST)
+        return F.one_hot(torch.from_numpy(np.array(small)).long(), num_labels).float()
+    onehot = F.one_hot(mask, num_labels).permute(2, 0, 1).float()  # (K, H, W)
     if downsample == "area":
         small = F.interpolate(onehot[None], size=size, mode="area")[0]  # (K, h, w)
     else:
@@ -289,6 +336,9 @@ def propagate_labels(
     name: str = "",
     max_objects: int = MAX_OBJECTS,
     first_labels: Tensor | None = None,
+    ties: bool = False,
+    upsample: str = "bilinear",
+    patch: int | None = None,
 ) -> Iterator[Tensor]:
     """Propagate a first-frame label map through a video; yields one label map per frame, in order.
 
@@ -299,6 +349,13 @@ def propagate_labels(
       num_frames: T (required with a callable; defaults to len(feats) otherwise).
       n_context, topk, radius, temperature, restrict_first, window, pad_first, downsample, tile:
         the protocol (see the module doc; tile changes speed only).
+      ties: keep every context cell tied with the k-th score (see `propagate_step`).
+      upsample: soft labels to label maps: "bilinear" (to the frame size, then argmax: videowalk),
+        "patch" (DINO: bilinear by the factor ``patch``, each label's map min-max normalised, argmax,
+        then nearest-neighbour resizing to the frame) or "nearest" (the DINOv3 notebook: nearest
+        to the frame size, min-max normalised, argmax) or "bilinear_minmax" (VFS: bilinear to the
+        frame size, min-max normalised where a label's max is > 0, argmax).
+      patch: the backbone's patch size, for upsample="patch".
       name: sequence name used in error messages.
       first_labels: frame 0's soft labels at feature resolution, h×w×K, in place of the one-hot of
         ``first_mask`` (which may then be None): e.g. keypoint heat maps. The generator then yields
@@ -310,6 +367,10 @@ def propagate_labels(
     _check_window(window)
     if downsample not in DOWNSAMPLING:
         raise ValueError(f"downsample={downsample!r}: expected one of {', '.join(DOWNSAMPLING)}")
+    if upsample not in UPSAMPLING:
+        raise ValueError(f"upsample={upsample!r}: expected one of {', '.join(UPSAMPLING)}")
+    if upsample == "patch" and (patch is None or patch < 1):
+        raise ValueError(f"upsample=patch needs the backbone's patch size (patch=N), got {patch}")
     if not callable(feats):
         frames = feats
         num_frames = len(frames) if num_frames is None else num_frames
@@ -324,13 +385,15 @@ def propagate_labels(
         first_mask = check_first_mask(first_mask, name=name, max_objects=max_objects)
     return _propagate(feats, first_mask, num_frames, n_context=n_context, restrict_first=restrict_first,
                       pad_first=pad_first, downsample=downsample, name=name, max_objects=max_objects,
-                      step=dict(topk=topk, radius=radius, temperature=temperature, window=window, tile=tile),
-                      first_labels=first_labels)
+                      upsample=upsample, patch=patch, first_labels=first_labels,
+                      step=dict(topk=topk, radius=radius, temperature=temperature, window=window, tile=tile,
+                                ties=ties))
 
 
 def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: int, *, n_context: int,
                restrict_first: bool, pad_first: bool, downsample: str, name: str, max_objects: int,
-               step: dict, first_labels: Tensor | None = None) -> Iterator[Tensor]:
+               step: dict, upsample: str = "bilinear", patch: int | None = None,
+               first_labels: Tensor | None = None) -> Iterator[Tensor]:
     soft = first_labels is not None
     where = f"sequence {name!r}: " if name else ""
 
@@ -382,9 +445,50 @@ def _propagate(feats: Callable[[int], Tensor], first_mask: Tensor, num_frames: i
         if soft:
             yield pred.clone()
             continue
-        full = F.interpolate(pred.permute(2, 0, 1)[None], size=(height, width), mode="bilinear",
-                             align_corners=False)[0]  # (K, H, W)
-        yield full.argmax(dim=0).to(torch.uint8).cpu()
+        yield label_map(pred, (height, width), upsample=upsample, patch=patch)
+
+
+def _minmax_dino(probs: Tensor) -> Tensor:
+    """DINO's ``norm_mask``: each label's map shifted to min 0 and scaled to max 1, if its max is > 0."""
+    for channel in probs:
+        if channel.max() > 0:
+            channel.sub_(channel.min())
+            channel.div_(channel.max())
+    return probs
+
+
+def label_map(pred: Tensor, size: tuple[int, int], *, upsample: str = "bilinear", patch: int | None = None) -> Tensor:
+    """A frame's label map from its soft labels at feature resolution (see `propagate_labels`'s ``upsample``).
+
+    Inputs: pred h×w×K soft labels; size (H, W) of the frame. Output: H×W uint8 labels (CPU).
+    """
+    soft = pred.permute(2, 0, 1)[None]  # (1, K, h, w)
+    if upsample == "bilinear":
+        full = F.interpolate(soft, size=size, mode="bilinear", align_corners=False)[0]  # (K, H, W)
+        return full.argmax(dim=0).to(torch.uint8).cpu()
+    if upsample == "patch":
+        # eval_video_segmentation.py: upsample by the patch size, norm_mask, torch.max, then PIL nearest
+        full = F.interpolate(soft, scale_factor=patch, mode="bilinear", align_corners=False,
+                             recompute_scale_factor=False)[0]
+        labels = torch.max(_minmax_dino(full), dim=0).indices.to(torch.uint8).cpu().numpy()
+        if labels.shape != size:
+            labels = np.array(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
+        return torch.from_numpy(labels)
+    if upsample == "bilinear_minmax":
+        # VFS (mmaction/models/trackers/vanilla_tracker.py): bilinear, min-max per label where its max > 0, argmax
+        full = F.interpolate(soft, size=size, mode="bilinear", align_corners=False)
+        low = full.flatten(2).min(dim=2).values[..., None, None]
+        high = full.flatten(2).max(dim=2).values[..., None, None]
+        full = torch.where(high > 0, (full - low) / (high - low + 1e-12), full)[0]
+        return full.argmax(dim=0).to(torch.uint8).cpu()
+    if upsample == "nearest":
+        # the DINOv3 segmentation-tracking notebook: nearest upsampling, min-max per label (0/0 → 0), argmax
+        full = F.interpolate(soft, size=size, mode="nearest")
+        low = full.flatten(2).min(dim=2).values[..., None, None]
+        high = full.flatten(2).max(dim=2).values[..., None, None]
+        full = torch.nan_to_num((full - low) / (high - low), nan=0)[0]
+        return full.argmax(dim=0).to(torch.uint8).cpu()
+    raise ValueError(f"upsample={upsample!r}: expected one of {', '.join(UPSAMPLING)}")
 
 
 def read_frame(path: str | Path) -> Tensor:
@@ -428,7 +532,8 @@ def propagate_dataset(davis_root: str | Path, out: str | Path, feature_fn: Featu
     """Propagate every sequence of a DAVIS-layout split into ``out/<sequence>/<frame>.png``.
 
     ``protocol`` holds `propagate_labels`'s keyword arguments (n_context, topk, radius, temperature,
-    restrict_first, window, pad_first, downsample, tile). Returns the sequences' result folders.
+    restrict_first, window, pad_first, downsample, tile, ties, upsample, patch). Returns the
+    sequences' result folders.
     """
     sequences = davis(davis_root, split=split, resolution=resolution)
     folders = []
