@@ -19,7 +19,7 @@ import sys
 import torch
 from torch import nn
 from vidssl import distributed
-from vidssl.engine import Trainer, seed_everything
+from vidssl.train.trainer import Trainer, seed_everything
 
 out_dir, batch_size = sys.argv[1], int(sys.argv[2])
 
@@ -122,7 +122,7 @@ def test_torchrun_ends_cleanly_with_slow_gloo_threads(tmp_path):
 def _initial_weights() -> dict[str, torch.Tensor]:
     from torch import nn
 
-    from vidssl.engine import seed_everything
+    from vidssl.train.trainer import seed_everything
 
     seed_everything(0)
     encoder = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 4))

@@ -20,8 +20,8 @@ from vidssl.convert import convert_checkpoint
 @hydra.main(config_path="../configs", config_name="convert_checkpoint", version_base="1.3")
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
-    state = convert_checkpoint(cfg.source, cfg["in"], cfg.out)
-    print(f"wrote {cfg.out}: {len(state['encoder'])} encoder tensors, {len(state['model'])} model tensors "
+    checkpoint = convert_checkpoint(cfg.source, cfg["in"], cfg.out)
+    print(f"wrote {cfg.out}: {len(checkpoint.encoder)} encoder tensors, {len(checkpoint.model)} model tensors "
           f"(source={cfg.source})")
 
 

@@ -84,9 +84,9 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     train_set = split(cfg.train_split)
     if cfg.metric == "retrieval":
         check_ks(list(cfg.ks), len(train_set))  # before loading weights or extracting any feature
-    encoder, model_state, task_config = load_trained(cfg.checkpoint, cfg.encoder)
+    encoder, checkpoint = load_trained(cfg.checkpoint, cfg.encoder)
     if cfg.readout == "context":
-        encoder = context_readout(encoder, cfg.num_seq, model_state, task_config)
+        encoder = context_readout(encoder, cfg.num_seq, checkpoint)
     metrics = evaluate_checkpoint(
         metric=cfg.metric,
         encoder=encoder,
@@ -129,8 +129,8 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
 
     def classifier(checkpoint: str, num_classes: int) -> ContextClassifier:
         torch.manual_seed(cfg.seed)  # the new layers' initialisation (a random ConvGRU has its own fixed seed)
-        encoder, model_state, task_config = load_trained(checkpoint, cfg.encoder, running_stats=True)
-        return ContextClassifier(context_readout(encoder, cfg.num_seq, model_state, task_config),
+        encoder, trained = load_trained(checkpoint, cfg.encoder, running_stats=True)
+        return ContextClassifier(context_readout(encoder, cfg.num_seq, trained),
                                  num_classes=num_classes, dropout=ft.dropout)
 
     two_stream = bool(cfg.get("flow_checkpoint"))
@@ -154,7 +154,7 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
 
 def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
     """RGB (`checkpoint`), flow (`flow_checkpoint`, on `dataset.flow_root`) and their fusion R+F."""
-    from vidssl.checkpoint import load_encoder
+    from vidssl.run import load_encoder
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import EvalTransform
     from vidssl.eval.two_stream import evaluate_two_stream as evaluate

@@ -12,7 +12,7 @@ with the same optimiser; the suite runs without it.
 
 Encoders get random clips ``B×3×frames×size×size`` and the loss ``mean(pool(features)²)``. A task gets a
 batch cut by its own ``data`` config (its sampler and transform applied to random uint8 frames, audio to
-random waveforms), then the trainer's step (`vidssl.train_step.TrainStep`: forward, backward, an AdamW
+random waveforms), then the trainer's step (`vidssl.train.step.TrainStep`: forward, backward, an AdamW
 step and its ``on_train_step_end``; its ``on_train_step_start``, if any, runs once before the timed steps,
 with a loader of that one batch).
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the growth of the process's
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
 from vidssl.encoders import pool
-from vidssl.train_step import PRECISIONS, TrainStep, move_batch, to_channels_last
+from vidssl.train.step import PRECISIONS, TrainStep, move_batch, to_channels_last
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIDEO_ENCODERS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "r2d3d_18")

@@ -17,7 +17,7 @@ A file that fails (corrupt, truncated, empty, not a video, shorter than the clip
 is required) is recorded in ``failures`` (path -> reason) and replaced by another index drawn from the
 same generator; ``skipped`` in the sample says how many bad files were met producing it and
 ``skipped_files`` names them (``path<TAB>segment<TAB>reason`` lines), so that the training loop, which
-sees the samples of every worker, logs each bad file once per run and counts them (`vidssl.run_log.SkippedFiles`).
+sees the samples of every worker, logs each bad file once per run and counts them (`vidssl.train.run_log.SkippedFiles`).
 After ``max_failures`` bad draws in a row the dataset stops with an error instead of looping forever.
 
 Evaluation must never score one clip in place of another: with ``substitute=False`` a bad file gives a
