@@ -18,7 +18,7 @@ from scipy import ndimage
 from vidssl.datasets.decode import VideoReader
 from vidssl.datasets.formats import VideoEntry, read_mask
 from vidssl.datasets.synthetic import CLASSES, write_video
-from vidssl.flow import (
+from vidssl.datasets.extract_flow import (
     DONE_MARKER,
     FlowOptions,
     REPORT_NAME,

@@ -18,7 +18,7 @@ from vidssl.datasets.sampling import ClipSampler
 from vidssl.datasets.synthetic import write_video
 from vidssl.datasets.transforms import ClipTransform, EvalTransform
 from vidssl.eval.two_stream import fuse_features
-from vidssl.flow import FlowOptions, decode_flow, extract_flow
+from vidssl.datasets.extract_flow import FlowOptions, decode_flow, extract_flow
 
 REPO = Path(__file__).resolve().parents[1]
 

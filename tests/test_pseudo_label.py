@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vidssl.eval.clustering import evaluate_labels
-from vidssl.pseudo_label import (
+from vidssl.eval.pseudo_label import (
     Labelling,
     balanced_kmeans,
     cluster_features,

@@ -109,7 +109,7 @@ def test_checkpointer_writes_named_state_dicts_rotates_and_loads_the_last(tmp_pa
     assert names == ["best.pt", "last.pt", "step_0000002.pt", "step_0000003.pt"]  # no temporary file is left
     last = checkpointer.load()
     assert last.step == 3 and last.config == {"a": 1} and torch.equal(last.model["weight"], model.weight)
-    assert torch.load(checkpointer.best, weights_only=True)["step"] == 2
+    assert torch.load(checkpointer.run_dir.best, weights_only=True)["step"] == 2
     Checkpointer(RunDir(tmp_path / "none"), keep_last=0).save({"step": 1}, step=1)
     assert sorted(p.name for p in (tmp_path / "none" / "checkpoints").iterdir()) == ["last.pt"]
 

@@ -21,7 +21,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vidssl.cli import explain_instantiation_errors
+from vidssl.app.cli import explain_instantiation_errors
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 log = logging.getLogger("vidssl.pretrain")
@@ -100,7 +100,6 @@ def train(cfg: DictConfig) -> None:
         index=cfg.loader.index,
         require_audio=cfg.loader.require_audio,
         seed=cfg.trainer.seed,
-        modality=cfg.dataset.get("modality", "rgb"),
     )
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)

@@ -9,7 +9,7 @@ checkpoint into ``num_clusters``. Writes LABELS.csv (path, cluster, confidence[,
 prints the cluster sizes, and writes LABELS_grid.png beside it: the clips nearest each cluster's centre.
 A checkpoint brings its own task config (its clip layout) and encoder; ``task=`` and ``encoder=`` matter only
 for ``checkpoint=random`` (and for a checkpoint saved without them).
-All logic lives in ``vidssl.pseudo_label``.
+All logic lives in ``vidssl.eval.pseudo_label``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vidssl.cli import explain_instantiation_errors
+from vidssl.app.cli import explain_instantiation_errors
 from vidssl.run import Checkpoint
 from vidssl.eval.report import format_table
-from vidssl.pseudo_label import (
+from vidssl.eval.pseudo_label import (
     METHODS,
     cluster_features,
     cluster_grid_image,
@@ -62,6 +62,12 @@ def main(cfg: DictConfig) -> None:
     else:
         if cfg.num_clusters is None:
             raise SystemExit(f"method={cfg.method} needs num_clusters=K")
+        # the head options mean nothing to clustering features: refused rather than ignored
+        selavi_only = {"allow_video_only": True, "equipartition": False, "modalities": None}
+        set_here = [key for key, default in selavi_only.items() if cfg[key] != default]
+        if set_here:
+            raise SystemExit(f"{', '.join(set_here)} apply to method=selavi (a task's heads), not to "
+                             f"method={cfg.method}")
         encoder = checkpoint.build_encoder()
         dataset = labelling_dataset(cfg.dataset.root, entries, checkpoint.data_config, with_audio=False,
                                     backend=cfg.backend, seed=cfg.seed)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -37,8 +35,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """`atomic_write_bytes` of ``text`` in UTF-8."""
     atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, data: Any, *, indent: int | None = 2) -> None:
-    """`atomic_write_bytes` of ``data`` as JSON (a final newline)."""
-    atomic_write_text(path, json.dumps(data, indent=indent) + "\n")

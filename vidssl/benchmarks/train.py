@@ -26,7 +26,6 @@ import functools
 import io
 import multiprocessing
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
+from vidssl.benchmarks.memory import PeakRSS
 from vidssl.encoders import pool
 from vidssl.train.step import PRECISIONS, TrainStep, move_batch, to_channels_last
 
@@ -48,36 +48,6 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIDEO_ENCODERS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "r2d3d_18")
 AUDIO_RATE = 16000  # VideoDataset's default resampling rate
 FPS = 25.0  # frame rate assumed when cutting the audio window of a fabricated sample
-
-
-class PeakRSS:
-    """Largest growth of this process's resident memory (bytes) while the block runs; Linux only."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.peak = 0
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    def _poll(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, self.rss() - self.base)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self.rss()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._done.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss() - self.base)
 
 
 def _compose(overrides: Sequence[str]):

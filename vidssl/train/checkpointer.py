@@ -27,18 +27,6 @@ class Checkpointer:
             raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         self.best_mode = best_mode
 
-    @property
-    def directory(self) -> Path:
-        return self.run_dir.checkpoints
-
-    @property
-    def last(self) -> Path:
-        return self.run_dir.last
-
-    @property
-    def best(self) -> Path:
-        return self.run_dir.best
-
     def improves(self, value: float, best: float | None) -> bool:
         """The ``best.pt`` rule: whether ``value`` beats ``best`` (the best so far; None: the first always does)."""
         if best is None:
@@ -47,7 +35,7 @@ class Checkpointer:
 
     def load(self) -> Checkpoint | None:
         """``last.pt`` (loaded with ``weights_only=True``), or None when the run has none yet."""
-        return Checkpoint.load(self.last) if self.last.exists() else None
+        return Checkpoint.load(self.run_dir.last) if self.run_dir.last.exists() else None
 
     def save(self, parts: Mapping[str, Any], *, step: int, best: bool = False) -> None:
         """Write ``{name: part.state_dict() (or part itself when it has none)}`` as the checkpoint of ``step``,
@@ -65,5 +53,5 @@ class Checkpointer:
             for old in steps[: max(0, len(steps) - self.keep_last)]:
                 old.unlink(missing_ok=True)
         if best:
-            atomic_write_bytes(self.best, data)
-        atomic_write_bytes(self.last, data)
+            atomic_write_bytes(self.run_dir.best, data)
+        atomic_write_bytes(self.run_dir.last, data)

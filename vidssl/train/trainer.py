@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -184,64 +184,62 @@ class _StopRequest:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
-    """Everything the loop does, as typed values (``configs/trainer/default.yaml`` holds the same keys).
-
-    Args:
-        max_steps: optimiser steps to train for (each takes ``accumulate`` batches).
-        batch_size: samples per batch in each process.
-        out_dir: the run directory (checkpoints, TensorBoard events, config.yaml); reusing it resumes.
-        num_workers: DataLoader worker processes.
-        checkpoint_every: write ``step_<step, 7 digits>.pt`` + ``last.pt`` every this many steps (and at the end).
-        keep_last: how many ``step_*.pt`` files to keep (``last.pt`` and ``best.pt`` always stay).
-        log_every: TensorBoard/progress update period in steps.
-        seed: seed of the batch order and of the training RNG (rank r draws from seed + r).
-        precision: "fp32", "bf16" (autocast, CPU or CUDA) or "fp16" (autocast + gradient scaling, CUDA).
-        grad_clip: clip the global gradient norm to this; 0 disables.
-        accumulate: batches whose gradients are summed into one optimiser step.
-        warmup_steps: linear LR warmup steps before the cosine decay.
-        min_lr_ratio: the final LR as a fraction of the base LR.
-        channels_last: channels-last weights and inputs (faster convolutions on recent GPUs).
-        eval_every: call ``evaluator`` every this many steps (0: never).
-        best_metric: what ``best.pt`` is best at: "auto" (the evaluator's ``best_metric`` attribute when it
-            has one and ``eval_every`` > 0, else the loss), "loss" (the smoothed training loss) or a metric key of
-            the evaluator.
-        best_mode: "min" or "max": whether a lower or a higher ``best_metric`` is better; "auto": "min" for
-            the loss, the evaluator's ``best_mode`` attribute (else "max") for its metrics.
-        progress: show a progress bar (rank 0); otherwise log a line every ``log_every`` steps.
-        device: "auto" (CUDA if present, one GPU per local rank), "cpu" or "cuda".
-        find_unused_parameters: passed to DDP, for tasks whose step leaves some parameters unused.
-        decay_norm_and_bias: weight decay on biases and normalisation parameters too (off: they are
-            exempt, see ``param_groups``).
-        init_from: a checkpoint whose weights a new run starts from (ignored when ``out_dir`` already
-            holds a run to resume): fine-tuning, or continuing a converted official checkpoint.
-        init_part: what ``init_from`` loads: "model" (the whole task) or "encoder" (the backbone only).
-        init_strict: refuse weights with missing or unexpected keys (off: load what fits, and list the rest).
-    """
+    """Everything the loop does, as typed values (``configs/trainer/default.yaml`` holds the same keys; each
+    is documented below it)."""
 
     max_steps: int
-    batch_size: int
-    out_dir: Path
-    num_workers: int = 2
-    checkpoint_every: int = 500
-    keep_last: int = 2
-    log_every: int = 10
-    seed: int = 0
-    precision: str = "fp32"
-    grad_clip: float = 0.0
-    accumulate: int = 1
+    """Optimiser steps to train for (each takes ``accumulate`` batches)."""
     warmup_steps: int = 0
+    """Linear LR warmup steps before the cosine decay."""
     min_lr_ratio: float = 0.0
-    channels_last: bool = False
-    eval_every: int = 0
-    best_metric: str = "auto"
-    best_mode: str = "auto"
-    progress: bool = True
-    device: str = "auto"
-    find_unused_parameters: bool = False
-    decay_norm_and_bias: bool = False
-    init_from: str | Path | None = None
-    init_part: str = "model"
+    """The final LR as a fraction of the base LR."""
+    batch_size: int
+    """Samples per batch in each process."""
+    accumulate: int = 1
+    """Batches whose gradients are summed into one optimiser step."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """bf16: autocast (CPU or CUDA); fp16: autocast + gradient scaling (CUDA)."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this; 0 disables."""
+    out_dir: Path
+    """The run directory (checkpoints, TensorBoard events, config.yaml); reusing it resumes."""
+    checkpoint_every: int = 500
+    """Write ``step_<step, 7 digits>.pt`` + ``last.pt`` every this many steps (and at the end)."""
+    keep_last: int = 2
+    """How many ``step_*.pt`` files to keep (``last.pt`` and ``best.pt`` always stay)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA if present (one GPU per local rank), else the CPU."""
+    num_workers: int = 2
+    """DataLoader worker processes."""
+    seed: int = 0
+    """Seed of the batch order and of the training RNG (rank r draws from seed + r)."""
+    init_from: Path | None = None
+    """A checkpoint whose weights a new run starts from (ignored when ``out_dir`` already holds a run to
+    resume): fine-tuning, or continuing a converted official checkpoint."""
+    init_part: Literal["model", "encoder"] = "model"
+    """What ``init_from`` loads: "model" (the whole task) or "encoder" (the backbone only)."""
     init_strict: bool = True
+    """Refuse weights with missing or unexpected keys (off: load what fits, and list the rest)."""
+    best_mode: Literal["auto", "min", "max"] = "auto"
+    """"min" or "max": whether a lower or a higher ``best_metric`` is better; "auto": "min" for the
+    loss, the evaluator's ``best_mode`` attribute (else "max") for its metrics."""
+    best_metric: str = "auto"
+    """What ``best.pt`` is best at: "auto" (the evaluator's ``best_metric`` attribute when it has one
+    and ``eval_every`` > 0, else the loss), "loss" (the smoothed training loss) or a metric key of the
+    evaluator."""
+    eval_every: int = 0
+    """Call ``evaluator`` every this many steps (0: never)."""
+    progress: bool = True
+    """Show a progress bar (rank 0); otherwise log a line every ``log_every`` steps."""
+    log_every: int = 10
+    """TensorBoard/progress update period in steps."""
+    channels_last: bool = False
+    """Channels-last weights and inputs (faster convolutions on recent GPUs)."""
+    find_unused_parameters: bool = False
+    """Passed to DDP, for tasks whose step leaves some parameters unused."""
+    decay_norm_and_bias: bool = False
+    """Weight decay on biases and normalisation parameters too (off: they are exempt, see
+    ``param_groups``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -297,14 +295,6 @@ class Trainer:
         self.best_mode = best_mode
         self.run_dir = RunDir(config.out_dir)
         self.checkpointer = Checkpointer(self.run_dir, config.keep_last, best_mode=best_mode)
-
-    @property
-    def out_dir(self) -> Path:
-        return self.config.out_dir
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir.checkpoints
 
     def fit(
         self,
@@ -425,7 +415,7 @@ class Trainer:
 
     def _resume(self, run: _Run, saved: Checkpoint) -> None:
         """Continue from ``last.pt``: weights, optimiser (its base LR is kept), scaler, train state and RNGs."""
-        last = self.checkpointer.last
+        last = self.run_dir.last
         try:
             run.task.load_state_dict(saved.model)
         except RuntimeError as err:
@@ -484,7 +474,7 @@ class Trainer:
     def _open_records(self, run: _Run, dataset: Dataset) -> None:
         """Rank 0's scalar log, ``config.yaml`` and start summary; the run's bad files; the progress bar."""
         if run.is_main:
-            run.run_log = RunLog(self.out_dir)
+            run.run_log = RunLog(self.run_dir)
             if run.config is not None:
                 from omegaconf import OmegaConf
 
@@ -512,9 +502,9 @@ class Trainer:
                  self.config.warmup_steps, self.config.min_lr_ratio,
                  "every parameter" if self.config.decay_norm_and_bias else "weights only (not biases/norms)")
         log.info("checkpoints: %s (every %d steps; best.pt by %s, %s is better); scalars: %s/scalars.{csv,txt}",
-                 self.checkpoint_dir, self.config.checkpoint_every,
+                 self.run_dir.checkpoints, self.config.checkpoint_every,
                  "the smoothed training loss" if self.best_metric == "loss" else f"the evaluator's {self.best_metric}",
-                 "lower" if self.best_mode == "min" else "higher", self.out_dir)
+                 "lower" if self.best_mode == "min" else "higher", self.run_dir.root)
 
     def _batches(self, run: _Run, dataset: Dataset, collate_fn: Callable) -> Iterator[dict[str, Any]]:
         """Batches forever, epoch after epoch, from the train state's (epoch, batch) on, which they advance."""
@@ -550,7 +540,7 @@ class Trainer:
         try:
             values = run.train_step(batches, state.step + 1)
         except FloatingPointError as err:
-            raise FloatingPointError(f"{err} and the last good checkpoint in {self.checkpoint_dir} is left as "
+            raise FloatingPointError(f"{err} and the last good checkpoint in {self.run_dir.checkpoints} is left as "
                                      "it was") from err
         state.step += 1
         state.observe_loss(values["loss"])
@@ -619,7 +609,7 @@ class Trainer:
 
     def _log_end(self, run: _Run, started: float, stopped: bool) -> None:
         """The end line and the bad files met; or, for a run stopped by a signal, how to resume it."""
-        state, last, best = run.state, self.checkpointer.last, self.checkpointer.best
+        state, last, best = run.state, self.run_dir.last, self.run_dir.best
         if stopped:
             log.warning("stop requested: saved step %d to %s; rerun the same command to resume", state.step, last)
             return
@@ -634,4 +624,4 @@ class Trainer:
 
     def _summary(self, run: _Run, *, interrupted: bool) -> dict[str, Any]:
         return {"step": run.state.step, "loss": run.state.smoothed_loss, "best": run.state.best,
-                "interrupted": interrupted, "checkpoint": str(self.checkpointer.last)}
+                "interrupted": interrupted, "checkpoint": str(self.run_dir.last)}
