@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vidssl.eval.features import build_feature_fn
@@ -161,3 +160,14 @@ def test_the_trainer_writes_version_2_with_the_tasks_exports(tmp_path):
     saved = torch.load(RunDir(tmp_path).last, weights_only=True)
     assert saved["format_version"] == 2 and saved["exports"]["readout"]["aggregators"] == ["aggregator"]
     assert Checkpoint.load(tmp_path).exports == Exports.of_task(DPC, config["task"]["model"])
+
+
+def test_checkpoint_random_is_features_random():
+    encoder_cfg = {"_target_": "vidssl.encoders.frame.resnet18_dense", "base_width": 1}
+    frame = torch.randint(0, 256, (16, 24, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    one = build_feature_fn("random", encoder_cfg=encoder_cfg)
+    other = build_feature_fn("checkpoint", checkpoint="random", encoder_cfg=encoder_cfg)
+    assert one.layer == other.layer == "layer3"
+    torch.testing.assert_close(one(frame), other(frame), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="checkpoint=random needs an encoder config"):
+        build_feature_fn("checkpoint", checkpoint="random")

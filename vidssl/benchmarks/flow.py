@@ -33,19 +33,12 @@ import numpy as np
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.decode import VideoReader
 from vidssl.datasets.flow import flow_entries
-from vidssl.datasets.samples import sample_clips
+from vidssl.datasets.extract_flow import FlowOptions, extract_flow, extract_video, flow_estimator, rigid_shift
+from vidssl.datasets.flow import flow_image, read_flow_image
 from vidssl.datasets.formats import synthetic
+from vidssl.datasets.samples import sample_clips
 from vidssl.datasets.sampling import BlockSampler
 from vidssl.datasets.transforms import ClipTransform
-from vidssl.datasets.extract_flow import (
-    FlowOptions,
-    extract_flow,
-    extract_video,
-    flow_estimator,
-    flow_image,
-    read_flow_image,
-    rigid_shift,
-)
 
 __all__ = ["run"]
 

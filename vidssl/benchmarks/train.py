@@ -36,12 +36,14 @@ from typing import Any
 import torch
 from einops import rearrange
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
 from vidssl.benchmarks.memory import PeakRSS
 from vidssl.encoders import pool
+from vidssl.tasks.dpc import DPC
+from vidssl.tasks.memdpc import MemDPC
 from vidssl.train.step import PRECISIONS, TrainStep, move_batch, to_channels_last
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -154,7 +156,7 @@ def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size
     }
 
 
-OFFICIAL_MODELS = {"vidssl.tasks.dpc.DPC": "dpc", "vidssl.tasks.memdpc.MemDPC": "memdpc"}
+OFFICIAL_MODELS = {DPC: "dpc", MemDPC: "memdpc"}  # the tasks whose authors' model the benchmark can time
 
 
 def _official_model(cfg: Any, checkout: Path) -> tuple[nn.Module, Callable[[nn.Module, Tensor], Tensor]]:
@@ -163,10 +165,10 @@ def _official_model(cfg: Any, checkout: Path) -> tuple[nn.Module, Callable[[nn.M
     Shims, in this (child) process only: `.cuda()` is a no-op on the CPU, matplotlib (imported by MemDPC's
     utils for plotting) is stubbed when absent, and MemDPC's top-k accuracy gets `.reshape` for today's torch.
     """
-    kind = OFFICIAL_MODELS.get(cfg.task.model._target_)
+    kind = OFFICIAL_MODELS.get(get_class(cfg.task.model._target_))
     if kind is None:
         raise ValueError(f"official=...: no official model for {cfg.task.model._target_}; "
-                         f"use a task of {sorted(OFFICIAL_MODELS)}")
+                         f"use a task of {sorted(cls.__name__ for cls in OFFICIAL_MODELS)}")
     if cfg.encoder._target_ != "vidssl.encoders.video.r2d3d_18" or cfg.encoder.get("base_width", 64) != 64:
         raise ValueError("official=...: the authors' model is R2D3D-18 at width 64; benchmark that encoder")
     if not checkout.is_dir():

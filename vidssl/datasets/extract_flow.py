@@ -29,17 +29,7 @@ import numpy as np
 
 from vidssl.datasets.decode import VideoDecodeError, VideoReader
 from vidssl.datasets.entry import VideoEntry
-from vidssl.datasets.flow import (
-    DEFAULT_BOUND,
-    DONE_MARKER,
-    FLOW_FORMAT_VERSION,
-    decode_flow,
-    encode_flow,
-    flow_dir_for,
-    flow_image,
-    read_flow_image,
-    read_marker,
-)
+from vidssl.datasets.flow import DEFAULT_BOUND, DONE_MARKER, FLOW_FORMAT_VERSION, flow_dir_for, flow_image, read_marker
 from vidssl.datasets.pool import over_videos
 from vidssl.files import atomic_write_text
 

@@ -474,17 +474,6 @@ def vggsound(
     return entries
 
 
-FORMATS: dict[str, Callable[..., list[VideoEntry]]] = {
-    "folder": folder,
-    "csv": csv_manifest,
-    "ucf101": ucf101,
-    "hmdb51": hmdb51,
-    "kinetics": kinetics,
-    "vggsound": vggsound,
-    "synthetic": synthetic,
-}
-
-
 # --------------------------------------------------------------------------------------------------
 # DAVIS-2017
 

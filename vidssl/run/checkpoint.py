@@ -83,6 +83,11 @@ class Exports:
         return cls.from_dict(hook(dict(model_config or {})))
 
     @classmethod
+    def of_run(cls, task: nn.Module, run_config: Mapping[str, Any] | None) -> Exports:
+        """`of_task` with the model config found in a run's config (``task.model``)."""
+        return cls.of_task(task, _find(run_config, "task.model"))
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Exports:
         data = dict(data or {})
         unknown = set(data) - {"feature_layer", "readout", "capabilities"}

@@ -600,11 +600,10 @@ class Trainer:
             return
         train_state = state.state_dict()  # on every rank: it gathers their RNG states
         if run.is_main:
-            model_config = ((run.config or {}).get("task") or {}).get("model")
             self.checkpointer.save({"model": run.task, "encoder": run.task.encoder, "optimizer": run.optimizer,
                                     "scheduler": self._schedule_settings(), "scaler": run.train_step.scaler,
                                     **train_state, "config": run.config,
-                                    "exports": Exports.of_task(run.task, model_config).to_dict()},
+                                    "exports": Exports.of_run(run.task, run.config).to_dict()},
                                    step=state.step, best=new_best)
 
     def _log_end(self, run: _Run, started: float, stopped: bool) -> None:
