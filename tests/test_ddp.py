@@ -77,7 +77,7 @@ def test_two_gloo_ranks_match_one_process_with_double_batch(tmp_path):
 
 
 # Rank 1's gloo worker threads at the lowest priority: they let go of finished collectives late, as on a
-# loaded machine, so a rank that exits too early meets them (the abort `_leave_process_group` prevents).
+# loaded machine, so a rank that exits too early meets them (the abort `vidssl.distributed.leave_process_group` prevents).
 STARVED = r'''
 import os, threading, time
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from vidssl.run import load_encoder
-from vidssl.eval.features import PixelFeatures, build_feature_fn
+from vidssl.eval.features import EncoderFeatures, PixelFeatures, build_feature_fn
 from vidssl.eval.periodic import PropagationEvaluator
 
 pytestmark = pytest.mark.slow
