@@ -41,10 +41,8 @@ CONTEXT = "context"
 
 def _plain(config: Any) -> Any:
     """A Hydra/OmegaConf config as plain dicts and lists (other values as they are)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra, a dependency
-        return config
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
     if isinstance(config, (DictConfig, ListConfig)):
         return OmegaConf.to_container(config, resolve=True)
     return config
