@@ -11,8 +11,7 @@ for the authors' model (`DPC_RNN`, `MemDPC_BD`) built with the task config's sha
 with the same optimiser; the suite runs without it.
 
 Encoders get random clips ``B×3×frames×size×size`` and the loss ``mean(pool(features)²)``. A task gets a
-batch cut by its own ``data`` config (its sampler and transform applied to random uint8 frames, audio to
-random waveforms), then the trainer's step (`vidssl.train.step.TrainStep`: forward, backward, an AdamW
+batch that ``VideoDataset`` cuts with its own ``data`` config from a few synthetic videos, then the trainer's step (`vidssl.train.step.TrainStep`: forward, backward, an AdamW
 step and its ``on_train_step_end``; its ``on_train_step_start``, if any, runs once before the timed steps,
 with a loader of that one batch).
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the growth of the process's
@@ -26,6 +25,7 @@ import functools
 import io
 import multiprocessing
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -41,6 +41,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
 from vidssl.benchmarks.memory import PeakRSS
+from vidssl.datasets.dataset import VideoDataset
+from vidssl.datasets.formats import synthetic
+from vidssl.datasets.synthetic import make_synthetic
 from vidssl.encoders import pool
 from vidssl.tasks.dpc import DPC
 from vidssl.tasks.memdpc import MemDPC
@@ -48,8 +51,6 @@ from vidssl.train.step import PRECISIONS, TrainStep, move_batch, to_channels_las
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIDEO_ENCODERS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "r2d3d_18")
-AUDIO_RATE = 16000  # VideoDataset's default resampling rate
-FPS = 25.0  # frame rate assumed when cutting the audio window of a fabricated sample
 
 
 def _compose(overrides: Sequence[str]):
@@ -58,27 +59,15 @@ def _compose(overrides: Sequence[str]):
 
 
 def task_batch(data: dict[str, Any], batch_size: int, seed: int = 0) -> dict[str, Any]:
-    """A batch shaped exactly as ``VideoDataset`` would cut it for a task's ``data`` config.
-
-    Random uint8 frames (128×171, the usual resized video) go through the task's own sampler and
-    transform; when audio is configured a random waveform of the clip's duration goes through it.
-    """
-    g = torch.Generator().manual_seed(seed)
-    samples = []
-    for index in range(batch_size):
-        span = data["sampler"].span
-        indices = data["sampler"](span, g)
-        frames = torch.randint(0, 256, (len(indices), 128, 171, 3), dtype=torch.uint8, generator=g)
-        sample: dict[str, Any] = {"video": data["transform"](frames, g)}
-        if data.get("views", 1) == 2:
-            sample["video2"] = data["transform"](frames, g)
-        if data.get("audio") is not None:
-            seconds = (indices[-1] - indices[0] + 1) / FPS
-            waveform = 0.1 * torch.randn(1, int(seconds * AUDIO_RATE), generator=g)
-            sample.update(audio=data["audio"](waveform), has_audio=True)
-        sample.update(index=index, path=f"fake_{index}.mp4", label=-1, skipped=0)
-        samples.append(sample)
-    return default_collate(samples)
+    """A batch of ``batch_size`` clips cut by ``VideoDataset`` with a task's ``data`` config (its sampler,
+    transform, views and audio) from synthetic videos long enough for the sampler, written to a temporary
+    folder (128×128 H.264 + AAC, `vidssl.datasets.synthetic`)."""
+    span = data["sampler"].span
+    with tempfile.TemporaryDirectory(prefix="vidssl_benchmark_") as folder:
+        root = make_synthetic(folder, num_videos=batch_size, num_classes=1, seed=seed, min_frames=span,
+                              max_frames=span, davis_train_per_class=0)
+        dataset = VideoDataset(root=root, entries=synthetic(root, split=None), seed=seed, **data)
+        return default_collate([dataset[i] for i in range(batch_size)])
 
 
 def _time_steps(step: Callable[[], None], *, steps: int, warmup: int,
