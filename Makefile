@@ -21,14 +21,14 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # Fail fast, in one line, when the compiled stack (torch, torchvision, torchaudio, av, decord) does not load.
 check-install: $(STAMP)
-	$(PY) -m vidssl.install_check
+	$(PY) -m vidssl.app.install_check
 
 # Re-resolve pyproject.toml's ranges in a throwaway venv and pin what pip picks today (see the README).
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -e '.[test]'
-	.lock-venv/bin/python -m vidssl.install_check
+	.lock-venv/bin/python -m vidssl.app.install_check
 	{ printf '%s\n' \
 	  "# The whole dependency tree, pinned: \`make install\` installs vidssl with this file as pip's constraints," \
 	  "# so every fresh machine gets these exact versions. Regenerate with \`make lock\` (see the README)." \

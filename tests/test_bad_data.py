@@ -20,7 +20,7 @@ from vidssl.datasets.dataset import BadSampleError, VideoDataset, collate_kept
 from vidssl.datasets.formats import VideoEntry
 from vidssl.datasets.sampling import ClipSampler
 from vidssl.datasets.transforms import EvalTransform, LogMel
-from vidssl.engine import Trainer
+from vidssl.train.trainer import Trainer
 from vidssl.eval.retrieval import evaluate_checkpoint, extract_clips
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def test_csv_skip_missing_drops_rows_whose_file_is_absent(mixed, tmp_path: Path)
 def _merge_on_rank(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from vidssl.engine import SkippedFiles
+    from vidssl.train.trainer import SkippedFiles
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:

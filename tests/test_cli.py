@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from vidssl.cli import explain_instantiation_errors, root_cause
+from vidssl.app.cli import explain_instantiation_errors, root_cause
 
 REPO = Path(__file__).resolve().parents[1]
 

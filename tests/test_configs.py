@@ -100,7 +100,7 @@ def test_every_optimizer_is_a_partial_of_the_parameters(optim):
 
 @pytest.mark.parametrize("trainer", names("trainer"))
 def test_every_trainer_config_builds(trainer, tmp_path):
-    from vidssl.engine import Trainer
+    from vidssl.train.trainer import Trainer
 
     assert isinstance(instantiate(pretrain_cfg(f"trainer={trainer}", f"trainer.out_dir={tmp_path}").trainer), Trainer)
 

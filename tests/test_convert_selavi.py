@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from vidssl.checkpoint import load_checkpoint, load_encoder
+from vidssl.run import Checkpoint, load_encoder
 from vidssl.convert import convert_checkpoint
 from fixture_helpers import load_module
 
@@ -36,7 +36,7 @@ def test_converted_checkpoint_gives_the_official_head_outputs(official, tmp_path
     path, expected = official
     out = tmp_path / "selavi.pt"
     convert_checkpoint("selavi", path, out)
-    state = load_checkpoint(out)
+    state = Checkpoint.load(out).to_dict()
     task = instantiate(state["config"]["task"]["model"])
     task.load_state_dict(state["model"])  # strict: every weight has its place
     task.eval()

@@ -19,7 +19,7 @@ import sys
 import torch
 from torch import nn
 from vidssl import distributed
-from vidssl.engine import Trainer, seed_everything
+from vidssl.train.trainer import Trainer, seed_everything
 
 out_dir, batch_size = sys.argv[1], int(sys.argv[2])
 
@@ -77,7 +77,7 @@ def test_two_gloo_ranks_match_one_process_with_double_batch(tmp_path):
 
 
 # Rank 1's gloo worker threads at the lowest priority: they let go of finished collectives late, as on a
-# loaded machine, so a rank that exits too early meets them (the abort `_leave_process_group` prevents).
+# loaded machine, so a rank that exits too early meets them (the abort `vidssl.distributed.leave_process_group` prevents).
 STARVED = r'''
 import os, threading, time
 
@@ -122,7 +122,7 @@ def test_torchrun_ends_cleanly_with_slow_gloo_threads(tmp_path):
 def _initial_weights() -> dict[str, torch.Tensor]:
     from torch import nn
 
-    from vidssl.engine import seed_everything
+    from vidssl.train.trainer import seed_everything
 
     seed_everything(0)
     encoder = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 4))

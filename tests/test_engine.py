@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from vidssl.checkpoint import load_checkpoint, rng_state, set_rng_state
-from vidssl.engine import Trainer, cosine_schedule, move_batch
-from vidssl.run_config import model_config_changes, refuse_changed_model_config
-from vidssl.samplers import ResumableBatchSampler, epoch_permutation
+from vidssl.run import Checkpoint
+from vidssl.train.state import rng_state, set_rng_state
+from vidssl.train.trainer import Trainer, cosine_schedule, move_batch
+from vidssl.run import model_config_changes, refuse_changed_model_config
+from vidssl.train.batch_sampler import ResumableBatchSampler, epoch_permutation
 
 
 class ToyDataset(torch.utils.data.Dataset):
@@ -129,7 +130,7 @@ def test_fit_learns_and_writes_rotating_plain_checkpoints(tmp_path):
     assert set(state) >= {"model", "encoder", "optimizer", "scheduler", "scaler", "step", "rng", "sampler", "config"}
     assert (tmp_path / "config.yaml").read_text().startswith("encoder:")
     assert list(tmp_path.glob("events.out.tfevents.*"))
-    from vidssl.checkpoint import load_encoder
+    from vidssl.run import load_encoder
 
     encoder = load_encoder(tmp_path / "checkpoints" / "last.pt")
     assert torch.equal(encoder.weight, task.encoder.weight.detach().cpu())
@@ -183,7 +184,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     torch.manual_seed(0)
     with pytest.raises(FloatingPointError, match="at step 7"):
         make_trainer(tmp_path, max_steps=12, checkpoint_every=4).fit(ToyTask(fail_at=7), ToyDataset(), sgd)
-    state = load_checkpoint(tmp_path)
+    state = Checkpoint.load(tmp_path).to_dict()
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -193,7 +194,7 @@ def test_sigterm_saves_stops_cleanly_and_resumes_exactly(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=10, checkpoint_every=50)
     summary = trainer.fit(ToyTask(signal_at=5), ToyDataset(), sgd)
     assert summary["interrupted"] and summary["step"] == 5
-    assert load_checkpoint(tmp_path)["sampler"] == {"epoch": 0, "position": 20}  # mid-epoch (8 batches)
+    assert Checkpoint.load(tmp_path).to_dict()["sampler"] == {"epoch": 0, "position": 20}  # mid-epoch (8 batches)
     assert signal.getsignal(signal.SIGTERM) == previous  # the handler is uninstalled again
 
     resumed = ToyTask()  # its weights come from last.pt
@@ -216,7 +217,7 @@ def test_best_checkpoint_follows_the_evaluator_metric(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=6, eval_every=2, checkpoint_every=100, evaluator=evaluator,
                            best_metric="R@1", best_mode="max")
     trainer.fit(ToyTask(), ToyDataset(), sgd)
-    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    best = Checkpoint.load(tmp_path / "checkpoints" / "best.pt").to_dict()
     assert best["step"] == 4 and best["best"] == {"metric": "R@1", "value": 0.9}
 
 

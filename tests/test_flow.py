@@ -18,19 +18,16 @@ from scipy import ndimage
 from vidssl.datasets.decode import VideoReader
 from vidssl.datasets.formats import VideoEntry, read_mask
 from vidssl.datasets.synthetic import CLASSES, write_video
-from vidssl.flow import (
-    DONE_MARKER,
-    FlowOptions,
+from vidssl.datasets.extract_flow import (
     REPORT_NAME,
+    FlowOptions,
     compute_flow,
-    decode_flow,
-    encode_flow,
     extract_flow,
     extract_video,
     flow_estimator,
-    read_flow_image,
     rigid_shift,
 )
+from vidssl.datasets.flow import DONE_MARKER, decode_flow, encode_flow, read_flow_image
 
 REPO = Path(__file__).resolve().parents[1]
 DIS = FlowOptions(method="dis")

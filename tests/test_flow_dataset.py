@@ -18,7 +18,8 @@ from vidssl.datasets.sampling import ClipSampler
 from vidssl.datasets.synthetic import write_video
 from vidssl.datasets.transforms import ClipTransform, EvalTransform
 from vidssl.eval.two_stream import fuse_features
-from vidssl.flow import FlowOptions, decode_flow, extract_flow
+from vidssl.datasets.extract_flow import FlowOptions, extract_flow
+from vidssl.datasets.flow import decode_flow
 
 REPO = Path(__file__).resolve().parents[1]
 

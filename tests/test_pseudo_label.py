@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vidssl.eval.clustering import evaluate_labels
-from vidssl.pseudo_label import (
+from vidssl.eval.pseudo_label import (
     Labelling,
     balanced_kmeans,
     cluster_features,
@@ -198,7 +198,7 @@ def test_balanced_kmeans_balances_where_kmeans_does_not() -> None:
 
 
 def test_encoder_features_of_any_encoder(tiny_root: Path) -> None:
-    from vidssl.checkpoint import load_encoder
+    from vidssl.run import load_encoder
 
     encoder = load_encoder("random", {"_target_": "vidssl.encoders.video.r2d3d_18", "base_width": 4})
     dataset = labelling_dataset(tiny_root, _entries(tiny_root), TASK_CFG["data"], with_audio=False)
@@ -210,7 +210,7 @@ def test_encoder_features_of_any_encoder(tiny_root: Path) -> None:
 def test_tool_clusters_a_non_selavi_checkpoint(tiny_root: Path, tmp_path: Path) -> None:
     """A SimCLR-style checkpoint (encoder weights and config, no SeLaVi heads): kmeans and sinkhorn work,
     selavi says what to use instead."""
-    from vidssl.checkpoint import load_encoder
+    from vidssl.run import load_encoder
 
     encoder_cfg = {"_target_": "vidssl.encoders.video.r2d3d_18", "base_width": 4}
     encoder = load_encoder("random", encoder_cfg)

@@ -22,7 +22,7 @@ TOY_RUN = r'''
 import json, os, signal, sys
 import torch
 from torch import nn
-from vidssl.engine import Trainer, seed_everything
+from vidssl.train.trainer import Trainer, seed_everything
 
 out_dir, num_workers, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -114,7 +114,7 @@ def test_pretrain_simclr_end_to_end_and_resume(synthetic_root, tmp_path):
     assert "resuming from" in second.stderr + second.stdout
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
 
-    from vidssl.checkpoint import load_encoder
+    from vidssl.run import load_encoder
 
     encoder = load_encoder(run / "checkpoints" / "last.pt")
     assert all(torch.isfinite(p).all() for p in encoder.parameters())

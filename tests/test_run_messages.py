@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from vidssl.engine import Trainer, param_groups
+from vidssl.train.trainer import Trainer, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 

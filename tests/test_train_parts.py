@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from vidssl.checkpointer import Checkpointer
-from vidssl.train_state import TrainState
-from vidssl.train_step import TrainStep
+from vidssl.run import RunDir
+from vidssl.train.checkpointer import Checkpointer
+from vidssl.train.state import TrainState
+from vidssl.train.step import TrainStep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,9 +82,10 @@ def test_train_state_round_trips_and_refuses_another_batch_size():
     state.step, state.epoch, state.batch = 7, 2, 3
     state.observe_loss(2.0)
     state.observe_loss(1.0)
-    assert state.smoothed_loss == pytest.approx(1.9) and state.improves(5.0, "min")
+    lower, higher = (Checkpointer(RunDir("run"), 0, best_mode=mode) for mode in ("min", "max"))  # the best.pt rule
+    assert state.smoothed_loss == pytest.approx(1.9) and lower.improves(5.0, state.best["value"])
     state.best["value"] = 1.5
-    assert state.improves(1.0, "min") and not state.improves(1.0, "max")
+    assert lower.improves(1.0, state.best["value"]) and not higher.improves(1.0, state.best["value"])
     saved = state.state_dict()
     assert saved["sampler"] == {"epoch": 2, "position": 24} and len(saved["rng"]) == 1
     expected = (torch.rand(2), random.random())
@@ -98,7 +100,7 @@ def test_train_state_round_trips_and_refuses_another_batch_size():
 
 
 def test_checkpointer_writes_named_state_dicts_rotates_and_loads_the_last(tmp_path):
-    checkpointer = Checkpointer(tmp_path / "checkpoints", keep_last=2)
+    checkpointer = Checkpointer(RunDir(tmp_path), keep_last=2)
     assert checkpointer.load() is None
     model = nn.Linear(2, 1)
     for step in (1, 2, 3):
@@ -106,10 +108,10 @@ def test_checkpointer_writes_named_state_dicts_rotates_and_loads_the_last(tmp_pa
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best.pt", "last.pt", "step_0000002.pt", "step_0000003.pt"]  # no temporary file is left
     last = checkpointer.load()
-    assert last["step"] == 3 and last["config"] == {"a": 1} and torch.equal(last["model"]["weight"], model.weight)
-    assert torch.load(checkpointer.best, weights_only=True)["step"] == 2
-    Checkpointer(tmp_path / "none", keep_last=0).save({"step": 1}, step=1)
-    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == ["last.pt"]
+    assert last.step == 3 and last.config == {"a": 1} and torch.equal(last.model["weight"], model.weight)
+    assert torch.load(checkpointer.run_dir.best, weights_only=True)["step"] == 2
+    Checkpointer(RunDir(tmp_path / "none"), keep_last=0).save({"step": 1}, step=1)
+    assert sorted(p.name for p in (tmp_path / "none" / "checkpoints").iterdir()) == ["last.pt"]
 
 
 def test_the_train_benchmark_times_the_trainers_step(monkeypatch):
@@ -124,7 +126,7 @@ def test_the_train_benchmark_times_the_trainers_step(monkeypatch):
 
 
 def test_no_run_to_resume_is_nothing_to_refuse(tmp_path):
-    from vidssl.run_config import refuse_changed_model_config
+    from vidssl.run import refuse_changed_model_config
 
     new_run = tmp_path / "new_run"
     assert refuse_changed_model_config(new_run, {"encoder": {"base_width": 8}}) is None

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vidssl.cli import explain_instantiation_errors  # noqa: E402
+from vidssl.app.cli import explain_instantiation_errors  # noqa: E402
 from vidssl.datasets.check import check_dataset  # noqa: E402
 from vidssl.datasets.formats import MissingFilesError  # noqa: E402
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from vidssl.cli import explain_instantiation_errors
+from vidssl.app.cli import explain_instantiation_errors
 
 from vidssl.convert import convert_checkpoint
 
@@ -22,8 +22,8 @@ from vidssl.convert import convert_checkpoint
 def main(cfg: DictConfig) -> None:
     # converter options the weights cannot tell (vjepa: +num_heads=N +predictor_heads=N), when given
     options = {key: cfg[key] for key in ("num_heads", "predictor_heads") if key in cfg}
-    state = convert_checkpoint(cfg.source, cfg["in"], cfg.out, **options)
-    print(f"wrote {cfg.out}: {len(state['encoder'])} encoder tensors, {len(state['model'])} model tensors "
+    checkpoint = convert_checkpoint(cfg.source, cfg["in"], cfg.out, **options)
+    print(f"wrote {cfg.out}: {len(checkpoint.encoder)} encoder tensors, {len(checkpoint.model)} model tensors "
           f"(source={cfg.source})")
 
 

@@ -2,7 +2,7 @@
 
     python tools/demo.py [out=demo_out]
 
-Steps and outputs are described in ``vidssl/demo.py``.
+Steps and outputs are described in ``vidssl/app/demo.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from vidssl.demo import run_demo
+from vidssl.app.demo import run_demo
 
 if __name__ == "__main__":
     options = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[1:]))

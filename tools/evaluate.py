@@ -28,7 +28,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from vidssl.cli import explain_instantiation_errors
+from vidssl.app.cli import explain_instantiation_errors
 from vidssl.eval.report import format_table, write_metrics
 
 
@@ -99,8 +99,7 @@ def _eval_split(cfg: DictConfig, name: str, sampler, transform, modality: str | 
         options["modality"] = modality
         sampler = FlowAligned(sampler) if modality == "rgb" else sampler
     return VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset, split=name, **options),
-                        sampler=sampler, transform=transform, backend=cfg.backend, seed=cfg.seed,
-                        modality=modality or cfg.dataset.get("modality", "rgb"), substitute=False)
+                        sampler=sampler, transform=transform, backend=cfg.backend, seed=cfg.seed, substitute=False)
 
 
 def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
@@ -110,6 +109,9 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.eval.retrieval import check_ks, evaluate_checkpoint
 
     if cfg.get("flow_checkpoint"):
+        if cfg.readout != "encoder":
+            raise SystemExit(f"readout={cfg.readout} does not apply with flow_checkpoint: the two streams are "
+                             "compared on their pooled encoder features (readout=encoder)")
         return evaluate_two_stream(cfg)
     if cfg.readout not in READOUTS:
         raise SystemExit(f"readout={cfg.readout!r} is not one of {list(READOUTS)}")
@@ -121,9 +123,9 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     train_set = split(cfg.train_split)
     if cfg.metric == "retrieval":
         check_ks(list(cfg.ks), len(train_set))  # before loading weights or extracting any feature
-    encoder, model_state, task_config = load_trained(cfg.checkpoint, cfg.encoder)
+    encoder, checkpoint = load_trained(cfg.checkpoint, cfg.encoder)
     if cfg.readout == "context":
-        encoder = context_readout(encoder, cfg.num_seq, model_state, task_config)
+        encoder = context_readout(encoder, cfg.num_seq, checkpoint)
     metrics = evaluate_checkpoint(
         metric=cfg.metric,
         encoder=encoder,
@@ -166,8 +168,8 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
 
     def classifier(checkpoint: str, num_classes: int) -> ContextClassifier:
         torch.manual_seed(cfg.seed)  # the new layers' initialisation (a random ConvGRU has its own fixed seed)
-        encoder, model_state, task_config = load_trained(checkpoint, cfg.encoder, running_stats=True)
-        return ContextClassifier(context_readout(encoder, cfg.num_seq, model_state, task_config),
+        encoder, trained = load_trained(checkpoint, cfg.encoder, running_stats=True)
+        return ContextClassifier(context_readout(encoder, cfg.num_seq, trained),
                                  num_classes=num_classes, dropout=ft.dropout)
 
     two_stream = bool(cfg.get("flow_checkpoint"))
@@ -191,22 +193,26 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
 
 def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
     """RGB (`checkpoint`), flow (`flow_checkpoint`, on `dataset.flow_root`) and their fusion R+F."""
-    from vidssl.checkpoint import load_encoder
+    from vidssl.run import load_encoder
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import EvalTransform
+    from vidssl.eval.retrieval import check_ks
     from vidssl.eval.two_stream import evaluate_two_stream as evaluate
 
     def split(name: str, modality: str):
         sampler = ClipSampler(num_frames=cfg.num_frames, stride=cfg.stride, random=False)
         return _eval_split(cfg, name, sampler, EvalTransform(size=cfg.size), modality)
 
+    rgb_train = split(cfg.train_split, "rgb")
+    if cfg.metric == "retrieval":
+        check_ks(list(cfg.ks), len(rgb_train))  # before loading weights or extracting any feature
     metrics = evaluate(
         metric=cfg.metric,
         rgb_encoder=load_encoder(cfg.checkpoint, cfg.encoder),
         flow_encoder=load_encoder(cfg.flow_checkpoint, cfg.encoder),
-        rgb_sets=(split(cfg.train_split, "rgb"), split(cfg.test_split, "rgb")),
+        rgb_sets=(rgb_train, split(cfg.test_split, "rgb")),
         flow_sets=(split(cfg.train_split, "flow"), split(cfg.test_split, "flow")),
-        batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device,
+        batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device, ks=list(cfg.ks),
     )
     metrics = {"checkpoint": str(cfg.checkpoint), "flow_checkpoint": str(cfg.flow_checkpoint), **metrics}
     return metrics, format_table([metrics]), Path(cfg.out)
@@ -215,7 +221,7 @@ def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
 def evaluate_attentive_probe(cfg: DictConfig) -> tuple[dict, str, Path]:
     """V-JEPA's frozen attentive probe: the official lr × wd grid over every segment and view of each video;
     the val-picked figure (the official script's) and the clean one (picked on a held-out part of train)."""
-    from vidssl.checkpoint import load_encoder
+    from vidssl.run import load_encoder
     from vidssl.eval.attentive_probe import ViewCrop, attentive_probe, extract_views
     from vidssl.eval.finetune import PositionedSampler, clip_positions
 

@@ -3,7 +3,7 @@
     python tools/extract_flow.py dataset=NAME [dataset.root=DIR] out=FLOW [method=tvl1|dis] [bound=20] [workers=N]
 
 Then train or evaluate on it with ``dataset.modality=flow dataset.flow_root=FLOW``. All logic lives in
-`vidssl.flow.extract_flow`; this script builds the entries and prints a summary.
+`vidssl.datasets.extract_flow.extract_flow`; this script builds the entries and prints a summary.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from vidssl.cli import explain_instantiation_errors  # noqa: E402
-from vidssl.flow import FlowOptions, extract_flow  # noqa: E402
+from vidssl.app.cli import explain_instantiation_errors  # noqa: E402
+from vidssl.datasets.extract_flow import FlowOptions, extract_flow  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="extract_flow", version_base="1.3")

@@ -21,7 +21,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vidssl.cli import explain_instantiation_errors
+from vidssl.app.cli import explain_instantiation_errors
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 log = logging.getLogger("vidssl.pretrain")
@@ -58,7 +58,7 @@ class _NotOnConsole(logging.Filter):
     """Keeps the per-step lines off the console while the progress bar shows them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name != "vidssl.engine.steps"
+        return record.name != "vidssl.train.trainer.steps"
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
@@ -80,13 +80,13 @@ def train(cfg: DictConfig) -> None:
             if not isinstance(handler, logging.FileHandler):
                 handler.addFilter(_NotOnConsole())
     from vidssl.datasets.dataset import VideoDataset
-    from vidssl.engine import seed_everything
-    from vidssl.run_config import refuse_changed_model_config
+    from vidssl.run import refuse_changed_model_config
+    from vidssl.train import seed_everything
 
     config = OmegaConf.to_container(cfg, resolve=True)
     # A run resumed with another model config would load its weights into a different model: refused
-    # before anything is built.
-    refuse_changed_model_config(cfg.trainer.out_dir, config)
+    # before anything is built. The loaded last.pt goes to the trainer, so the file is read once.
+    resume = refuse_changed_model_config(cfg.trainer.out_dir, config)
     # Cheap and most often mistyped first: trainer arguments, then the dataset listing, then the model.
     trainer = instantiate(cfg.trainer)
     optimizer_factory = instantiate(cfg.optim)
@@ -100,12 +100,11 @@ def train(cfg: DictConfig) -> None:
         index=cfg.loader.index,
         require_audio=cfg.loader.require_audio,
         seed=cfg.trainer.seed,
-        modality=cfg.dataset.get("modality", "rgb"),
     )
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)
     task = instantiate(cfg.task.model)
-    summary = trainer.fit(task, dataset, optimizer_factory, config=config)
+    summary = trainer.fit(task, dataset, optimizer_factory, config=config, resume=resume)
     if summary["interrupted"]:
         print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
 

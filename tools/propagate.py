@@ -24,7 +24,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from vidssl.cli import explain_instantiation_errors
+from vidssl.app.cli import explain_instantiation_errors
 from vidssl.eval.features import build_feature_fn
 from vidssl.eval.propagate import propagate_dataset
 from vidssl.eval.track import track_video

@@ -7,9 +7,9 @@
 ``method=sinkhorn`` (balanced k-means by optimal transport) cluster the pooled encoder features of any
 checkpoint into ``num_clusters``. Writes LABELS.csv (path, cluster, confidence[, cluster_h1, ...]),
 prints the cluster sizes, and writes LABELS_grid.png beside it: the clips nearest each cluster's centre.
-A checkpoint brings its own task config (``checkpoint["config"]["task"]``: its clip layout);
-``task=`` (and ``encoder=`` for the feature methods) matter only for ``checkpoint=random``.
-All logic lives in ``vidssl.pseudo_label``.
+A checkpoint brings its own task config (its clip layout) and encoder; ``task=`` and ``encoder=`` matter only
+for ``checkpoint=random`` (and for a checkpoint saved without them).
+All logic lives in ``vidssl.eval.pseudo_label``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vidssl.cli import explain_instantiation_errors
+from vidssl.app.cli import explain_instantiation_errors
+from vidssl.run import Checkpoint
 from vidssl.eval.report import format_table
-from vidssl.pseudo_label import (
+from vidssl.eval.pseudo_label import (
     METHODS,
     cluster_features,
     cluster_grid_image,
@@ -30,22 +31,9 @@ from vidssl.pseudo_label import (
     encoder_features,
     label_clips,
     labelling_dataset,
-    random_task,
-    task_from_checkpoint,
     write_labels_csv,
 )
 from vidssl.viz import save_png
-
-
-def _task_config(cfg: DictConfig) -> dict:
-    """The checkpoint's task config (its clip layout), or the command line's for ``random``."""
-    if str(cfg.checkpoint) != "random":
-        from vidssl.checkpoint import load_checkpoint
-
-        saved = (load_checkpoint(cfg.checkpoint).get("config") or {}).get("task")
-        if saved and "data" in saved:
-            return saved
-    return OmegaConf.to_container(cfg.task, resolve=True)
 
 
 @hydra.main(config_path="../configs", config_name="pseudo_label", version_base="1.3")
@@ -55,16 +43,18 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"method={cfg.method!r} is not one of {', '.join(METHODS)}")
     entries = instantiate(cfg.dataset, split=cfg.split)
     loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device)
+    # Opened once: the task or encoder, and the clip layout, all come from it.
+    checkpoint = Checkpoint.open(cfg.checkpoint, encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
+                                 task=OmegaConf.to_container(cfg.task, resolve=True))
     if cfg.method == "selavi":
         if cfg.num_clusters is not None:
             raise SystemExit("num_clusters is for method=kmeans|sinkhorn; a SeLaVi task has its own heads")
-        if str(cfg.checkpoint) == "random":
-            task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-            task = random_task(task_cfg)
-        else:
-            task, task_cfg = task_from_checkpoint(cfg.checkpoint)
+        if "cluster_heads" not in checkpoint.exports.capabilities:
+            raise SystemExit(f"method=selavi labels with a task's own cluster heads; {cfg.checkpoint} has none "
+                             f"(its task: {(checkpoint.task_config or {}).get('_target_')}); use method=kmeans|sinkhorn")
+        task = checkpoint.build_task()
         with_audio = getattr(task, "audio_encoder", None) is not None
-        dataset = labelling_dataset(cfg.dataset.root, entries, task_cfg["data"], with_audio=with_audio,
+        dataset = labelling_dataset(cfg.dataset.root, entries, checkpoint.data_config, with_audio=with_audio,
                                     backend=cfg.backend, seed=cfg.seed)
         labelling = label_clips(task, dataset, allow_video_only=cfg.allow_video_only,
                                 equipartition=cfg.equipartition,
@@ -72,10 +62,14 @@ def main(cfg: DictConfig) -> None:
     else:
         if cfg.num_clusters is None:
             raise SystemExit(f"method={cfg.method} needs num_clusters=K")
-        from vidssl.checkpoint import load_encoder
-
-        encoder = load_encoder(cfg.checkpoint, OmegaConf.to_container(cfg.encoder, resolve=True))
-        dataset = labelling_dataset(cfg.dataset.root, entries, _task_config(cfg)["data"], with_audio=False,
+        # the head options mean nothing to clustering features: refused rather than ignored
+        selavi_only = {"allow_video_only": True, "equipartition": False, "modalities": None}
+        set_here = [key for key, default in selavi_only.items() if cfg[key] != default]
+        if set_here:
+            raise SystemExit(f"{', '.join(set_here)} apply to method=selavi (a task's heads), not to "
+                             f"method={cfg.method}")
+        encoder = checkpoint.build_encoder()
+        dataset = labelling_dataset(cfg.dataset.root, entries, checkpoint.data_config, with_audio=False,
                                     backend=cfg.backend, seed=cfg.seed)
         paths, features, skipped = encoder_features(encoder, dataset, **loader)
         labelling = cluster_features(paths, features, method=cfg.method, num_clusters=int(cfg.num_clusters),

@@ -6,10 +6,15 @@ returns its input, so the same code runs under `python` and under `torchrun`.
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_dist", "rank", "world_size", "all_gather_cat", "all_reduce_sum", "all_reduce_max"]
+__all__ = ["is_dist", "rank", "world_size", "all_gather_cat", "all_reduce_sum", "all_reduce_max", "join_process_group",
+           "leave_process_group"]
 
 
 def is_dist() -> bool:
@@ -67,3 +72,53 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def join_process_group() -> tuple[int, bool]:
+    """Join torchrun's process group when launched by it; returns (local_rank, whether we joined it)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or is_dist():
+        return local_rank, False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return local_rank, True
+
+
+def leave_process_group(*, finished: bool) -> None:
+    """Leave torchrun's process group once gloo's worker threads have let go of every collective.
+
+    A gloo worker still holding a collective's tensors when the interpreter shuts down aborts the process
+    ("terminate called without an active exception"; docs/internals.md, "Distributed teardown"). After a
+    finished run every rank meets at a barrier (after a failure the others may never come), then this
+    process waits until its workers sleep.
+    """
+    if finished:
+        dist.barrier()
+    wait_for_idle_gloo_workers()
+    dist.destroy_process_group()
+
+
+def wait_for_idle_gloo_workers(timeout_s: float = 10.0) -> None:
+    """Sleep (the GIL released) until every gloo worker thread of this process has been asleep for 3 polls.
+
+    A worker that still holds a finished collective is runnable (or waits for the GIL, which the sleep
+    frees); an idle one sleeps on its queue. Linux only (``/proc``); elsewhere, and after ``timeout_s``,
+    it returns at once.
+    """
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return
+    deadline, asleep = time.monotonic() + timeout_s, 0
+    while asleep < 3 and time.monotonic() < deadline:
+        busy = False
+        for tid in os.listdir(tasks):
+            try:
+                if (tasks / tid / "comm").read_text().strip() != "pt_gloo_runloop":
+                    continue
+                state = (tasks / tid / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:  # the thread ended meanwhile
+                continue
+            busy = busy or state != "S"
+        asleep = 0 if busy else asleep + 1
+        time.sleep(0.01)

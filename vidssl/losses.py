@@ -22,8 +22,6 @@ __all__ = [
     "MoCoQueue",
     "momentum_update",
     "sinkhorn_knopp",
-    "swapped_prediction",
-    "soft_cross_entropy",
 ]
 
 
@@ -382,29 +380,3 @@ def _sinkhorn(
             if float(all_reduce_sum(change.reshape(1))) <= tolerance:
                 break
     return kernel.mul_(v).mul_(u[:, None]), done
-
-
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy to soft targets.
-
-    Inputs: logits N×K, targets N×K (each row a distribution, e.g. Sinkhorn codes or one-hot labels).
-    Outputs: scalar, mean over N of −Σ_k targets_nk · log_softmax(logits)_nk.
-    """
-    _check_2d("logits", logits)
-    if logits.shape != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
-def swapped_prediction(
-    scores_a: Tensor, scores_b: Tensor, q_a: Tensor, q_b: Tensor, temperature: float = 0.1
-) -> Tensor:
-    """SwAV's swapped prediction: predict view a's codes from view b's scores, and vice versa.
-
-    Inputs: scores_a, scores_b: N×K prototype scores of two views; q_a, q_b: N×K codes (e.g.
-        `sinkhorn_knopp` of the detached scores); temperature divides the scores.
-    Outputs: scalar, ½·[CE(softmax(scores_b/τ), q_a) + CE(softmax(scores_a/τ), q_b)].
-    """
-    return 0.5 * (
-        soft_cross_entropy(scores_b / temperature, q_a) + soft_cross_entropy(scores_a / temperature, q_b)
-    )

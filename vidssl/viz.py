@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vidssl.datasets import encode
+
 # Anchors of the viridis colour map (matplotlib's default), interpolated linearly: enough for a
 # readable spectrogram without a plotting dependency.
 _VIRIDIS = np.array(
@@ -166,49 +168,11 @@ def save_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float = 8.0) -
     return path
 
 
-class Mp4Writer:
-    """Write frames one at a time to an H.264 MP4 through PyAV (memory does not grow with the video).
+class Mp4Writer(encode.Mp4Writer):
+    """`vidssl.datasets.encode.Mp4Writer` taking any image `to_uint8_image` takes (float in [0, 1], C×H×W…)."""
 
-    Usage: ``with Mp4Writer(path, fps=25) as w: w.write(frame)``; the size is taken from the first
-    frame and odd sizes are padded to even, as yuv420p requires. A fractional ``fps`` is kept as a fraction
-    (a decoder's 29.97002… becomes 30000/1001).
-    """
-
-    def __init__(self, path: str | Path, fps: float = 8) -> None:
-        from fractions import Fraction
-
-        self.path = Path(path)
-        self.rate = Fraction(fps).limit_denominator(1001)
-        self._container = None
-        self._stream = None
-
-    def __enter__(self) -> Mp4Writer:
-        import av
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.path), "w")
-        return self
-
-    def write(self, frame: np.ndarray) -> None:
-        import av
-
-        f = to_uint8_image(frame)
-        if self._stream is None:
-            self._stream = self._container.add_stream("libx264", rate=self.rate)
-            self._stream.height, self._stream.width = f.shape[0] + f.shape[0] % 2, f.shape[1] + f.shape[1] % 2
-            self._stream.pix_fmt = "yuv420p"
-        img = np.zeros((self._stream.height, self._stream.width, 3), np.uint8)
-        img[: f.shape[0], : f.shape[1]] = f
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            self._container.mux(packet)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self._stream is not None:
-                for packet in self._stream.encode():
-                    self._container.mux(packet)
-        finally:
-            self._container.close()
+    def write(self, frame: np.ndarray | torch.Tensor) -> None:
+        super().write(to_uint8_image(frame))
 
 
 def save_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float = 8) -> Path:

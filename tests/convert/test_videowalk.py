@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidssl.checkpoint import load_encoder
+from vidssl.run import load_encoder
 from vidssl.datasets.formats import read_mask
 from vidssl.eval.features import EncoderFeatures
 from vidssl.eval.propagate import read_frame

@@ -127,3 +127,18 @@ def test_index_sets_bad_and_short_files_aside_up_front(root, tmp_path):
     assert ds[1]["path"] in {"good0.mp4", "good1.mp4"}  # a set-aside file is never decoded
     again = make(root, names, index=tmp_path / "train.index.json")  # reused from the cache
     assert again.failures == ds.failures
+
+
+def test_the_entries_decide_the_modality(tmp_path):
+    from vidssl.datasets.flow import FlowTransform
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "flow").mkdir()
+    common = dict(root=tmp_path, sampler=ClipSampler(num_frames=2), transform=ClipTransform(size=16))
+    assert VideoDataset(entries=[VideoEntry("v.mp4")], **common).modality == "rgb"
+    flows = VideoDataset(entries=[VideoEntry("flow", modality="flow")], **common)
+    assert flows.modality == "flow" and isinstance(flows.transform, FlowTransform)  # no colour jitter
+    with pytest.raises(ValueError, match="dataset.modality=flow"):
+        VideoDataset(entries=[VideoEntry("v.mp4")], modality="flow", **common)
+    with pytest.raises(ValueError, match="not one modality"):
+        VideoDataset(entries=[VideoEntry("v.mp4"), VideoEntry("flow", modality="flow")], **common)

@@ -10,7 +10,6 @@ from PIL import Image
 
 from vidssl.datasets.formats import (
     DAVIS_PALETTE,
-    FORMATS,
     DatasetLayoutError,
     MissingFilesError,
     VideoEntry,
@@ -236,11 +235,6 @@ def test_vggsound_file_naming_variants(tmp_path: Path) -> None:
     write(tmp_path / "vggsound.csv", "abc,1,owl,holdout\n")
     with pytest.raises(DatasetLayoutError, match="vggsound.csv:1"):
         vggsound(tmp_path)
-
-
-def test_formats_registry_lists_every_video_layout() -> None:
-    assert set(FORMATS) == {"folder", "csv", "ucf101", "hmdb51", "kinetics", "vggsound", "synthetic"}
-    assert FORMATS["synthetic"] is synthetic
 
 
 def test_synthetic_reads_the_manifest(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vidssl.encoders.heads import ConvGRU, ConvGRUCell, ConvHead, MLPHead
+from vidssl.encoders.heads import ConvGRU, ConvGRUCell, MLPHead
 
 
 def test_convgru_shapes_and_state():
@@ -76,23 +76,6 @@ def test_mlp_head_layers():
     assert len(single.layers) == 1 and single(torch.randn(4, 16)).shape == (4, 8)
     plain = MLPHead(in_dim=16, hidden_dim=32, out_dim=8, norm=None)
     assert [type(m) for m in plain.layers] == [nn.Linear, nn.ReLU, nn.Linear]
-
-
-def test_conv_head_is_a_per_position_mlp():
-    torch.manual_seed(0)
-    head = ConvHead(6, 10, 4, 2)
-    x = torch.randn(2, 6, 3, 5)
-    out = head(x)
-    assert out.shape == (2, 4, 3, 5)
-    # Each position is transformed independently by the same two-layer MLP.
-    w1, b1 = head.layers[0].weight[:, :, 0, 0], head.layers[0].bias
-    w2, b2 = head.layers[2].weight[:, :, 0, 0], head.layers[2].bias
-    y, xx = 1, 4
-    expected = w2 @ torch.relu(w1 @ x[0, :, y, xx] + b1) + b2
-    torch.testing.assert_close(out[0, :, y, xx], expected)
-    assert ConvHead(6, 6, 4, 1, dims=3)(torch.randn(1, 6, 2, 3, 3)).shape == (1, 4, 2, 3, 3)
-    with pytest.raises(ValueError, match="4-D"):
-        head(torch.randn(2, 6, 3))
 
 
 def test_convgru_hidden_dropout_drops_every_state_and_only_in_training():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from vidssl.checkpoint import load_encoder
+from vidssl.run import load_encoder
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.formats import synthetic
 from vidssl.datasets.sampling import ClipSampler
@@ -16,7 +16,7 @@ from vidssl.datasets.transforms import EvalTransform
 from vidssl.encoders import pool
 from vidssl.encoders.backbones import ClipBackbone, timm_clip_encoder
 from vidssl.eval.retrieval import evaluate_checkpoint
-from vidssl.pseudo_label import cluster_features, encoder_features
+from vidssl.eval.pseudo_label import cluster_features, encoder_features
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "encoder"
 TINY = {"model": "vit_small_patch16_224.dino", "model_kwargs": {"embed_dim": 8, "depth": 1, "num_heads": 2,

@@ -278,7 +278,11 @@ def test_encoder_features_layer3_by_default_for_the_frame_resnet():
     assert EncoderFeatures(encoder, layer="output")(frame).shape == (32, 3, 5) and ran == ["layer4"]
     assert EncoderFeatures(encoder, layer="layer2")(frame).shape == (8, 3, 5)
     assert EncoderFeatures(TinyFrameEncoder()).layer == "output"  # other encoders: their output
-    assert EncoderFeatures(encoder, task="vidssl.tasks.mast.MAST").layer == "output"  # MAST reads its output
+    from vidssl.run import Exports
+    from vidssl.tasks.mast import MAST
+
+    mast_layer = Exports.of_task(MAST, {}).feature_layer  # what a MAST checkpoint exports
+    assert EncoderFeatures(encoder, layer=mast_layer).layer == "output"  # MAST reads its output
     with pytest.raises(ValueError, match="layer='layer9'.*layer4"):
         EncoderFeatures(encoder, layer="layer9")(frame)
 

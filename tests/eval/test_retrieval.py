@@ -192,11 +192,12 @@ def test_context_readout_loads_the_task_aggregators():
     from tiny_encoders import TinyVideoEncoder
 
     from vidssl.eval.finetune import context_readout
+    from vidssl.run import Checkpoint
     from vidssl.tasks.memdpc import MemDPC
 
     torch.manual_seed(0)
     task = MemDPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2, memory_size=8)
-    readout = context_readout(task.encoder, 4, task.state_dict(), {"kernel_size": 1, "num_layers": 1})
+    readout = context_readout(task.encoder, 4, Checkpoint.of_task(task, {"kernel_size": 1, "num_layers": 1}))
     assert len(readout.aggregators) == 2 and readout.out_channels == 16
     torch.testing.assert_close(readout.aggregators[1].state_dict(), task.aggregator_backward.state_dict())
     random = context_readout(TinyVideoEncoder(), 4)
@@ -204,7 +205,7 @@ def test_context_readout_loads_the_task_aggregators():
     torch.testing.assert_close(random.aggregators[0].state_dict(),
                                context_readout(TinyVideoEncoder(), 4).aggregators[0].state_dict())
     with pytest.raises(KeyError, match="aggregator"):
-        context_readout(task.encoder, 4, {"encoder.x": torch.zeros(1)})
+        context_readout(task.encoder, 4, Checkpoint(model={"encoder.x": torch.zeros(1)}))
 
 
 def test_finetune_learns_a_separable_task_and_trains_the_whole_network():
@@ -267,13 +268,13 @@ def test_finetune_loads_a_dpc_encoder_with_running_statistics(tmp_path):
     from vidssl.eval.finetune import context_readout, load_trained
 
     task, _, _ = converted_case("dpc", tmp_path)  # writes tmp_path/converted.pt
-    encoder, state, task_config = load_trained(str(tmp_path / "converted.pt"), None, running_stats=True)
+    encoder, checkpoint = load_trained(str(tmp_path / "converted.pt"), None, running_stats=True)
     assert "bn1.running_mean" in encoder.state_dict()  # as the papers' downstream model
     for name, value in task.encoder.state_dict().items():
         assert torch.equal(encoder.state_dict()[name], value), name
-    as_trained, _, _ = load_trained(str(tmp_path / "converted.pt"), None)
+    as_trained, _ = load_trained(str(tmp_path / "converted.pt"), None)
     assert "bn1.running_mean" not in as_trained.state_dict()
-    readout = context_readout(encoder, 5, state, task_config)
+    readout = context_readout(encoder, 5, checkpoint)
     torch.testing.assert_close(readout.aggregators[0].state_dict(), task.aggregator.state_dict())
 
 

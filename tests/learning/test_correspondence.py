@@ -2,7 +2,7 @@
 
 The real path end to end: `tools/pretrain.py` (Hydra configs, VideoDataset, the engine, checkpoints,
 the periodic propagation evaluator writing mask overlays to TensorBoard) trains on the synthetic
-corpus's train videos; the checkpoint's encoder is rebuilt by `vidssl.checkpoint.load_encoder` and
+corpus's train videos; the checkpoint's encoder is rebuilt by `vidssl.run.load_encoder` and
 scored by label propagation (`vidssl.eval.propagate`, its defaults: videowalk's DAVIS protocol) +
 DAVIS J&F (`vidssl.eval.davis`) on the held-out DAVIS val split (its first 8 sequences, their first
 24 frames, to keep the file fast). The raw-pixel (Lab) baseline is printed beside them; it is strong
@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidssl.checkpoint import load_encoder
-from vidssl.eval.features import EncoderFeatures, PixelFeatures, checkpoint_task
+from vidssl.run import load_encoder
+from vidssl.eval.features import EncoderFeatures, PixelFeatures, build_feature_fn
 from vidssl.eval.periodic import PropagationEvaluator
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def propagation_images(run: Path) -> list[str]:
 
 def trained_score(evaluator: PropagationEvaluator, run: Path) -> float:
     """J&F with the feature map `layer="auto"` picks for the run's task (CRW: layer3; MAST: output)."""
-    return evaluator.evaluate(EncoderFeatures(load_encoder(run), task=checkpoint_task(run)))["J&F-Mean"]
+    return evaluator.evaluate(build_feature_fn("checkpoint", checkpoint=run))["J&F-Mean"]
 
 
 def training_losses(run: Path) -> list[float]:

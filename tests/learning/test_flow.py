@@ -30,7 +30,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vidssl.checkpoint import load_encoder
+from vidssl.run import load_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 300

@@ -64,11 +64,11 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from hydra.utils import instantiate
 
-from vidssl.checkpoint import load_checkpoint, load_encoder
+from vidssl.run import Checkpoint, load_encoder
 from vidssl.datasets.dataset import VideoDataset, sample_seed
 from vidssl.datasets.formats import synthetic
 from vidssl.datasets.transforms import ClipTransform, EvalTransform
-from vidssl.engine import seed_everything
+from vidssl.train.trainer import seed_everything
 from vidssl.eval.finetune import ContextClassifier, PositionedSampler, context_readout, finetune
 from vidssl.eval.retrieval import extract_features, linear_probe, retrieval_recall
 
@@ -166,7 +166,7 @@ def _tasks(run: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
     seed_everything(cfg.trainer.seed)
     initial = instantiate(cfg.task.model)
     trained = instantiate(cfg.task.model)
-    trained.load_state_dict(load_checkpoint(run)["model"])
+    trained.load_state_dict(Checkpoint.load(run).to_dict()["model"])
     return trained, initial
 
 
@@ -196,7 +196,7 @@ def _downstream(task: torch.nn.Module, data: dict[str, list[list[dict]]]) -> dic
     metrics["linear"] = linear_probe(train_feats, train_labels, test_feats, test_labels)["top1"]
     if hasattr(task, "aggregator"):
         torch.manual_seed(0)  # the classifier's init and the dropout draws
-        readout = context_readout(copy.deepcopy(task.encoder), 4, task.state_dict(), {})
+        readout = context_readout(copy.deepcopy(task.encoder), 4, Checkpoint.of_task(task, {}))
         model = ContextClassifier(readout, num_classes=int(train_labels.max()) + 1)
         metrics["finetune"] = finetune(model, _Augmented(data["finetune_train"], FINETUNE_AUGMENT), data["val"],
                                        steps=FINETUNE_STEPS, batch_size=8)["top1"]

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.formats import synthetic
 from vidssl.eval.clustering import cluster_metrics, evaluate_labels
-from vidssl.pseudo_label import labelling_dataset, random_task, task_from_checkpoint
+from vidssl.eval.pseudo_label import labelling_dataset, random_task, task_from_checkpoint
 from vidssl.tasks.selavi.heads import combined_scores
 from vidssl.tasks.selavi.relabel import dataset_features
 

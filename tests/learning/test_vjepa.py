@@ -25,7 +25,7 @@ from vidssl.datasets.formats import synthetic
 from vidssl.datasets.sampling import ClipSampler
 from vidssl.datasets.transforms import ClipTransform, EvalTransform
 from vidssl.encoders.vit_video import VideoViT
-from vidssl.engine import Trainer, seed_everything
+from vidssl.train import Trainer, seed_everything
 from vidssl.eval.attentive_probe import attentive_probe
 from vidssl.tasks.vjepa import VJEPA, rankme
 

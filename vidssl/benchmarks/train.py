@@ -12,8 +12,7 @@ for the authors' model (`DPC_RNN`, `MemDPC_BD`) built with the task config's sha
 with the same optimiser; the suite runs without it.
 
 Encoders get random clips ``B×3×frames×size×size`` and the loss ``mean(pool(features)²)``. A task gets a
-batch cut by its own ``data`` config (its sampler and transform applied to random uint8 frames, audio to
-random waveforms), then the trainer's step (`vidssl.train_step.TrainStep`: forward, backward, an AdamW
+batch that ``VideoDataset`` cuts with its own ``data`` config from a few synthetic videos, then the trainer's step (`vidssl.train.step.TrainStep`: forward, backward, an AdamW
 step and its ``on_train_step_end``; its ``on_train_step_start``, if any, runs once before the timed steps,
 with a loader of that one batch).
 Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, and on the CPU the growth of the process's
@@ -27,7 +26,7 @@ import functools
 import io
 import multiprocessing
 import sys
-import threading
+import tempfile
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -38,47 +37,21 @@ from typing import Any
 import torch
 from einops import rearrange
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
+from vidssl.benchmarks.memory import PeakRSS
+from vidssl.datasets.dataset import VideoDataset
+from vidssl.datasets.formats import synthetic
+from vidssl.datasets.synthetic import make_synthetic
 from vidssl.encoders import pool
-from vidssl.train_step import PRECISIONS, TrainStep, move_batch, to_channels_last
+from vidssl.tasks.dpc import DPC
+from vidssl.tasks.memdpc import MemDPC
+from vidssl.train.step import PRECISIONS, TrainStep, move_batch, to_channels_last
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIDEO_ENCODERS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "r2d3d_18")
-AUDIO_RATE = 16000  # VideoDataset's default resampling rate
-FPS = 25.0  # frame rate assumed when cutting the audio window of a fabricated sample
-
-
-class PeakRSS:
-    """Largest growth of this process's resident memory (bytes) while the block runs; Linux only."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.peak = 0
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    def _poll(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, self.rss() - self.base)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self.rss()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._done.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss() - self.base)
 
 
 def _compose(overrides: Sequence[str]):
@@ -87,27 +60,15 @@ def _compose(overrides: Sequence[str]):
 
 
 def task_batch(data: dict[str, Any], batch_size: int, seed: int = 0) -> dict[str, Any]:
-    """A batch shaped exactly as ``VideoDataset`` would cut it for a task's ``data`` config.
-
-    Random uint8 frames (128×171, the usual resized video) go through the task's own sampler and
-    transform; when audio is configured a random waveform of the clip's duration goes through it.
-    """
-    g = torch.Generator().manual_seed(seed)
-    samples = []
-    for index in range(batch_size):
-        span = data["sampler"].span
-        indices = data["sampler"](span, g)
-        frames = torch.randint(0, 256, (len(indices), 128, 171, 3), dtype=torch.uint8, generator=g)
-        sample: dict[str, Any] = {"video": data["transform"](frames, g)}
-        if data.get("views", 1) == 2:
-            sample["video2"] = data["transform"](frames, g)
-        if data.get("audio") is not None:
-            seconds = (indices[-1] - indices[0] + 1) / FPS
-            waveform = 0.1 * torch.randn(1, int(seconds * AUDIO_RATE), generator=g)
-            sample.update(audio=data["audio"](waveform), has_audio=True)
-        sample.update(index=index, path=f"fake_{index}.mp4", label=-1, skipped=0)
-        samples.append(sample)
-    return default_collate(samples)
+    """A batch of ``batch_size`` clips cut by ``VideoDataset`` with a task's ``data`` config (its sampler,
+    transform, views and audio) from synthetic videos long enough for the sampler, written to a temporary
+    folder (128×128 H.264 + AAC, `vidssl.datasets.synthetic`)."""
+    span = data["sampler"].span
+    with tempfile.TemporaryDirectory(prefix="vidssl_benchmark_") as folder:
+        root = make_synthetic(folder, num_videos=batch_size, num_classes=1, seed=seed, min_frames=span,
+                              max_frames=span, davis_train_per_class=0)
+        dataset = VideoDataset(root=root, entries=synthetic(root, split=None), seed=seed, **data)
+        return default_collate([dataset[i] for i in range(batch_size)])
 
 
 def _time_steps(step: Callable[[], None], *, steps: int, warmup: int,
@@ -185,7 +146,7 @@ def measure(*, name: str, task: str | None, overrides: Sequence[str], batch_size
     }
 
 
-OFFICIAL_MODELS = {"vidssl.tasks.dpc.DPC": "dpc", "vidssl.tasks.memdpc.MemDPC": "memdpc"}
+OFFICIAL_MODELS = {DPC: "dpc", MemDPC: "memdpc"}  # the tasks whose authors' model the benchmark can time
 
 
 def _official_model(cfg: Any, checkout: Path) -> tuple[nn.Module, Callable[[nn.Module, Tensor], Tensor]]:
@@ -194,10 +155,10 @@ def _official_model(cfg: Any, checkout: Path) -> tuple[nn.Module, Callable[[nn.M
     Shims, in this (child) process only: `.cuda()` is a no-op on the CPU, matplotlib (imported by MemDPC's
     utils for plotting) is stubbed when absent, and MemDPC's top-k accuracy gets `.reshape` for today's torch.
     """
-    kind = OFFICIAL_MODELS.get(cfg.task.model._target_)
+    kind = OFFICIAL_MODELS.get(get_class(cfg.task.model._target_))
     if kind is None:
         raise ValueError(f"official=...: no official model for {cfg.task.model._target_}; "
-                         f"use a task of {sorted(OFFICIAL_MODELS)}")
+                         f"use a task of {sorted(cls.__name__ for cls in OFFICIAL_MODELS)}")
     if cfg.encoder._target_ != "vidssl.encoders.video.r2d3d_18" or cfg.encoder.get("base_width", 64) != 64:
         raise ValueError("official=...: the authors' model is R2D3D-18 at width 64; benchmark that encoder")
     if not checkout.is_dir():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidssl.train_step import PRECISIONS
+from vidssl.train.step import PRECISIONS
 
 
 def official_step(cfg: Any, checkout: Path, video: Tensor, device: torch.device, precision: str,

@@ -8,8 +8,8 @@ One module per source (``vidssl/convert/<source>.py``), each with
 The official file is read with ``torch.load(weights_only=True)``; the few classes an official checkpoint
 pickles beside its tensors (videowalk stores its ``argparse.Namespace``) are allowed by name with
 ``torch.serialization.safe_globals``, so an untrusted file can never run code. The result is a plain
-vidssl checkpoint (see ``vidssl/checkpoint.py``) that ``load_encoder``, ``propagate.py features=checkpoint``
-and ``trainer.init_from`` read like any other.
+vidssl `Checkpoint` (``vidssl/run/checkpoint.py``; its exports asked of the task its config names) that
+evaluation, ``propagate.py features=checkpoint`` and ``trainer.init_from`` read like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vidssl.checkpoint import atomic_write_bytes, serialize
+from vidssl.run import Checkpoint
 
 SOURCES = ("videowalk", "dpc", "memdpc", "selavi", "vjepa", "vjepa2")
 
@@ -44,7 +44,7 @@ def load_official(path: str | Path, safe_globals: list | tuple = ()) -> dict[str
         raise RuntimeError(f"cannot read {path} as a checkpoint with weights_only=True: {err}") from err
 
 
-def convert_checkpoint(source: str, in_path: str | Path, out_path: str | Path, **options: Any) -> dict[str, Any]:
+def convert_checkpoint(source: str, in_path: str | Path, out_path: str | Path, **options: Any) -> Checkpoint:
     """Convert the official ``source`` checkpoint at ``in_path`` and write it to ``out_path``; returns it.
     ``options`` go to the converter (vjepa: ``num_heads``, ``predictor_heads``)."""
     module = converter(source)
@@ -52,5 +52,6 @@ def convert_checkpoint(source: str, in_path: str | Path, out_path: str | Path, *
     missing = {"encoder", "model", "config"} - set(state)
     if missing:
         raise RuntimeError(f"converter {source!r} returned no {sorted(missing)}")
-    atomic_write_bytes(Path(out_path), serialize(state))
-    return state
+    checkpoint = Checkpoint.from_dict(state, source=str(out_path))  # no format_version: exports from the config
+    checkpoint.save(out_path)
+    return checkpoint

@@ -21,21 +21,23 @@ the layout names its classes.
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import av
 import av.logging
-from tqdm import tqdm
 
 from vidssl.datasets.decode import BACKENDS, VideoDecodeError, VideoReader, probe
 from vidssl.datasets.dataset import segment
 from vidssl.datasets.formats import VideoEntry
+from vidssl.datasets.pool import over_videos
+from vidssl.files import atomic_write_text
 
 FRAME_TOLERANCE = 1  # containers often disagree with the decoder by one frame (edit lists, a trailing frame)
 MAX_MESSAGES = 20  # decoder log lines kept per file; a broken file can log thousands
@@ -150,18 +152,15 @@ def write_manifest(path: str | os.PathLike, entries: Sequence[VideoEntry]) -> No
     """Write entries as ``path,label,split[,start,end]`` (start/end only when some entry is trimmed)."""
     trimmed = any(e.start is not None or e.end is not None for e in entries)
     columns = ["path", "label", "split"] + (["start", "end"] if trimmed else [])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for e in entries:
-            row = [e.path, e.label, e.split]
-            if trimmed:
-                row += ["" if e.start is None else e.start, "" if e.end is None else e.end]
-            writer.writerow(row)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    for e in entries:
+        row = [e.path, e.label, e.split]
+        if trimmed:
+            row += ["" if e.start is None else e.start, "" if e.end is None else e.end]
+        writer.writerow(row)
+    atomic_write_text(Path(path), text.getvalue())
 
 
 def entry_problem(entry: VideoEntry, result: CheckResult, *, min_frames: int = 0,
@@ -228,22 +227,9 @@ def check_dataset(
         raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
     root, out = Path(root), Path(out)
     paths = list(dict.fromkeys(e.path for e in entries))
-    bar = tqdm(total=len(paths), desc="check_dataset", unit="file", disable=not progress)
-    results: dict[str, CheckResult] = {}
-    if workers > 1:
-        # Processes, not threads: FFmpeg's log capture is per process, and a decoder crash stays in its worker.
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(check_file, root, p, backend=backend) for p in paths]
-            for future in futures:
-                result = future.result()
-                results[result.path] = result
-                bar.update()
-    else:
-        for p in paths:
-            results[p] = check_file(root, p, backend=backend)
-            bar.update()
-    bar.close()
-    ordered = [results[p] for p in paths]
+    ordered = over_videos(functools.partial(check_file, root, backend=backend), paths, workers=workers,
+                          desc="check_dataset", unit="file", progress=progress)
+    results = {r.path: r for r in ordered}
     clean, dropped = [], [{"path": p, "segment": "", "reason": "the file does not exist"} for p in missing]
     for e in entries:
         problem = entry_problem(e, results[e.path], min_frames=min_frames, require_audio=require_audio)
@@ -259,7 +245,5 @@ def check_dataset(
     bad = [asdict(r) for r in ordered if not r.ok]
     summary = {"root": str(root), "backend": backend, "checked": len(ordered), "bad": len(bad), "files": bad,
                "dropped_entries": dropped}
-    tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, report)
+    atomic_write_text(report, json.dumps(summary, indent=1))
     return CheckReport(results=ordered, clean=clean, manifest=out, report=report, dropped=dropped, classes=classes)

@@ -17,7 +17,7 @@ A file that fails (corrupt, truncated, empty, not a video, shorter than the clip
 is required) is recorded in ``failures`` (path -> reason) and replaced by another index drawn from the
 same generator; ``skipped`` in the sample says how many bad files were met producing it and
 ``skipped_files`` names them (``path<TAB>segment<TAB>reason`` lines), so that the training loop, which
-sees the samples of every worker, logs each bad file once per run and counts them (`vidssl.run_log.SkippedFiles`).
+sees the samples of every worker, logs each bad file once per run and counts them (`vidssl.train.run_log.SkippedFiles`).
 After ``max_failures`` bad draws in a row the dataset stops with an error instead of looping forever.
 
 Evaluation must never score one clip in place of another: with ``substitute=False`` a bad file gives a
@@ -95,9 +95,9 @@ class VideoDataset(Dataset):
             (in parallel, reused while its size and mtime hold) and files that cannot be read or are
             shorter than the sampler's span are set aside before training, logged and counted in
             ``failures``, instead of being met one by one mid-epoch.
-        modality: "rgb", or "flow" for entries that are flow folders (``dataset.modality=flow``): the
-            transform is replaced by its flow version (`vidssl.datasets.flow.for_flow`: no colour
-            jitter, a flip negates x).
+        modality: None (the entries' own ``modality``, which the dataset loader set from
+            ``dataset.modality``), or "rgb"/"flow" to assert it. For flow entries the transform is replaced
+            by its flow version (`vidssl.datasets.flow.for_flow`: no colour jitter, a flip negates x).
         substitute: a bad file is replaced by another drawn index (True: training) or gives a marker
             sample with its ``error`` that `collate_kept` drops (False: evaluation, which must not score
             one clip in place of another).
@@ -121,7 +121,7 @@ class VideoDataset(Dataset):
         seed: int = 0,
         max_failures: int = 50,
         index: str | Path | None = None,
-        modality: str = "rgb",
+        modality: str | None = None,
         substitute: bool = True,
     ) -> None:
         if views not in (1, 2):
@@ -136,13 +136,17 @@ class VideoDataset(Dataset):
                 f"{len(missing)} of {len(self.entries)} videos listed for {self.root} do not exist, "
                 f"e.g. {missing[:5]}"
             )
-        if modality == "flow":
+        if modality not in (None, "rgb", "flow"):
+            raise ValueError(f"modality must be 'rgb' or 'flow', got {modality!r}")
+        modalities = {e.modality for e in self.entries}
+        if len(modalities) > 1 or (modality is not None and modalities != {modality}):
+            raise ValueError(f"the entries under {self.root} are {sorted(modalities)}, not {modality or 'one modality'}: "
+                             "build flow entries with dataset.modality=flow (the dataset loader decides it)")
+        (self.modality,) = modalities
+        if self.modality == "flow":
             from vidssl.datasets.flow import for_flow
 
             transform = for_flow(transform)
-        elif modality != "rgb":
-            raise ValueError(f"modality must be 'rgb' or 'flow', got {modality!r}")
-        self.modality = modality
         self.sampler = sampler
         self.transform = transform
         self.views = views

@@ -15,18 +15,10 @@ Backends (`BACKENDS`):
 
 Audio always goes through PyAV (torchaudio's own loaders are deprecated), whatever the video backend.
 
-Default backend: ``"av"``, by measurement and by robustness. `python tools/benchmark.py suite=data` on
-this project's shared 2-core CPU machine (busy: load average 10-14, so wall times are noisy; CPU times
-less so), 50 random 16-frame clips at stride 2 through `VideoDataset`, av vs decord:
-
-    clips/s     bigbuckbunny 1280x720: 0.90 vs 0.54   bikes 640x272: 11.2 vs 8.0
-                carphone 176x144:      102 vs 46      synthetic 128x128: 39.5 vs 25.9
-    CPU s       bigbuckbunny: 17.3 vs 27.5   bikes: 2.8 vs 3.3   carphone: 0.42 vs 0.54   synthetic: 0.76 vs 0.79
-    RSS growth from clip 50 to clip 500 (sample clips): +0.01 MiB vs +15.5 MiB; peak 673 vs 897 MiB
-
-Both return bit-identical frames on the sample clips. decord's plain sequential decode is faster on
-the smallest videos (carphone, synthetic), but no loader figure favours it, and PyAV is maintained,
-never loops on an over-counted length, reports the decoder's own error messages and decodes the audio.
+Default backend: ``"av"``, by measurement and by robustness (the figures: docs/benchmarks.md, "Data
+pipeline"): no loader figure favours decord, and PyAV is maintained, never loops on an over-counted length,
+reports the decoder's own error messages and decodes the audio. Both return bit-identical frames on the
+sample clips.
 """
 
 from __future__ import annotations

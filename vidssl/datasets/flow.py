@@ -1,7 +1,15 @@
-"""The flow stream: entries that point at extracted flow folders, flow-aware augmentation, RGB/flow alignment.
+"""The flow stream: its storage contract, entries that point at extracted flow folders, flow-aware
+augmentation, RGB/flow alignment.
 
-`tools/extract_flow.py` writes, per video, flow images read back by the "frames" backend as uint8 frames
-whose RGB channels are (128, y, x) (see `vidssl.flow`). They reach the encoder as the official MemDPC
+Storage (written by `vidssl.datasets.extract_flow`, `tools/extract_flow.py`)::
+
+    FLOW_ROOT/<entry path without its extension>/flow_00001.jpg   flow from frame 0 to frame 1
+                                                 flow_00002.jpg   flow from frame 1 to frame 2, ...
+                                                 .flow.json       written last: the video is complete
+
+Each image is 3-channel; its first two channels in OpenCV's BGR order hold the horizontal (x) and vertical
+(y) displacement in pixels, clipped to ±bound and mapped linearly onto 0..255 (`encode_flow`); the third is
+the constant 128. Read back as RGB by the "frames" backend, a flow frame's channels are (128, y, x). They reach the encoder as the official MemDPC
 pipeline feeds every image sequence: three channels, scaled to [0, 1] and normalised with the ImageNet
 statistics, with the same crops as RGB. What differs from RGB:
 
@@ -16,18 +24,75 @@ entries the RGB and flow datasets draw the same frame indices for every sample (
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from vidssl.datasets.formats import VideoEntry
+from vidssl.datasets.decode import VideoDecodeError
+from vidssl.datasets.entry import VIDEO_EXTENSIONS, VideoEntry
 from vidssl.datasets.transforms import ClipTransform, EvalTransform, _finish
 
 X_CHANNEL = 2  # flow frames read as RGB are (128, y, x)
+DEFAULT_BOUND = 20.0  # pixels; the DPC/MemDPC preparation's clip
+DONE_MARKER = ".flow.json"  # written last in a video's folder: its presence marks a complete extraction
+FLOW_FORMAT_VERSION = 1
+
+
+def encode_flow(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Displacements → 8-bit levels: clip to ±bound, map [-bound, bound] linearly onto [0, 255], round.
+
+    Inputs: flow float H×W×2 (x, y) in pixels. Outputs: uint8 H×W×2.
+    """
+    clipped = np.clip(flow, -bound, bound)
+    return np.round((clipped + bound) * (255.0 / (2 * bound))).astype(np.uint8)
+
+
+def decode_flow(levels, bound: float = DEFAULT_BOUND):
+    """Inverse of `encode_flow` (up to the rounding): 8-bit levels (a float numpy array or tensor) → pixels."""
+    return levels * (2 * bound / 255.0) - bound
+
+
+def flow_image(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """The image written for one flow field: uint8 H×W×3 in OpenCV's BGR order = (x, y, 128)."""
+    image = np.full((*flow.shape[:2], 3), 128, dtype=np.uint8)
+    image[..., :2] = encode_flow(flow, bound)
+    return image
+
+
+def read_flow_image(path: str | os.PathLike, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Read one written flow image back as displacements in pixels: float32 H×W×2 (x, y)."""
+    # Pillow, not cv2.imread: once decord is imported, its bundled zlib breaks OpenCV's PNG decoder
+    # ("libpng error: bad parameters to zlib"), while OpenCV's PNG and JPEG writers still work.
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise VideoDecodeError(path, f"cannot read flow image: {err}") from err
+    return decode_flow(rgb[..., 2::-1][..., :2].astype(np.float32), bound)  # BGR as written: (x, y)
+
+
+def flow_dir_for(path: str) -> str:
+    """The flow folder of a dataset entry, relative to the flow root: the entry path without a video extension."""
+    p = Path(path)
+    return (p.with_suffix("") if p.suffix.lower() in VIDEO_EXTENSIONS else p).as_posix()
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The completion record of a flow folder, or None when the folder is absent or unfinished."""
+    marker = Path(folder) / DONE_MARKER
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
 
 
 def flow_entries(entries: Sequence[VideoEntry], flow_root: str | os.PathLike | None) -> list[VideoEntry]:
@@ -35,12 +100,11 @@ def flow_entries(entries: Sequence[VideoEntry], flow_root: str | os.PathLike | N
 
     Raises FileNotFoundError listing the videos whose flow is missing or unfinished (no marker).
     """
-    from vidssl.flow import DONE_MARKER, flow_dir_for
-
     if flow_root in (None, ""):
         raise ValueError("dataset.modality=flow needs dataset.flow_root=DIR, the folder tools/extract_flow.py wrote")
     root = Path(flow_root).resolve()
-    mapped = [VideoEntry(str(root / flow_dir_for(e.path)), e.label, e.split, e.start, e.end) for e in entries]
+    mapped = [VideoEntry(str(root / flow_dir_for(e.path)), e.label, e.split, e.start, e.end, modality="flow")
+              for e in entries]
     missing = [e.path for e in mapped if not (Path(e.path) / DONE_MARKER).is_file()]
     if missing:
         raise FileNotFoundError(

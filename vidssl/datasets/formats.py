@@ -28,23 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vidssl.datasets.entry import VIDEO_EXTENSIONS, VideoEntry
+from vidssl.datasets.flow import flow_entries
 
-@dataclass(frozen=True)
-class VideoEntry:
-    """One video (or trimmed clip) of a dataset; `path` is relative to the dataset root."""
-
-    path: str
-    label: int = -1  # -1 when unknown; only evaluation reads labels
-    split: str = "train"
-    start: float | None = None  # seconds; optional trimming of the video
-    end: float | None = None
-    # the class name behind `label` where the layout has one (check_dataset writes the name <-> index map)
-    label_name: str = field(default="", compare=False)
-
-
-VIDEO_EXTENSIONS: tuple[str, ...] = (
-    ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv",
-)
 
 log = logging.getLogger(__name__)
 _SHOWN_MISSING = 5  # how many missing paths an error message lists
@@ -83,8 +69,6 @@ def with_modality(loader: Callable[..., list[VideoEntry]]) -> Callable[..., list
         entries = loader(*args, **kwargs)
         if modality == "rgb":
             return entries
-        from vidssl.datasets.flow import flow_entries
-
         return flow_entries(entries, flow_root)
 
     signature = inspect.signature(loader)
@@ -490,17 +474,6 @@ def vggsound(
     return entries
 
 
-FORMATS: dict[str, Callable[..., list[VideoEntry]]] = {
-    "folder": folder,
-    "csv": csv_manifest,
-    "ucf101": ucf101,
-    "hmdb51": hmdb51,
-    "kinetics": kinetics,
-    "vggsound": vggsound,
-    "synthetic": synthetic,
-}
-
-
 # --------------------------------------------------------------------------------------------------
 # DAVIS-2017
 
@@ -573,17 +546,27 @@ def read_mask(path: str | Path) -> np.ndarray:
         if image.mode not in ("RGB", "RGBA"):
             raise ValueError(f"{path}: mask has image mode {image.mode!r}; expected a palette PNG")
         rgb = np.array(image.convert("RGB"), dtype=np.int64)
-    # compare colours as 24-bit integers; the VOC palette's 256 colours are all distinct
-    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    palette = DAVIS_PALETTE.astype(np.int64)
-    palette_codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    return palette_indices(rgb_codes(rgb), path)
+
+
+def rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    """Colours as 24-bit integers: H×W×3 integers → H×W int64 (0xRRGGBB)."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def palette_indices(codes: np.ndarray, path: str | Path, hint: str = "") -> np.ndarray:
+    """The DAVIS palette index of every colour (`rgb_codes`): H×W uint8. A colour outside the palette is an
+    error naming ``path`` (and ``hint``, what to do instead)."""
+    # the VOC palette's 256 colours are all distinct
+    palette_codes = rgb_codes(DAVIS_PALETTE)
     order = np.argsort(palette_codes)
     position = np.searchsorted(palette_codes, codes, sorter=order).clip(max=255)
     indices = order[position]
     unknown = np.unique(codes[palette_codes[indices] != codes])
     if unknown.size:
         colours = [f"#{int(c):06x}" for c in unknown[:5]]
-        raise ValueError(f"{path}: RGB mask has colours outside the DAVIS palette: {colours}")
+        raise ValueError(f"{path}: RGB mask has colours outside the DAVIS palette{hint}: {colours}")
     return indices.astype(np.uint8)
 
 

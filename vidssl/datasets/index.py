@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vidssl.datasets.decode import BACKENDS, VideoDecodeError, VideoMeta, probe
+from vidssl.files import atomic_write_text
 
 INDEX_VERSION = 1
 log = logging.getLogger(__name__)
@@ -125,13 +126,7 @@ def build_index(
             else:
                 row["error"] = result
             rows[rel] = row
-        _write_atomic(index_path, {"version": INDEX_VERSION, "backend": backend, "files": rows})
+        # atomic: a reader (or a crash) never sees a half-written index
+        atomic_write_text(index_path, json.dumps({"version": INDEX_VERSION, "backend": backend, "files": rows},
+                                                 indent=1, sort_keys=True))
     return {rel: results[rel] for rel in paths}
-
-
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so that a reader (or a crash) never sees a half-written index."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)

@@ -8,7 +8,7 @@ distractors (neutral, or dressed as another class but moving aimlessly) over a t
 drifting background, with occlusions (random depth order) and a gradual lighting change, so that
 correspondence cannot be solved by colour alone. Every random choice comes from one seed.
 
-Layout written by `make_synthetic(out)` (the public layout of ARCHITECTURE.md):
+Layout written by `make_synthetic(out)`:
 
     out/manifest.csv                           path,label,split  (paths relative to out)
     out/videos/<name>.mp4                      H.264 (yuv420p) + AAC mono
@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
+from vidssl.datasets.encode import Mp4Writer
 from vidssl.datasets.formats import write_mask
 
 Array = np.ndarray
@@ -449,25 +449,12 @@ def write_video(path: str | Path, frames: Array, audio: Array | None, *, fps: in
     num_frames, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"{path}: frame size {height}×{width} must be even for yuv420p")
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": preset})
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        sound = container.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
+    with Mp4Writer(path, fps=fps, options={"crf": str(crf), "preset": preset},
+                   audio_rate=sample_rate if audio is not None else None) as writer:
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            frame.pts = i
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
-        if sound is not None:
-            chunk = 1024  # AAC's frame size
-            samples = np.asarray(audio, dtype=np.float32)[None, :]
-            for start in range(0, samples.shape[1], chunk):
-                piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]),
-                                                   format="fltp", layout="mono")
-                piece.sample_rate = sample_rate
-                piece.pts = start
-                container.mux(sound.encode(piece))
-            container.mux(sound.encode())
+            writer.write(frames[i])
+        if audio is not None:
+            writer.write_audio(audio)
 
 
 def _stratified_split(labels: Array, val_fraction: float, rng: np.random.Generator) -> list[str]:

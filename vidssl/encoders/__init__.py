@@ -1,19 +1,18 @@
-"""Encoders: one factory per name, listed in `ENCODERS`, plus the one pooling every evaluation uses.
+"""Encoders: one factory per name (each named by a Hydra config, ``configs/encoder/<name>.yaml``, the
+registry), plus the one pooling every evaluation uses.
 
-    encoder = build_encoder("r2d3d_18", base_width=16)
+    encoder = r2d3d_18(base_width=16)
     features = encoder(clip)          # B×D×T'×H'×W'
     vector = pool(features)           # B×D
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import Tensor, nn
+from torch import Tensor
 
 from vidssl.encoders.audio import AudioCNN, audio_cnn
 from vidssl.encoders.frame import ResNet18Dense, resnet18_dense
-from vidssl.encoders.heads import ConvGRU, ConvGRUCell, ConvHead, MLPHead
+from vidssl.encoders.heads import ConvGRU, ConvGRUCell, MLPHead
 from vidssl.encoders.video import (
     R2D3D,
     TorchvisionVideoEncoder,
@@ -33,8 +32,6 @@ from vidssl.encoders.vit_video import (
 )
 
 __all__ = [
-    "ENCODERS",
-    "build_encoder",
     "pool",
     "TorchvisionVideoEncoder",
     "R2D3D",
@@ -44,31 +41,20 @@ __all__ = [
     "ConvGRU",
     "ConvGRUCell",
     "MLPHead",
-    "ConvHead",
+    "audio_cnn",
+    "mc3_18",
+    "r2d3d_18",
+    "r2d3d_34",
+    "r2plus1d_18",
+    "r3d_18",
+    "resnet18_dense",
+    "s3d",
+    "VideoViT",
+    "vit_video_b",
+    "vit_video_l",
+    "vit_video_s",
+    "vit_video_t",
 ]
-
-# name → factory; the names are also the Hydra config names (configs/encoder/<name>.yaml).
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
-    "r3d_18": r3d_18,
-    "mc3_18": mc3_18,
-    "r2plus1d_18": r2plus1d_18,
-    "s3d": s3d,
-    "r2d3d_18": r2d3d_18,
-    "r2d3d_34": r2d3d_34,
-    "resnet18_dense": resnet18_dense,
-    "audio_cnn": audio_cnn,
-    "vit_video_t": vit_video_t,
-    "vit_video_s": vit_video_s,
-    "vit_video_b": vit_video_b,
-    "vit_video_l": vit_video_l,
-}
-
-
-def build_encoder(name: str, **kwargs: object) -> nn.Module:
-    """Build the encoder registered as `name` with the factory's keyword arguments (e.g. base_width)."""
-    if name not in ENCODERS:
-        raise KeyError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}")
-    return ENCODERS[name](**kwargs)
 
 
 def pool(features: Tensor) -> Tensor:

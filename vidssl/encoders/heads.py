@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvGRUCell", "ConvGRU", "MLPHead", "ConvHead", "orthogonal_init_"]
+__all__ = ["ConvGRUCell", "ConvGRU", "MLPHead", "orthogonal_init_"]
 
 
 class ConvGRUCell(nn.Module):
@@ -142,50 +142,4 @@ class MLPHead(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
-
-
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-class ConvHead(nn.Module):
-    """A per-position projection: 1×1 convolutions with ReLU between (DPC's prediction head).
-
-    Inputs: x B×in_channels×S… with len(S…) = dims. Outputs: B×out_channels×S….
-    num_layers counts convolutions (1 = a single linear projection); norm (e.g. nn.BatchNorm2d) is
-    applied after each hidden convolution when given.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        hidden_channels: int,
-        out_channels: int,
-        num_layers: int = 2,
-        *,
-        dims: int = 2,
-        norm: Callable[[int], nn.Module] | None = None,
-    ) -> None:
-        super().__init__()
-        if dims not in _CONV:
-            raise ValueError(f"ConvHead dims must be 1, 2 or 3, got {dims}")
-        if num_layers < 1:
-            raise ValueError(f"ConvHead needs num_layers >= 1, got {num_layers}")
-        conv = _CONV[dims]
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for _ in range(num_layers - 1):
-            layers.append(conv(channels, hidden_channels, 1))
-            if norm is not None:
-                layers.append(norm(hidden_channels))
-            layers.append(nn.ReLU(inplace=True))
-            channels = hidden_channels
-        layers.append(conv(channels, out_channels, 1))
-        self.layers = nn.Sequential(*layers)
-        self.dims = dims
-        self.out_channels = out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != self.dims + 2:
-            raise ValueError(f"ConvHead(dims={self.dims}) expects a {self.dims + 2}-D input, got {tuple(x.shape)}")
         return self.layers(x)

@@ -26,11 +26,11 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
 from vidssl.datasets.transforms import MEAN, STD
-from vidssl.eval.features import l2_normalize
 
 RESIZES = ("none", "dino", "multiple", "short")
 DINO_STD = (0.228, 0.224, 0.225)  # facebookresearch/dino eval_video_segmentation.py color_normalize
@@ -117,7 +117,7 @@ class BackboneFeatures:
     @torch.inference_mode()
     def __call__(self, frame: Tensor) -> Tensor:
         out = self.backbone(self.prepare(frame)[None])[0]
-        return l2_normalize(out.float(), dim=0)
+        return F.normalize(out.float(), dim=0)  # F.normalize: an all-zero vector stays zero
 
 
 def build_backbone_features(features: str, *, model: str, weights: str | None = None,

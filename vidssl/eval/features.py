@@ -9,9 +9,9 @@ expects). Sources:
   directly, a video encoder (B×3×T×H×W → B×D×T'×h×w) on the frame as a static clip of ``clip_len``
   frames, its temporal axis averaged away. ``layer`` picks the map: by default (``"auto"``) the
   stride-8 frame ResNet gives its layer3 output (256-d at full width), as videowalk's ``test.py``
-  removes layer4 before label propagation, unless MAST trained it; other encoders give their output
-  (``"output"``);
-  any submodule name (``"layer2"``, ``"layer4"``…) gives that submodule's output;
+  removes layer4 before label propagation, unless the checkpoint exports another layer (MAST: its
+  output); other encoders give their output (``"output"``); any submodule name (``"layer2"``,
+  ``"layer4"``…) gives that submodule's output;
 - `vidssl.eval.backbone_features.BackboneFeatures`: a timm or torchvision image backbone (DINO,
   DINOv2, DINOv3, ResNets…) with weights from a file, its patch-token map;
 - `build_feature_fn("pixels" | "random" | "checkpoint" | "timm" | "torchvision", ...)`: what
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,41 +31,22 @@ from torch import Tensor, nn
 from vidssl.color import rgb_to_lab
 from vidssl.datasets.transforms import MEAN, STD, normalize_video
 
+if TYPE_CHECKING:
+    from vidssl.run import Checkpoint
+
 FEATURE_SOURCES = ("pixels", "random", "checkpoint", "timm", "torchvision")
 AUTO, OUTPUT = "auto", "output"
 
 
-def l2_normalize(features: Tensor, dim: int = 0) -> Tensor:
-    """Unit L2 norm along ``dim`` (the channel axis); an all-zero vector stays zero instead of NaN.
+def default_layer(encoder: nn.Module) -> str:
+    """The feature map label propagation reads by default (``layer="auto"``) when the checkpoint exports none.
 
-    ``F.normalize`` with its default ε (1e-12), as the official evaluation normalises.
-    """
-    return F.normalize(features, dim=dim)
-
-
-MAST_TASK = "vidssl.tasks.mast.MAST"
-
-
-def default_layer(encoder: nn.Module, task: str | None = None) -> str:
-    """The feature map label propagation reads by default (``layer="auto"``).
-
-    layer3 of the stride-8 frame ResNet, as videowalk's ``test.py`` (it drops layer4); but the output
-    for an encoder trained by ``task`` = MAST (its reconstruction reads the output, and so does MAST's
-    own evaluation), and for every other encoder.
+    layer3 of the stride-8 frame ResNet, as videowalk's ``test.py`` (it drops layer4); the output of every
+    other encoder.
     """
     from vidssl.encoders.frame import ResNet18Dense
 
-    if task == MAST_TASK or not isinstance(encoder, ResNet18Dense):
-        return OUTPUT
-    return "layer3"
-
-
-def checkpoint_task(checkpoint: str | Path) -> str | None:
-    """The ``_target_`` of the task a checkpoint was trained with (``config.task.model``), if it says."""
-    from vidssl.checkpoint import load_checkpoint
-
-    task = ((load_checkpoint(checkpoint).get("config") or {}).get("task") or {}).get("model") or {}
-    return task.get("_target_") if isinstance(task, dict) else None
+    return "layer3" if isinstance(encoder, ResNet18Dense) else OUTPUT
 
 
 class _Stop(Exception):
@@ -131,7 +112,7 @@ class PixelFeatures:
         # stride-8 encoder with padding
         pooled = F.avg_pool2d(scaled[None], self.stride, self.stride, ceil_mode=True)[0]  # (3, h, w)
         ones = torch.ones_like(pooled[:1])
-        return l2_normalize(torch.cat([pooled, ones]), dim=0)
+        return F.normalize(torch.cat([pooled, ones]), dim=0)
 
 
 def _is_video_encoder(encoder: nn.Module) -> bool:
@@ -146,8 +127,8 @@ class EncoderFeatures:
     Arguments:
       encoder: a frame encoder (B×3×H×W → B×D×h×w) or a video encoder (B×3×T×H×W → B×D×T'×h×w).
       layer: "auto" (`default_layer`: layer3 for the stride-8 frame ResNet, as videowalk's DAVIS
-        evaluation; the output otherwise), "output", or the name of a submodule whose output to use.
-      task: the ``_target_`` of the task that trained the encoder, for ``layer="auto"`` (MAST: output).
+        evaluation; the output otherwise), "output", or the name of a submodule whose output to use
+        (`build_feature_fn` passes the layer a checkpoint exports).
       video: whether it is a video encoder; None decides by whether it contains a 3D convolution.
       clip_len: a video encoder sees the frame repeated clip_len times (1: a single-frame clip);
         its output's temporal axis is averaged.
@@ -158,7 +139,7 @@ class EncoderFeatures:
 
     def __init__(self, encoder: nn.Module, *, video: bool | None = None, clip_len: int = 1,
                  device: str | torch.device | None = None, mean: tuple[float, ...] = MEAN,
-                 std: tuple[float, ...] = STD, layer: str = AUTO, task: str | None = None) -> None:
+                 std: tuple[float, ...] = STD, layer: str = AUTO) -> None:
         if clip_len < 1:
             raise ValueError(f"clip_len must be ≥ 1, got {clip_len}")
         if device is not None:
@@ -169,7 +150,7 @@ class EncoderFeatures:
         self.video = _is_video_encoder(encoder) if video is None else video
         self.clip_len = clip_len
         self.mean, self.std = mean, std
-        self.layer = default_layer(encoder, task) if layer == AUTO else layer
+        self.layer = default_layer(encoder) if layer == AUTO else layer
 
     @torch.inference_mode()
     def __call__(self, frame: Tensor) -> Tensor:
@@ -181,7 +162,7 @@ class EncoderFeatures:
             out = self._features(frame)
         finally:
             self.encoder.train(was_training)
-        return l2_normalize(out.float(), dim=0)
+        return F.normalize(out.float(), dim=0)  # default ε 1e-12, as the official evaluation
 
     def _features(self, frame: Tensor) -> Tensor:
         clip = frame.to(self.device).permute(2, 0, 1)[:, None].float() / 255  # (3, 1, H, W)
@@ -198,16 +179,18 @@ class EncoderFeatures:
         return out[0]
 
 
-def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str | Path | None = None,
+def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str | Path | Checkpoint | None = None,
                      stride: int = 8, clip_len: int = 1, layer: str = AUTO,
                      device: str | torch.device = "cpu", **backbone: Any) -> Any:
     """The feature source named on the command line.
 
     Arguments:
       features: "pixels" (Lab pixels pooled to ``stride``), "random" (the ``encoder_cfg`` encoder at
-        its fixed-seed random initialisation) or "checkpoint" (the encoder a checkpoint was trained
-        with, built from the checkpoint's own config; ``encoder_cfg`` only as a fallback).
-      layer: the encoder's feature map (see `EncoderFeatures`).
+        its fixed-seed random initialisation; the same as ``features=checkpoint checkpoint=random``) or
+        "checkpoint" (the encoder a checkpoint was trained with, built from the checkpoint's own config;
+        ``encoder_cfg`` only as a fallback).
+      checkpoint: a path, a run directory, ``"random"``, or a `Checkpoint` already loaded.
+      layer: the encoder's feature map (see `EncoderFeatures`); "auto" takes the checkpoint's exported layer.
       backbone: with "timm" / "torchvision", `vidssl.eval.backbone_features.build_backbone_features`'s
         arguments (model, weights, checkpoint_key, block, resize, short_side, mean, std…).
     """
@@ -219,16 +202,19 @@ def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str 
         return PixelFeatures(stride=stride, device=device)
     if features not in FEATURE_SOURCES:
         raise ValueError(f"features={features!r}: expected one of {', '.join(FEATURE_SOURCES)}")
-    from vidssl.checkpoint import load_encoder  # hydra is imported there; pixels do not need it
+    from vidssl.run import RANDOM, Checkpoint  # hydra is imported there; pixels do not need it
 
     if features == "random":
         if encoder_cfg is None:
             raise ValueError("features=random needs an encoder config (encoder=NAME)")
-        encoder = load_encoder("random", encoder_cfg)
+        source = Checkpoint.random(encoder=encoder_cfg)
     else:
-        if checkpoint in (None, "", "random"):
-            raise ValueError("features=checkpoint needs checkpoint=PATH (a .pt file or a run directory)")
-        encoder = load_encoder(checkpoint, encoder_cfg)
-        if layer == AUTO:
-            layer = default_layer(encoder, checkpoint_task(checkpoint))
-    return EncoderFeatures(encoder, clip_len=clip_len, device=device, layer=layer)
+        if checkpoint in (None, ""):
+            raise ValueError("features=checkpoint needs checkpoint=PATH (a .pt file or a run directory) or "
+                             "checkpoint=random")
+        if str(checkpoint) == RANDOM and encoder_cfg is None:
+            raise ValueError("checkpoint=random needs an encoder config (encoder=NAME)")
+        source = Checkpoint.open(checkpoint, encoder=encoder_cfg)
+    if layer == AUTO and source.exports.feature_layer is not None:
+        layer = source.exports.feature_layer
+    return EncoderFeatures(source.build_encoder(), clip_len=clip_len, device=device, layer=layer)

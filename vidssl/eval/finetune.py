@@ -28,12 +28,11 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vidssl.checkpoint import RANDOM, RANDOM_INIT_SEED, load_checkpoint, load_encoder
+from vidssl.run import RANDOM_INIT_SEED, Checkpoint
 from vidssl.datasets.dataset import collate_kept
 from vidssl.encoders.heads import ConvGRU, orthogonal_init_
 
 READOUTS = ("encoder", "context")
-AGGREGATORS = ("aggregator", "aggregator_backward")  # the task's forward and backward ConvGRU
 
 log = logging.getLogger(__name__)
 
@@ -97,60 +96,39 @@ class ContextReadout(nn.Module):
         return torch.cat(states, dim=1)
 
 
-def context_readout(encoder: nn.Module, num_seq: int, model_state: Mapping[str, Tensor] | None = None,
-                    task_config: Mapping[str, Any] | None = None) -> ContextReadout:
-    """The context read-out of a trained task (its `aggregator`, and `aggregator_backward` if it has one,
-    from `model_state`, shaped by `task_config`'s kernel_size/num_layers), or, without a state, one
-    ConvGRU (1×1, one layer) at the fixed random-init seed with the papers' orthogonal init. The ConvGRUs
-    drop 0.1 of their state in training mode (fine-tuning), as the papers' downstream model."""
-    task_config = task_config or {}
+def context_readout(encoder: nn.Module, num_seq: int, checkpoint: Checkpoint | None = None) -> ContextReadout:
+    """The context read-out a checkpoint exports (its ConvGRU ``aggregator``, and ``aggregator_backward`` if
+    it has one, shaped as the task's kernel_size/num_layers), or, for none or the random twin, one ConvGRU
+    (1×1, one layer) at the fixed random-init seed with the papers' orthogonal init. The ConvGRUs drop 0.1
+    of their state in training mode (fine-tuning), as the papers' downstream model."""
     dim = encoder.out_channels
-    # The downstream ConvGRU keeps the papers' hidden-state dropout 0.1: it acts while fine-tuning only.
-    gru = dict(kernel_size=int(task_config.get("kernel_size", 1)), num_layers=int(task_config.get("num_layers", 1)),
-               hidden_dropout=0.1)
-    if model_state is None:
+    if checkpoint is None or checkpoint.is_random:
+        # The downstream ConvGRU keeps the papers' hidden-state dropout 0.1: it acts while fine-tuning only.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            return ContextReadout(encoder, [orthogonal_init_(ConvGRU(dim, dim, **gru))], num_seq)
+            gru = ConvGRU(dim, dim, kernel_size=1, num_layers=1, hidden_dropout=0.1)
+            return ContextReadout(encoder, [orthogonal_init_(gru)], num_seq)
+    states = checkpoint.readout_states()
+    shape = checkpoint.exports.readout
     aggregators = []
-    for name in AGGREGATORS:
-        weights = {k[len(name) + 1:]: v for k, v in model_state.items() if k.startswith(name + ".")}
-        if not weights:
-            continue
-        aggregator = ConvGRU(dim, dim, **gru)
-        aggregator.load_state_dict(weights)
+    for state in states:
+        aggregator = ConvGRU(dim, dim, kernel_size=int(shape["kernel_size"]), num_layers=int(shape["num_layers"]),
+                             hidden_dropout=0.1)
+        aggregator.load_state_dict(state)
         aggregators.append(aggregator)
-    if not aggregators:
-        raise KeyError("readout=context needs a checkpoint of a task with a ConvGRU 'aggregator' (DPC, MemDPC)")
     return ContextReadout(encoder, aggregators, num_seq)
 
 
-def load_trained(checkpoint: str, encoder_cfg: Any, *, running_stats: bool = False,
-                 ) -> tuple[nn.Module, dict[str, Tensor] | None, dict[str, Any] | None]:
-    """(encoder, the task's state dict, the task's model config) of a checkpoint; for "random" the
-    fixed-seed random encoder of `encoder_cfg` and no task.
+def load_trained(checkpoint: str | Checkpoint, encoder_cfg: Any, *, running_stats: bool = False,
+                 ) -> tuple[nn.Module, Checkpoint]:
+    """(encoder, the checkpoint) of a checkpoint path, ``"random"`` (the fixed-seed random encoder of
+    `encoder_cfg`) or a `Checkpoint`; pass the checkpoint on to `context_readout`.
 
     `running_stats=True` rebuilds an encoder trained without batch-norm running statistics (DPC) with
     them, as the papers' downstream model does; its fresh statistics are the only weights not loaded.
     """
-    if str(checkpoint) == RANDOM:
-        if running_stats and encoder_cfg is not None and "track_running_stats" in encoder_cfg:
-            encoder_cfg = {**encoder_cfg, "track_running_stats": True}
-        return load_encoder(RANDOM, encoder_cfg), None, None
-    state = load_checkpoint(checkpoint)
-    config = state.get("config") or {}
-    task_config = (config.get("task") or {}).get("model")
-    trained_without_stats = (config.get("encoder") or {}).get("track_running_stats", True) is False
-    if not (running_stats and trained_without_stats):
-        return load_encoder(checkpoint, encoder_cfg), state.get("model"), task_config
-    from hydra.utils import instantiate
-
-    encoder = instantiate({**config["encoder"], "track_running_stats": True})
-    missing, unexpected = encoder.load_state_dict(state["encoder"], strict=False)
-    wrong = unexpected + [k for k in missing if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    if wrong:
-        raise RuntimeError(f"{checkpoint}: encoder weights do not fit {config['encoder']}: {wrong[:5]}")
-    return encoder, state.get("model"), task_config
+    source = Checkpoint.open(checkpoint, encoder=encoder_cfg)
+    return source.build_encoder(running_stats=running_stats), source
 
 
 class ContextClassifier(nn.Module):

@@ -23,8 +23,9 @@ from torch import nn
 
 from vidssl.datasets.formats import DavisSequence, davis, read_mask
 from vidssl.eval.davis import VOID, evaluate_sequence, statistics
-from vidssl.eval.features import EncoderFeatures
+from vidssl.eval.features import AUTO, EncoderFeatures
 from vidssl.eval.propagate import FeatureFn, propagate_labels, read_frame
+from vidssl.run import Exports
 from vidssl.viz import montage, overlay_masks
 
 
@@ -88,8 +89,10 @@ class PropagationEvaluator:
         encoder = task.encoder
         weight = next(iter(encoder.parameters()), None)  # a parameter-free encoder runs on the CPU
         device = weight.device if weight is not None else torch.device("cpu")
-        task_name = f"{type(task).__module__}.{type(task).__name__}"
-        features = EncoderFeatures(encoder, clip_len=self.clip_len, device=device, layer=self.layer, task=task_name)
+        layer = self.layer
+        if layer == AUTO:  # what a checkpoint of this task would export (MAST: its output)
+            layer = Exports.of_task(task, {}).feature_layer or AUTO
+        features = EncoderFeatures(encoder, clip_len=self.clip_len, device=device, layer=layer)
         return self.evaluate(features, step, writer)
 
     def evaluate(self, feature_fn: FeatureFn, step: int = 0, writer: Any = None) -> dict[str, float]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from vidssl.files import atomic_write_text
 
 
 def _plain(value: Any) -> Any:
@@ -26,9 +27,7 @@ def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any], table: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_plain(dict(metrics)), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_plain(dict(metrics)), indent=2, sort_keys=False) + "\n")
     if table is not None:
         (out / "metrics.txt").write_text(table + "\n")
     return path

@@ -202,7 +202,7 @@ def evaluate_checkpoint(
 ) -> dict[str, float | int]:
     """Retrieval recall or linear-probe accuracy of `encoder` (train split = gallery, test = queries).
 
-    `tools/evaluate.py` builds the encoder (`vidssl.checkpoint.load_encoder`, or random init) and the
+    `tools/evaluate.py` builds the encoder (`vidssl.run.load_encoder`, or random init) and the
     two evaluation datasets; this function extracts features and scores them.
 
     Outputs: `{"R@1", "R@5", "R@10", "R@20"}` (retrieval, per `ks`) or `{"top1"}` (linear), in [0, 1],

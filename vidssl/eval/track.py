@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vidssl import viz
 from vidssl.datasets.decode import VideoReader
-from vidssl.datasets.formats import DAVIS_PALETTE, write_mask
+from vidssl.datasets.formats import palette_indices, rgb_codes, write_mask
 from vidssl.eval.propagate import FeatureFn, check_first_mask, propagate_labels
 
 DECODE_CHUNK = 32  # frames decoded per call: one keyframe seek per chunk, a bounded buffer
@@ -51,18 +51,11 @@ def read_first_mask(path: str | Path) -> np.ndarray:
             if mode != "P" and set(np.unique(values).tolist()) <= {0, 255}:
                 return (values == 255).astype(np.uint8)
             return values.astype(np.uint8) if values.max() <= 255 else _too_many(path, values)
-        rgb = np.array(image.convert("RGB"), dtype=np.int64)
-    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        codes = rgb_codes(np.array(image.convert("RGB")))
     if set(np.unique(codes).tolist()) <= {0, 0xFFFFFF}:
         return (codes == 0xFFFFFF).astype(np.uint8)
-    palette = DAVIS_PALETTE.astype(np.int64)
-    lookup = {int((r << 16) | (g << 8) | b): k for k, (r, g, b) in enumerate(palette)}
-    unknown = sorted({int(c) for c in np.unique(codes)} - set(lookup))
-    if unknown:
-        raise ValueError(f"{path}: RGB mask has colours outside the DAVIS palette (and is not black/white): "
-                         f"{[f'#{c:06x}' for c in unknown[:5]]}; save it as a palette or greyscale PNG of "
-                         f"object indices")
-    return np.vectorize(lookup.__getitem__, otypes=[np.uint8])(codes)
+    return palette_indices(codes, path, " (and is not black/white; save it as a palette or greyscale PNG of "
+                                        "object indices)")
 
 
 def _too_many(path: Path, values: np.ndarray) -> np.ndarray:

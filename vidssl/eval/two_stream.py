@@ -19,6 +19,8 @@ RGB sampler in `vidssl.datasets.flow.FlowAligned`).
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -50,8 +52,10 @@ def evaluate_two_stream(
     batch_size: int,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    ks: Sequence[int] = (1, 5, 10, 20),
 ) -> dict[str, float | int]:
-    """Retrieval recall or linear-probe accuracy of RGB, flow and R+F (train split = gallery, test = queries).
+    """Retrieval recall (at ``ks``) or linear-probe accuracy of RGB, flow and R+F (train split = gallery, test
+    = queries).
 
     Args: the (train, test) datasets of each stream. Outputs: `{"rgb/R@1": ..., "flow/R@1": ...,
     "R+F/R@1": ...}` (retrieval) or `{"rgb/top1", "flow/top1", "R+F/top1"}` (linear), then per split the
@@ -83,7 +87,7 @@ def evaluate_two_stream(
         counts.update({f"{split}_used": len(both), f"{split}_dropped": listed - len(both)})
     centres = feats["rgb"][0].mean(0), feats["flow"][0].mean(0)  # of the train split
     feats["R+F"] = [fuse_features(r, f, *centres) for r, f in zip(feats["rgb"], feats["flow"])]
-    score = retrieval_recall if metric == "retrieval" else linear_probe
+    score = functools.partial(retrieval_recall, ks=tuple(ks)) if metric == "retrieval" else linear_probe
     metrics: dict[str, float] = {}
     for name, (train, test) in feats.items():
         metrics.update({f"{name}/{k}": v for k, v in score(train, labels[0], test, labels[1]).items()})

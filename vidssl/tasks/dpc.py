@@ -171,6 +171,14 @@ class DPC(nn.Module):
         if self.pred_step_schedule is not None:
             self.pred_step.fill_(scheduled_pred_step(self.pred_step_schedule, step, max_steps))
 
+    @classmethod
+    def evaluation_exports(cls, config: dict) -> dict:
+        """The context read-out of the DPC downstream protocol: the ConvGRU ``aggregator`` (``config``: the
+        task's model config, for its shape)."""
+        return {"readout": {"kind": "context", "aggregators": ["aggregator"],
+                            "kernel_size": int(config.get("kernel_size", 1)),
+                            "num_layers": int(config.get("num_layers", 1))}}
+
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         features = encode_blocks(self.encoder, batch["video"], self.num_seq)  # (B, N, D, H', W')
         k = int(self.pred_step)

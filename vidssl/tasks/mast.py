@@ -156,6 +156,12 @@ class MAST(nn.Module):
             logits = logits.masked_fill(~allowed.flatten(1), float("-inf"))
         return logits.softmax(dim=-1)
 
+    @classmethod
+    def evaluation_exports(cls, config: dict) -> dict:
+        """What a trained MAST offers evaluation: the encoder's output (its reconstruction reads the output,
+        and so does MAST's own evaluation), never the stride-8 ResNet's layer3 that CRW's evaluation reads."""
+        return {"feature_layer": "output"}
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         video = batch["video"]
         if video.ndim != 5 or video.shape[1] != 3:

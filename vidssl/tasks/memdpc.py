@@ -125,6 +125,15 @@ class MemDPC(nn.Module):
         )
         return loss, accuracy, torch.stack(entropies).mean()
 
+    @classmethod
+    def evaluation_exports(cls, config: dict) -> dict:
+        """The context read-out of the MemDPC downstream protocol: the forward ConvGRU ``aggregator`` and,
+        when bidirectional (the default), ``aggregator_backward`` (``config``: the task's model config)."""
+        backward = ["aggregator_backward"] if config.get("bidirectional", True) else []
+        return {"readout": {"kind": "context", "aggregators": ["aggregator", *backward],
+                            "kernel_size": int(config.get("kernel_size", 1)),
+                            "num_layers": int(config.get("num_layers", 1))}}
+
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         features = encode_blocks(self.encoder, batch["video"], self.num_seq)  # (B, N, D, H', W')
         k = int(self.pred_step)

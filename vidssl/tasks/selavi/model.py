@@ -254,6 +254,11 @@ class SeLaVi(nn.Module):
 
     # ---- training --------------------------------------------------------------------------------------
 
+    @classmethod
+    def evaluation_exports(cls, config: dict) -> dict:
+        """A trained SeLaVi labels clips with its own cluster heads (``pseudo_label.py method=selavi``)."""
+        return {"capabilities": ["cluster_heads"]}
+
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         features = self.embed(batch)
         logits = self.head_logits(features)

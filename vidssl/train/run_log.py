@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from vidssl.run import RunDir
+
 log = logging.getLogger(__name__)
 
 
@@ -27,16 +29,16 @@ class RunLog:
     TensorBoard).
     """
 
-    def __init__(self, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.tensorboard = SummaryWriter(str(out_dir))
-        csv_path = out_dir / "scalars.csv"
+    def __init__(self, run_dir: RunDir) -> None:
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+        self.tensorboard = SummaryWriter(str(run_dir.root))
+        csv_path = run_dir.scalars_csv
         write_header = not csv_path.exists()
         self._csv = csv_path.open("a", newline="")
         self._rows = csv.writer(self._csv)
         if write_header:
             self._rows.writerow(["step", "name", "value"])
-        self._text = (out_dir / "scalars.txt").open("a")
+        self._text = run_dir.scalars_txt.open("a")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():

@@ -40,16 +40,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
     from batch number ``position`` on (a fresh epoch has position 0).
     """
 
-    def __init__(
-        self,
-        *,
-        size: int,
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle: bool = True,
-    ) -> None:
+    def __init__(self, *, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -59,14 +51,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
                 f"the dataset has {size} samples, fewer than one global batch "
                 f"({batch_size} per process x {world_size} processes)"
             )
-        self.size = size
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.position = 0
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0  # set by set_state
 
     @property
     def batches_per_epoch(self) -> int:

@@ -29,8 +29,9 @@ import numpy as np
 
 from vidssl import viz
 from vidssl.eval.report import format_table
+from vidssl.run import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -85,7 +86,7 @@ def step_preview(corpus: Path, out: Path) -> list[Path]:
     from vidssl.datasets.samples import sample_clips
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import ClipTransform, LogMel
-    from vidssl.preview import preview_dataset
+    from vidssl.app.preview import preview_dataset
 
     def dataset(root: Path, entries: list) -> VideoDataset:
         return VideoDataset(
@@ -125,7 +126,7 @@ def pretrain(task: str, corpus: Path, out: Path, settings: DemoSettings, log: li
         # Loader workers already keep both cores busy decoding; a second intra-op thread only contends.
         threads=1,
     )
-    return run / "checkpoints" / "last.pt"
+    return RunDir(run).last
 
 
 def encoder_overrides(settings: DemoSettings, task: str) -> list[str]:
@@ -165,7 +166,7 @@ def step_flow(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -
     flow_data = ["dataset.modality=flow", f"dataset.flow_root={flow_root}"]
     flow_checkpoint = pretrain("memdpc", corpus, out, settings, log, *flow_data, "+task.data.transform.color_jitter=0",
                                "+task.data.transform.hue=0", "+task.data.transform.flip=0", run_name="memdpc_flow")
-    rgb_checkpoint = out / "runs" / "memdpc" / "checkpoints" / "last.pt"
+    rgb_checkpoint = RunDir(out / "runs" / "memdpc").last
     rows = []
     for name, rgb, flow in (("MemDPC", rgb_checkpoint, flow_checkpoint), ("random init", "random", "random")):
         folder = out / "memdpc_flow" / name.replace(" ", "_")

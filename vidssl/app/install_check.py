@@ -1,4 +1,4 @@
-"""Check that the compiled stack loads together, in one line: ``python -m vidssl.install_check``.
+"""Check that the compiled stack loads together, in one line: ``python -m vidssl.app.install_check``.
 
 The stack: torch, torchvision, torchaudio, av, decord and OpenCV (``cv2``, for optical flow).
 

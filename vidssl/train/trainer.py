@@ -10,10 +10,10 @@ cosine LR schedule with warmup, bf16/fp16 autocast, gradient clipping and accumu
 checkpoints with exact resume, a start summary and an end line, every scalar in TensorBoard and in
 ``RUN/scalars.{csv,txt}``, and a progress bar.
 
-The parts, each in its module: `vidssl.train_step.TrainStep` (one optimiser step: autocast, accumulation,
-clipping, the task's hook; the benchmarks time the same one), `vidssl.train_state.TrainState` (step,
-epoch, position, best, RNGs), `vidssl.checkpointer.Checkpointer` (atomic ``step_*/last/best.pt``) and
-`vidssl.run_log` (scalars, bad files). ``fit`` below builds them, restores or starts, then loops: draw
+The parts, each in its module: `vidssl.train.step.TrainStep` (one optimiser step: autocast, accumulation,
+clipping, the task's hook; the benchmarks time the same one), `vidssl.train.state.TrainState` (step,
+epoch, position, best, RNGs), `vidssl.train.checkpointer.Checkpointer` (atomic ``step_*/last/best.pt``, the
+best rule) and `vidssl.train.run_log` (scalars, bad files); the files are `vidssl.run.Checkpoint`s. ``fit`` below builds them, restores or starts, then loops: draw
 the step's batches, step, log, maybe evaluate, maybe checkpoint.
 
 Resume: if ``out_dir/checkpoints/last.pt`` exists, ``fit`` continues from it — model, optimiser, scaler,
@@ -21,10 +21,10 @@ every RNG of every rank, the step, and the sampler's (epoch, position). Each sam
 in the dataset, seeded by (seed, epoch, index) (``set_epoch`` is called when the dataset has it), so the
 run continues mid-epoch without reading any batch twice, and with any number of loader workers.
 Whether the checkpoint's model config matches the run's is for the caller to check (`tools/pretrain.py`
-does, with `vidssl.run_config`): weights of the same shapes load into a different model without complaint.
+does, with `Checkpoint.refuse_model_change`): weights of the same shapes load into a different model without complaint.
 
 Distributed: launched by torchrun, ``fit`` joins the process group (NCCL on CUDA, gloo on CPU), wraps
-the task in DDP, shards every global batch by rank (``vidssl.samplers``) and leaves logging and
+the task in DDP, shards every global batch by rank (``vidssl.train.batch_sampler``) and leaves logging and
 checkpoints to rank 0. ``trainer.batch_size`` is per process: the global batch is
 ``batch_size × world_size × accumulate``. One machine::
 
@@ -43,16 +43,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -60,14 +58,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from vidssl import distributed
-from vidssl.checkpoint import atomic_write_bytes, load_checkpoint
-from vidssl.checkpointer import Checkpointer
-from vidssl.run_log import RunLog, SkippedFiles, console_through_tqdm
-from vidssl.samplers import ResumableBatchSampler
-from vidssl.train_state import TrainState
-from vidssl.train_step import PRECISIONS, TrainStep, move_batch, to_channels_last
+from vidssl.files import atomic_write_text
+from vidssl.run import Checkpoint, Exports, RunDir
+from vidssl.train.batch_sampler import ResumableBatchSampler
+from vidssl.train.checkpointer import Checkpointer
+from vidssl.train.run_log import RunLog, SkippedFiles, console_through_tqdm
+from vidssl.train.state import TrainState
+from vidssl.train.step import PRECISIONS, TrainStep, move_batch, to_channels_last
 
-__all__ = ["PRECISIONS", "SkippedFiles", "Trainer", "cosine_schedule", "move_batch", "param_groups",
+__all__ = ["PRECISIONS", "SkippedFiles", "Trainer", "TrainerConfig", "cosine_schedule", "move_batch", "param_groups",
            "seed_everything", "to_channels_last"]
 
 log = logging.getLogger(__name__)
@@ -121,62 +120,6 @@ def param_groups(module: nn.Module, *, decay_norm_and_bias: bool = False) -> lis
     no_decay = [p for p in trainable if p.ndim < 2]
     groups = [{"params": decay}] if decay else []
     return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
-
-
-def _join_process_group() -> tuple[int, bool]:
-    """Join torchrun's process group when launched by it; returns (local_rank, whether we joined it)."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or distributed.is_dist():
-        return local_rank, False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return local_rank, True
-
-
-def _leave_process_group(*, finished: bool) -> None:
-    """Leave torchrun's process group once gloo's worker threads have let go of every collective.
-
-    gloo runs each collective on its own worker threads (``pt_gloo_runloop``), and a run's process group
-    outlives ``destroy_process_group`` (DDP keeps a reference; torch 2.11 joins the threads only when the
-    group is freed). A worker that lets go of a finished collective whose tensor's Python object is
-    already gone must take the GIL; if the interpreter is shutting down by then, the thread is torn out
-    of C++ code and the process aborts with "terminate called without an active exception" (the race
-    pytorch/pytorch#179291 describes). Rank 1, which writes no checkpoint, exits right after the last
-    collective, so on a loaded machine it sometimes lost that race; starving its worker threads (nice
-    19, one core shared with a busy process) made it lose 4 runs in 6. The barrier (after a finished
-    run; after a failure the other ranks may never come) lets every rank finish its collectives; then
-    this process waits until its workers sleep.
-    """
-    if finished:
-        dist.barrier()
-    _wait_for_idle_gloo_workers()
-    dist.destroy_process_group()
-
-
-def _wait_for_idle_gloo_workers(timeout_s: float = 10.0) -> None:
-    """Sleep (the GIL released) until every gloo worker thread of this process has been asleep for 3 polls.
-
-    A worker that still holds a finished collective is runnable (or waits for the GIL, which the sleep
-    frees); an idle one sleeps on its queue. Linux only (``/proc``); elsewhere, and after ``timeout_s``,
-    it returns at once.
-    """
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():
-        return
-    deadline, asleep = time.monotonic() + timeout_s, 0
-    while asleep < 3 and time.monotonic() < deadline:
-        busy = False
-        for tid in os.listdir(tasks):
-            try:
-                if (tasks / tid / "comm").read_text().strip() != "pt_gloo_runloop":
-                    continue
-                state = (tasks / tid / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:  # the thread ended meanwhile
-                continue
-            busy = busy or state != "S"
-        asleep = 0 if busy else asleep + 1
-        time.sleep(0.01)
 
 
 def _duration(seconds: float) -> str:
@@ -239,126 +182,119 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-class Trainer:
-    """Trains a task on a dataset; everything the loop does is an explicit argument.
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    """Everything the loop does, as typed values (``configs/trainer/default.yaml`` holds the same keys; each
+    is documented below it)."""
 
-    Args:
-        max_steps: optimiser steps to train for (each takes ``accumulate`` batches).
-        batch_size: samples per batch in each process.
-        out_dir: the run directory (checkpoints, TensorBoard events, config.yaml); reusing it resumes.
-        num_workers: DataLoader worker processes.
-        checkpoint_every: write ``step_<step, 7 digits>.pt`` + ``last.pt`` every this many steps (and at the end).
-        keep_last: how many ``step_*.pt`` files to keep (``last.pt`` and ``best.pt`` always stay).
-        log_every: TensorBoard/progress update period in steps.
-        seed: seed of the batch order and of the training RNG (rank r draws from seed + r).
-        precision: "fp32", "bf16" (autocast, CPU or CUDA) or "fp16" (autocast + gradient scaling, CUDA).
-        grad_clip: clip the global gradient norm to this; 0 disables.
-        accumulate: batches whose gradients are summed into one optimiser step.
-        warmup_steps: linear LR warmup steps before the cosine decay.
-        min_lr_ratio: the final LR as a fraction of the base LR.
-        channels_last: channels-last weights and inputs (faster convolutions on recent GPUs).
-        eval_every: call ``evaluator`` every this many steps (0: never).
-        evaluator: ``(task, step, writer) -> {metric: value}``, on rank 0, with the task in eval mode.
-        best_metric: what ``best.pt`` is best at: "auto" (the evaluator's ``best_metric`` attribute when it
-            has one and ``eval_every`` > 0, else the loss), "loss" (the smoothed training loss) or a metric key of
-            the evaluator.
-        best_mode: "min" or "max": whether a lower or a higher ``best_metric`` is better; "auto": "min" for
-            the loss, the evaluator's ``best_mode`` attribute (else "max") for its metrics.
-        progress: show a progress bar (rank 0); otherwise log a line every ``log_every`` steps.
-        device: "auto" (CUDA if present, one GPU per local rank), "cpu" or "cuda".
-        find_unused_parameters: passed to DDP, for tasks whose step leaves some parameters unused.
-        decay_norm_and_bias: weight decay on biases and normalisation parameters too (off: they are
-            exempt, see ``param_groups``).
-        init_from: a checkpoint whose weights a new run starts from (ignored when ``out_dir`` already
-            holds a run to resume): fine-tuning, or continuing a converted official checkpoint.
-        init_part: what ``init_from`` loads: "model" (the whole task) or "encoder" (the backbone only).
-        init_strict: refuse weights with missing or unexpected keys (off: load what fits, and list the rest).
-    """
+    max_steps: int
+    """Optimiser steps to train for (each takes ``accumulate`` batches)."""
+    warmup_steps: int = 0
+    """Linear LR warmup steps before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """The final LR as a fraction of the base LR."""
+    batch_size: int
+    """Samples per batch in each process."""
+    accumulate: int = 1
+    """Batches whose gradients are summed into one optimiser step."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """bf16: autocast (CPU or CUDA); fp16: autocast + gradient scaling (CUDA)."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this; 0 disables."""
+    out_dir: Path
+    """The run directory (checkpoints, TensorBoard events, config.yaml); reusing it resumes."""
+    checkpoint_every: int = 500
+    """Write ``step_<step, 7 digits>.pt`` + ``last.pt`` every this many steps (and at the end)."""
+    keep_last: int = 2
+    """How many ``step_*.pt`` files to keep (``last.pt`` and ``best.pt`` always stay)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA if present (one GPU per local rank), else the CPU."""
+    num_workers: int = 2
+    """DataLoader worker processes."""
+    seed: int = 0
+    """Seed of the batch order and of the training RNG (rank r draws from seed + r)."""
+    init_from: Path | None = None
+    """A checkpoint whose weights a new run starts from (ignored when ``out_dir`` already holds a run to
+    resume): fine-tuning, or continuing a converted official checkpoint."""
+    init_part: Literal["model", "encoder"] = "model"
+    """What ``init_from`` loads: "model" (the whole task) or "encoder" (the backbone only)."""
+    init_strict: bool = True
+    """Refuse weights with missing or unexpected keys (off: load what fits, and list the rest)."""
+    best_mode: Literal["auto", "min", "max"] = "auto"
+    """"min" or "max": whether a lower or a higher ``best_metric`` is better; "auto": "min" for the
+    loss, the evaluator's ``best_mode`` attribute (else "max") for its metrics."""
+    best_metric: str = "auto"
+    """What ``best.pt`` is best at: "auto" (the evaluator's ``best_metric`` attribute when it has one
+    and ``eval_every`` > 0, else the loss), "loss" (the smoothed training loss) or a metric key of the
+    evaluator."""
+    eval_every: int = 0
+    """Call ``evaluator`` every this many steps (0: never)."""
+    progress: bool = True
+    """Show a progress bar (rank 0); otherwise log a line every ``log_every`` steps."""
+    log_every: int = 10
+    """TensorBoard/progress update period in steps."""
+    channels_last: bool = False
+    """Channels-last weights and inputs (faster convolutions on recent GPUs)."""
+    find_unused_parameters: bool = False
+    """Passed to DDP, for tasks whose step leaves some parameters unused."""
+    decay_norm_and_bias: bool = False
+    """Weight decay on biases and normalisation parameters too (off: they are exempt, see
+    ``param_groups``)."""
 
-    def __init__(
-        self,
-        *,
-        max_steps: int,
-        batch_size: int,
-        out_dir: str | Path,
-        num_workers: int = 2,
-        checkpoint_every: int = 500,
-        keep_last: int = 2,
-        log_every: int = 10,
-        seed: int = 0,
-        precision: str = "fp32",
-        grad_clip: float = 0.0,
-        accumulate: int = 1,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        channels_last: bool = False,
-        eval_every: int = 0,
-        evaluator: Evaluator | None = None,
-        best_metric: str = "auto",
-        best_mode: str = "auto",
-        progress: bool = True,
-        device: str = "auto",
-        find_unused_parameters: bool = False,
-        decay_norm_and_bias: bool = False,
-        init_from: str | Path | None = None,
-        init_part: str = "model",
-        init_strict: bool = True,
-    ) -> None:
-        positive = {"max_steps": max_steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every,
-                    "log_every": log_every, "accumulate": accumulate}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "init_from", None if self.init_from in (None, "") else Path(self.init_from))
+        positive = {"max_steps": self.max_steps, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
+                    "log_every": self.log_every, "accumulate": self.accumulate}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {value}")
-        for name, value in {"num_workers": num_workers, "keep_last": keep_last, "warmup_steps": warmup_steps,
-                            "eval_every": eval_every, "grad_clip": grad_clip}.items():
+        for name, value in {"num_workers": self.num_workers, "keep_last": self.keep_last, "warmup_steps": self.warmup_steps,
+                            "eval_every": self.eval_every, "grad_clip": self.grad_clip}.items():
             if value < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {value}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.best_mode not in ("min", "max", "auto"):
+            raise ValueError(f"trainer.best_mode must be 'min', 'max' or 'auto', got {self.best_mode!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"trainer.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.init_part not in ("model", "encoder"):
+            raise ValueError(f"trainer.init_part must be 'model' or 'encoder', got {self.init_part!r}")
+
+
+class Trainer:
+    """Trains a task on a dataset; everything the loop does is a `TrainerConfig` value.
+
+    ``Trainer(config, evaluator=...)``, or ``Trainer(evaluator=..., **options)`` with the config's keys (what
+    Hydra's ``trainer`` group instantiates). ``evaluator``: ``(task, step, writer) -> {metric: value}``, run on
+    rank 0 every ``eval_every`` steps with the task in eval mode.
+    """
+
+    def __init__(self, config: TrainerConfig | None = None, /, *, evaluator: Evaluator | None = None,
+                 **options: Any) -> None:
+        if config is None:
+            config = TrainerConfig(**options)
+        elif options:
+            raise TypeError(f"Trainer takes a TrainerConfig or its keys, not both: {sorted(options)}")
+        self.config = config
+        self.evaluator = evaluator
+        best_metric, best_mode = config.best_metric, config.best_mode
         if best_metric == "auto":  # the evaluator's metric only when it runs
-            best_metric = getattr(evaluator, "best_metric", "loss") if evaluator is not None and eval_every else "loss"
+            best_metric = (getattr(evaluator, "best_metric", "loss") if evaluator is not None and config.eval_every
+                           else "loss")
         if best_mode == "auto":
             best_mode = "min" if best_metric == "loss" else getattr(evaluator, "best_mode", "max")
         if best_mode not in ("min", "max"):
             raise ValueError(f"trainer.best_mode must be 'min', 'max' or 'auto', got {best_mode!r}")
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"trainer.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-        if init_part not in ("model", "encoder"):
-            raise ValueError(f"trainer.init_part must be 'model' or 'encoder', got {init_part!r}")
         if best_metric != "loss" and evaluator is None:
             raise ValueError(f"trainer.best_metric={best_metric!r} needs an evaluator that reports it")
-        self.max_steps = max_steps
-        self.batch_size = batch_size
-        self.out_dir = Path(out_dir)
-        self.num_workers = num_workers
-        self.checkpoint_every = checkpoint_every
-        self.keep_last = keep_last
-        self.log_every = log_every
-        self.seed = seed
-        self.precision = precision
-        self.grad_clip = grad_clip
-        self.accumulate = accumulate
-        self.warmup_steps = warmup_steps
-        self.min_lr_ratio = min_lr_ratio
-        self.channels_last = channels_last
-        self.eval_every = eval_every
-        self.evaluator = evaluator
         self.best_metric = best_metric
         self.best_mode = best_mode
-        self.progress = progress
-        self.device = device
-        self.find_unused_parameters = find_unused_parameters
-        self.decay_norm_and_bias = decay_norm_and_bias
-        self.init_from = None if init_from in (None, "") else Path(init_from)
-        self.init_part = init_part
-        self.init_strict = init_strict
-        self.checkpointer = Checkpointer(self.checkpoint_dir, keep_last)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
+        self.run_dir = RunDir(config.out_dir)
+        self.checkpointer = Checkpointer(self.run_dir, config.keep_last, best_mode=best_mode)
 
     def fit(
         self,
@@ -368,6 +304,7 @@ class Trainer:
         *,
         config: dict[str, Any] | None = None,
         collate_fn: Callable[[Sequence[Any]], Any] = default_collate,
+        resume: Checkpoint | None = None,
     ) -> dict[str, Any]:
         """Train ``task`` for ``max_steps`` steps (or resume a run in ``out_dir`` and finish it).
 
@@ -377,42 +314,44 @@ class Trainer:
             optimizer_factory: parameter groups (``param_groups``) → optimiser (a Hydra partial of AdamW/SGD).
             config: the resolved run config, stored in every checkpoint and as ``config.yaml``.
             collate_fn: list of samples → batch.
+            resume: ``last.pt`` when the caller has loaded it already (`tools/pretrain.py` does, to check its
+                model config first), so the file is read once; None: the trainer loads it if it exists.
         Outputs:
             {"step", "loss" (smoothed), "best", "interrupted", "checkpoint"}.
         Raises:
             FloatingPointError: the loss became NaN/inf; nothing is saved for that step.
         """
-        local_rank, joined = _join_process_group()
+        local_rank, joined = distributed.join_process_group()
         finished = False
         try:
-            summary = self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank)
+            summary = self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank, resume)
             finished = True
             return summary
         finally:
             if joined:
-                _leave_process_group(finished=finished)
+                distributed.leave_process_group(finished=finished)
 
-    def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank) -> dict[str, Any]:
+    def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank, resume) -> dict[str, Any]:
         """Set up, resume or start, then loop: one step, its log line, maybe an evaluation, maybe a checkpoint."""
         run = self._setup(task, dataset, optimizer_factory, config, local_rank)
-        saved = self.checkpointer.load()
+        saved = resume if resume is not None else self.checkpointer.load()
         if saved is not None:
             self._resume(run, saved)
         else:
             self._start(run)
-        if run.state.step >= self.max_steps:
+        if run.state.step >= self.config.max_steps:
             if run.is_main:
                 log.info("already finished at step %d: nothing to do (raise trainer.max_steps to continue)",
                          run.state.step)
             return self._summary(run, interrupted=False)
         self._open_records(run, dataset)
-        make_loader = functools.partial(DataLoader, dataset, batch_size=self.batch_size, collate_fn=collate_fn,
-                                        num_workers=self.num_workers, pin_memory=run.device.type == "cuda")
+        make_loader = functools.partial(DataLoader, dataset, batch_size=self.config.batch_size, collate_fn=collate_fn,
+                                        num_workers=self.config.num_workers, pin_memory=run.device.type == "cuda")
         data = self._batches(run, dataset, collate_fn)
         started, stopped = time.perf_counter(), False
         try:
             with _StopRequest() as stop, console_through_tqdm(not run.bar.disable):
-                while run.state.step < self.max_steps and not stopped:
+                while run.state.step < self.config.max_steps and not stopped:
                     values = self._step(run, data, make_loader)
                     stopped = _any_rank(stop.requested, run.device)  # all ranks stop (and save) at one step
                     self._log_step(run, values)
@@ -430,92 +369,68 @@ class Trainer:
     def _setup(self, task, dataset, optimizer_factory, config, local_rank) -> _Run:
         """The device, the task on it (in DDP under torchrun), its optimiser and step, and a fresh train state."""
         rank, world = distributed.rank(), distributed.world_size()
-        if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()):
+        if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()):
             device = torch.device("cuda", local_rank)
         else:
             device = torch.device("cpu")
-        if self.precision == "fp16" and device.type != "cuda":
+        if self.config.precision == "fp16" and device.type != "cuda":
             raise ValueError("trainer.precision=fp16 needs a GPU; use bf16 on the CPU")
         task.to(device)
-        if self.channels_last:
+        if self.config.channels_last:
             to_channels_last(task)
-        optimizer = optimizer_factory(param_groups(task, decay_norm_and_bias=self.decay_norm_and_bias))
+        optimizer = optimizer_factory(param_groups(task, decay_norm_and_bias=self.config.decay_norm_and_bias))
         for group in optimizer.param_groups:
             # The schedule multiplies the base LR; keep it in the group so it travels with the state.
             group.setdefault("initial_lr", group["lr"])
         model = task
         if world > 1:
             model = DistributedDataParallel(task, device_ids=[local_rank] if device.type == "cuda" else None,
-                                            find_unused_parameters=self.find_unused_parameters)
-        train_step = TrainStep(task, optimizer, device=device, model=model, precision=self.precision,
-                               grad_clip=self.grad_clip, channels_last=self.channels_last, max_steps=self.max_steps)
+                                            find_unused_parameters=self.config.find_unused_parameters)
+        train_step = TrainStep(task, optimizer, device=device, model=model, precision=self.config.precision,
+                               grad_clip=self.config.grad_clip, channels_last=self.config.channels_last, max_steps=self.config.max_steps)
         return _Run(
             task=task, device=device, optimizer=optimizer, train_step=train_step, config=config, world=world,
             is_main=rank == 0,
-            lr_factors=cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps,
-                                       min_ratio=self.min_lr_ratio),
-            sampler=ResumableBatchSampler(size=len(dataset), batch_size=self.batch_size, seed=self.seed, rank=rank,
+            lr_factors=cosine_schedule(max_steps=self.config.max_steps, warmup_steps=self.config.warmup_steps,
+                                       min_ratio=self.config.min_lr_ratio),
+            sampler=ResumableBatchSampler(size=len(dataset), batch_size=self.config.batch_size, seed=self.config.seed, rank=rank,
                                           world_size=world),
-            state=TrainState(best_metric=self.best_metric, samples_per_batch=self.batch_size * world))
+            state=TrainState(best_metric=self.best_metric, samples_per_batch=self.config.batch_size * world))
 
     def _start(self, run: _Run) -> None:
         """A new run: seed this rank, then load ``init_from``'s weights if given."""
-        seed_everything(self.seed + distributed.rank())
-        if self.init_from is not None:
+        seed_everything(self.config.seed + distributed.rank())
+        if self.config.init_from is not None:
             self._load_initial_weights(run.task, run.config, quiet=not run.is_main)
 
     def _load_initial_weights(self, task: nn.Module, config: dict[str, Any] | None, *, quiet: bool) -> None:
         """Load ``init_from``'s task or encoder weights into ``task``, naming every key that does not fit."""
-        path = self.init_from
-        state = load_checkpoint(path)
-        part = self.init_part
-        if part not in state:
-            raise KeyError(f"trainer.init_from={path} has no {part!r} weights (it holds {sorted(state)}); "
-                           f"{'use trainer.init_part=encoder' if part == 'model' else 'is it a vidssl checkpoint?'}")
-        saved_task = ((state.get("config") or {}).get("task") or {}).get("model") or {}
-        run_task = ((config or {}).get("task") or {}).get("model") or {}
-        if part == "model" and saved_task.get("_target_") and run_task.get("_target_") \
-                and saved_task["_target_"] != run_task["_target_"]:
-            raise ValueError(f"trainer.init_from={path} holds a {saved_task['_target_']} task, this run trains "
-                             f"{run_task['_target_']}: use trainer.init_part=encoder to take its backbone only")
-        target = task if part == "model" else task.encoder
-        weights = state[part]
-        own = target.state_dict()
-        missing = sorted(own.keys() - weights.keys())
-        unexpected = sorted(weights.keys() - own.keys())
-        shapes = sorted(f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own.keys() & weights.keys()
-                        if weights[k].shape != own[k].shape)
-        problems = [f"{name} ({len(keys)}): {', '.join(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch, checkpoint vs run", shapes))
-                    if keys]
-        if problems and self.init_strict:
-            raise RuntimeError(f"trainer.init_from={path}: its {part} weights do not fit this run's "
-                               f"{'task' if part == 'model' else 'encoder'}; " + "; ".join(problems)
-                               + " (trainer.init_strict=false loads what fits)")
-        fitting = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
-        target.load_state_dict(fitting, strict=False)
+        part = self.config.init_part
+        source = Checkpoint.load(self.config.init_from)
+        loaded, problems = source.load_into(task if part == "model" else task.encoder, part,
+                                            strict=self.config.init_strict, config=config)
         if not quiet:
-            log.info("initialised the %s from %s (%d tensors)%s", part, path, len(fitting),
+            log.info("initialised the %s from %s (%d tensors)%s", part, self.config.init_from, loaded,
                      "; not loaded: " + "; ".join(problems) if problems else "")
 
-    def _resume(self, run: _Run, saved: dict[str, Any]) -> None:
+    def _resume(self, run: _Run, saved: Checkpoint) -> None:
         """Continue from ``last.pt``: weights, optimiser (its base LR is kept), scaler, train state and RNGs."""
-        last = self.checkpointer.last
+        last = self.run_dir.last
         try:
-            run.task.load_state_dict(saved["model"])
+            run.task.load_state_dict(saved.model)
         except RuntimeError as err:
             raise RuntimeError(f"{last} holds a different model than this run's config: {err}") from err
         configured_lr = [group["initial_lr"] for group in run.optimizer.param_groups]
         try:
-            run.optimizer.load_state_dict(saved["optimizer"])
+            run.optimizer.load_state_dict(saved.training["optimizer"])
         except ValueError as err:
             raise ValueError(f"{last}: its optimiser state does not fit this run's parameter groups ({err}); "
                              "resume with the same optimiser and trainer.decay_norm_and_bias, or start a "
                              "new trainer.out_dir") from err
         restored_lr = [group["initial_lr"] for group in run.optimizer.param_groups]
-        run.train_step.scaler.load_state_dict(saved["scaler"])
+        run.train_step.scaler.load_state_dict(saved.training["scaler"])
         try:
-            run.state.load_state_dict(saved)
+            run.state.load_state_dict(saved.training)
         except ValueError as err:
             raise ValueError(f"{last}: {err}") from err
         if not run.is_main:
@@ -526,13 +441,13 @@ class Trainer:
                         last, restored_lr[0], configured_lr[0], last)
         log.info("resuming from %s at step %d (epoch %d, batch %d)", last, run.state.step, run.state.epoch,
                  run.state.batch)
-        if self.init_from is not None:
-            log.info("trainer.init_from=%s is not used: the run resumes from its own last.pt", self.init_from)
-        self._report_schedule_change(saved.get("scheduler"), run.state.step)
+        if self.config.init_from is not None:
+            log.info("trainer.init_from=%s is not used: the run resumes from its own last.pt", self.config.init_from)
+        self._report_schedule_change(saved.training.get("scheduler"), run.state.step)
 
     def _schedule_settings(self) -> dict[str, Any]:
-        return {"kind": "cosine", "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
-                "min_lr_ratio": self.min_lr_ratio}
+        return {"kind": "cosine", "max_steps": self.config.max_steps, "warmup_steps": self.config.warmup_steps,
+                "min_lr_ratio": self.config.min_lr_ratio}
 
     def _report_schedule_change(self, saved: dict[str, Any] | None, step: int) -> None:
         """Say on the console when a resumed run's LR schedule differs from the one its checkpoint followed.
@@ -545,12 +460,12 @@ class Trainer:
         if saved is None or saved == now:
             return
         changes = [f"{key} {saved.get(key)} -> {value}" for key, value in now.items() if saved.get(key) != value]
-        if step >= self.max_steps:
+        if step >= self.config.max_steps:
             log.warning("the resumed run's LR schedule changed (%s)", ", ".join(changes))
             return
         old = cosine_schedule(max_steps=saved["max_steps"], warmup_steps=saved["warmup_steps"],
                               min_ratio=saved["min_lr_ratio"])
-        new = cosine_schedule(max_steps=self.max_steps, warmup_steps=self.warmup_steps, min_ratio=self.min_lr_ratio)
+        new = cosine_schedule(max_steps=self.config.max_steps, warmup_steps=self.config.warmup_steps, min_ratio=self.config.min_lr_ratio)
         before = old[min(step, len(old) - 1)]
         log.warning("the resumed run's LR schedule changed (%s): from step %d on the new one applies, the LR "
                     "multiplier goes from %.4g (the checkpoint's schedule) to %.4g", ", ".join(changes), step,
@@ -559,17 +474,16 @@ class Trainer:
     def _open_records(self, run: _Run, dataset: Dataset) -> None:
         """Rank 0's scalar log, ``config.yaml`` and start summary; the run's bad files; the progress bar."""
         if run.is_main:
-            run.run_log = RunLog(self.out_dir)
+            run.run_log = RunLog(self.run_dir)
             if run.config is not None:
                 from omegaconf import OmegaConf
 
-                atomic_write_bytes(self.out_dir / "config.yaml",
-                                   OmegaConf.to_yaml(OmegaConf.create(run.config)).encode())
+                atomic_write_text(self.run_dir.config, OmegaConf.to_yaml(OmegaConf.create(run.config)))
             self._log_start(run.task, dataset, run.device, run.world, run.state.step)
-        run.skipped = SkippedFiles(self.out_dir / "skipped.csv", dataset, resumed=run.state.step > 0)
+        run.skipped = SkippedFiles(self.run_dir.skipped, dataset, resumed=run.state.step > 0)
         if run.is_main and run.skipped.files:
             run.skipped.write()  # the files set aside up front
-        run.bar = tqdm(total=self.max_steps, initial=run.state.step, disable=not (self.progress and run.is_main),
+        run.bar = tqdm(total=self.config.max_steps, initial=run.state.step, disable=not (self.config.progress and run.is_main),
                        dynamic_ncols=True, unit="step")
         run.time_of_log = time.perf_counter()
 
@@ -579,18 +493,18 @@ class Trainer:
         trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
         set_aside = len(getattr(dataset, "failures", {}))
         clips = f"{len(dataset)} clips" + (f" ({set_aside} set aside as unreadable or too short)" if set_aside else "")
-        per_step = self.batch_size * world * self.accumulate
+        per_step = self.config.batch_size * world * self.config.accumulate
         log.info("training %s: %s parameters (%s trainable) on %s, precision %s", type(task).__name__,
-                 f"{params:,}", f"{trainable:,}", device, self.precision)
+                 f"{params:,}", f"{trainable:,}", device, self.config.precision)
         log.info("data: %s; batch %d per process x %d process(es) x %d accumulated = %d clips per step",
-                 clips, self.batch_size, world, self.accumulate, per_step)
-        log.info("steps %d -> %d (warmup %d, cosine to %g x LR); weight decay on %s", step, self.max_steps,
-                 self.warmup_steps, self.min_lr_ratio,
-                 "every parameter" if self.decay_norm_and_bias else "weights only (not biases/norms)")
+                 clips, self.config.batch_size, world, self.config.accumulate, per_step)
+        log.info("steps %d -> %d (warmup %d, cosine to %g x LR); weight decay on %s", step, self.config.max_steps,
+                 self.config.warmup_steps, self.config.min_lr_ratio,
+                 "every parameter" if self.config.decay_norm_and_bias else "weights only (not biases/norms)")
         log.info("checkpoints: %s (every %d steps; best.pt by %s, %s is better); scalars: %s/scalars.{csv,txt}",
-                 self.checkpoint_dir, self.checkpoint_every,
+                 self.run_dir.checkpoints, self.config.checkpoint_every,
                  "the smoothed training loss" if self.best_metric == "loss" else f"the evaluator's {self.best_metric}",
-                 "lower" if self.best_mode == "min" else "higher", self.out_dir)
+                 "lower" if self.best_mode == "min" else "higher", self.run_dir.root)
 
     def _batches(self, run: _Run, dataset: Dataset, collate_fn: Callable) -> Iterator[dict[str, Any]]:
         """Batches forever, epoch after epoch, from the train state's (epoch, batch) on, which they advance."""
@@ -602,9 +516,9 @@ class Trainer:
                 set_epoch(state.epoch)  # before the workers fork, so they copy the new epoch
             # An explicit generator: the DataLoader would otherwise draw its worker seed from the
             # global RNG, and a resumed run (which starts a loader mid-epoch) would drift from it.
-            loader = DataLoader(dataset, batch_sampler=run.sampler, num_workers=self.num_workers,
+            loader = DataLoader(dataset, batch_sampler=run.sampler, num_workers=self.config.num_workers,
                                 collate_fn=collate_fn, pin_memory=run.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(self.seed + state.epoch))
+                                generator=torch.Generator().manual_seed(self.config.seed + state.epoch))
             for batch in loader:
                 state.batch += 1
                 yield batch
@@ -616,31 +530,31 @@ class Trainer:
         state = run.state
         step_start = getattr(run.task, "on_train_step_start", None)
         if step_start is not None:
-            step_start(state.step, self.max_steps, make_loader)
+            step_start(state.step, self.config.max_steps, make_loader)
         for group in run.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * run.lr_factors[state.step]
         schedule = getattr(run.task, "optimizer_schedule", None)
         if schedule is not None:  # a task's own lr/weight-decay schedule (V-JEPA's official one) replaces it
-            schedule(state.step, self.max_steps, run.optimizer.param_groups)
-        batches = [next(data) for _ in range(self.accumulate)]
+            schedule(state.step, self.config.max_steps, run.optimizer.param_groups)
+        batches = [next(data) for _ in range(self.config.accumulate)]
         for batch in batches:
             run.skipped.note(batch)
             run.replaced_clips += int(batch["skipped"].sum()) if "skipped" in batch else 0
         try:
             values = run.train_step(batches, state.step + 1)
         except FloatingPointError as err:
-            raise FloatingPointError(f"{err} and the last good checkpoint in {self.checkpoint_dir} is left as "
+            raise FloatingPointError(f"{err} and the last good checkpoint in {self.run_dir.checkpoints} is left as "
                                      "it was") from err
         state.step += 1
         state.observe_loss(values["loss"])
-        run.clips_since_log += self.batch_size * self.accumulate * run.world
+        run.clips_since_log += self.config.batch_size * self.config.accumulate * run.world
         run.bar.update(1)
         return values
 
     def _log_step(self, run: _Run, values: dict[str, float]) -> None:
         """Share the new bad files; every ``log_every`` steps write the scalars and the step line."""
         step = run.state.step
-        log_now = step % self.log_every == 0 or step == self.max_steps
+        log_now = step % self.config.log_every == 0 or step == self.config.max_steps
         if run.world == 1 or log_now:  # under DDP the ranks share their bad files at logging steps
             run.skipped.merge(run.world, run.is_main)
         if not log_now:
@@ -657,13 +571,13 @@ class Trainer:
             run.run_log.write(step, scalars)
         run.bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{clips_per_sec:.1f}")
         if run.is_main:
-            step_log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.max_steps, values["loss"], lr,
+            step_log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.config.max_steps, values["loss"], lr,
                           clips_per_sec)
 
     def _maybe_evaluate(self, run: _Run) -> bool:
         """Every ``eval_every`` steps run the evaluator on rank 0; whether its metric is a new best."""
         step = run.state.step
-        if self.evaluator is None or not self.eval_every or step % self.eval_every:
+        if self.evaluator is None or not self.config.eval_every or step % self.config.eval_every:
             return False
         new_best = False
         if run.is_main:
@@ -672,7 +586,7 @@ class Trainer:
             run.task.train()
             run.run_log.write(step, {f"eval/{key}": value for key, value in metrics.items()})
             log.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            if self.best_metric in metrics and run.state.improves(metrics[self.best_metric], self.best_mode):
+            if self.best_metric in metrics and self.checkpointer.improves(metrics[self.best_metric], run.state.best["value"]):
                 run.state.best["value"] = float(metrics[self.best_metric])
                 new_best = True
         return _any_rank(new_best, run.device)  # only rank 0 knows; every rank must agree on saving
@@ -681,8 +595,8 @@ class Trainer:
         """Save every ``checkpoint_every`` steps, at the last step, when stopping, and at a new best metric;
         a best smoothed loss is looked for at the regular saves only."""
         state = run.state
-        due = state.step % self.checkpoint_every == 0 or state.step == self.max_steps or stopping
-        if due and self.best_metric == "loss" and state.improves(state.smoothed_loss, self.best_mode):
+        due = state.step % self.config.checkpoint_every == 0 or state.step == self.config.max_steps or stopping
+        if due and self.best_metric == "loss" and self.checkpointer.improves(state.smoothed_loss, state.best["value"]):
             state.best["value"] = state.smoothed_loss
             new_best = True
         if not (due or new_best):
@@ -693,11 +607,13 @@ class Trainer:
             encoder = getattr(run.task, "eval_encoder", run.task.encoder)
             self.checkpointer.save({"model": run.task, "encoder": encoder, "optimizer": run.optimizer,
                                     "scheduler": self._schedule_settings(), "scaler": run.train_step.scaler,
-                                    **train_state, "config": run.config}, step=state.step, best=new_best)
+                                    **train_state, "config": run.config,
+                                    "exports": Exports.of_run(run.task, run.config).to_dict()},
+                                   step=state.step, best=new_best)
 
     def _log_end(self, run: _Run, started: float, stopped: bool) -> None:
         """The end line and the bad files met; or, for a run stopped by a signal, how to resume it."""
-        state, last, best = run.state, self.checkpointer.last, self.checkpointer.best
+        state, last, best = run.state, self.run_dir.last, self.run_dir.best
         if stopped:
             log.warning("stop requested: saved step %d to %s; rerun the same command to resume", state.step, last)
             return
@@ -712,4 +628,4 @@ class Trainer:
 
     def _summary(self, run: _Run, *, interrupted: bool) -> dict[str, Any]:
         return {"step": run.state.step, "loss": run.state.smoothed_loss, "best": run.state.best,
-                "interrupted": interrupted, "checkpoint": str(self.checkpointer.last)}
+                "interrupted": interrupted, "checkpoint": str(self.run_dir.last)}

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
+import torch
 import torch.distributed as dist
 
 from vidssl import distributed
-from vidssl.checkpoint import rng_state, set_rng_state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG this process draws from, as tensors and plain Python values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy's state holds an ndarray, which weights_only loading refuses: keep it as a tensor.
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
 class TrainState:
@@ -32,12 +60,6 @@ class TrainState:
 
     def observe_loss(self, loss: float) -> None:
         self.smoothed_loss = loss if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * loss
-
-    def improves(self, value: float, mode: str) -> bool:
-        """Whether ``value`` beats the best so far (``mode`` "min" or "max"); the first value always does."""
-        if self.best["value"] is None:
-            return True
-        return value < self.best["value"] if mode == "min" else value > self.best["value"]
 
     def state_dict(self) -> dict[str, Any]:
         rngs = [rng_state()]

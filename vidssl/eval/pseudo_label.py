@@ -56,36 +56,22 @@ class Labelling:
 
 
 def task_from_checkpoint(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the task a checkpoint was trained with (its ``config["task"]``) and load its weights.
+    """The task a checkpoint was trained with, carrying its weights (`Checkpoint.build_task`).
 
     Outputs: (task in eval mode on the CPU, the task config ``{"model": ..., "data": ...}`` as a dict).
     """
-    from hydra.utils import instantiate
+    from vidssl.run import Checkpoint
 
-    from vidssl.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    task_cfg = (state.get("config") or {}).get("task")
-    if not task_cfg or "model" not in task_cfg:
-        raise ValueError(f"{checkpoint}: the checkpoint has no config['task']['model'] to rebuild the task from")
-    task = instantiate(task_cfg["model"])
-    try:
-        task.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise RuntimeError(f"{checkpoint}: the saved weights do not fit the saved task config: {err}") from err
-    return task.eval(), task_cfg
+    source = Checkpoint.load(checkpoint)
+    return source.build_task(), {"model": source.task_config, "data": source.data_config}
 
 
 def random_task(task_cfg: Mapping[str, Any]) -> nn.Module:
     """The task of ``task_cfg`` (``{"model": ..., "data": ...}``) at random initialisation with the fixed
     seed every ``checkpoint=random`` baseline uses, in eval mode."""
-    from hydra.utils import instantiate
+    from vidssl.run import Checkpoint
 
-    from vidssl.checkpoint import RANDOM_INIT_SEED
-
-    with torch.random.fork_rng(devices=[]):  # the fixed seed must not disturb the caller's stream
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return instantiate(task_cfg["model"]).eval()
+    return Checkpoint.random(task=task_cfg).build_task()
 
 
 def labelling_dataset(

@@ -1,16 +1,8 @@
 """Optical flow between consecutive frames, extracted once and stored as 8-bit images (a second input stream).
 
-Layout written by `extract_flow` (the one the DPC/MemDPC data preparation writes)::
-
-    out/<entry path without its extension>/flow_00001.jpg   flow from frame 0 to frame 1
-                                           flow_00002.jpg   flow from frame 1 to frame 2, ...
-                                           .flow.json       written last: the video is complete
-
-A video of N frames gives N-1 flow images. Each is a 3-channel image whose first two channels in OpenCV's
-BGR order hold the horizontal (x) and vertical (y) displacement in pixels, clipped to ±bound and mapped
-linearly onto 0..255 (`encode_flow`); the third channel is the constant 128. Read back as RGB (PIL, the
-"frames" backend of `vidssl.datasets.decode`) the channels are therefore (128, y, x). JPEG quality 100,
-as the official preparation writes; ``ext="png"`` stores the same bytes losslessly.
+`extract_flow` writes the storage layout that `vidssl.datasets.flow` defines and reads (the one the DPC/MemDPC
+data preparation writes: a folder of flow images per video, a ``.flow.json`` marker written last). JPEG
+quality 100, as the official preparation writes; ``ext="png"`` stores the same bytes losslessly.
 
 Methods (`METHODS`): ``"tvl1"``, OpenCV's dual TV-L1 with its default parameters (the papers' algorithm and
 the official preparation's call), and ``"dis"``, OpenCV's DIS (much faster, less accurate; a named option,
@@ -24,11 +16,11 @@ bad videos like `vidssl.datasets.check`: they are listed with the decoder's mess
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,49 +28,14 @@ from typing import Sequence
 import numpy as np
 
 from vidssl.datasets.decode import VideoDecodeError, VideoReader
-from vidssl.datasets.formats import VIDEO_EXTENSIONS, VideoEntry
+from vidssl.datasets.entry import VideoEntry
+from vidssl.datasets.flow import DEFAULT_BOUND, DONE_MARKER, FLOW_FORMAT_VERSION, flow_dir_for, flow_image, read_marker
+from vidssl.datasets.pool import over_videos
+from vidssl.files import atomic_write_text
 
 METHODS: tuple[str, ...] = ("tvl1", "dis")
-DEFAULT_BOUND = 20.0  # pixels; the DPC/MemDPC preparation's clip
-DONE_MARKER = ".flow.json"  # written last in a video's folder: its presence marks a complete extraction
 REPORT_NAME = "extract_flow.report.json"
 READ_CHUNK = 32  # frames decoded per read: bounded memory whatever the video's length
-FLOW_FORMAT_VERSION = 1
-
-
-def encode_flow(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """Displacements → 8-bit levels: clip to ±bound, map [-bound, bound] linearly onto [0, 255], round.
-
-    Inputs: flow float H×W×2 (x, y) in pixels. Outputs: uint8 H×W×2.
-    """
-    clipped = np.clip(flow, -bound, bound)
-    return np.round((clipped + bound) * (255.0 / (2 * bound))).astype(np.uint8)
-
-
-def decode_flow(levels, bound: float = DEFAULT_BOUND):
-    """Inverse of `encode_flow` (up to the rounding): 8-bit levels (a float numpy array or tensor) → pixels."""
-    return levels * (2 * bound / 255.0) - bound
-
-
-def flow_image(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """The image written for one flow field: uint8 H×W×3 in OpenCV's BGR order = (x, y, 128)."""
-    image = np.full((*flow.shape[:2], 3), 128, dtype=np.uint8)
-    image[..., :2] = encode_flow(flow, bound)
-    return image
-
-
-def read_flow_image(path: str | os.PathLike, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """Read one written flow image back as displacements in pixels: float32 H×W×2 (x, y)."""
-    # Pillow, not cv2.imread: once decord is imported, its bundled zlib breaks OpenCV's PNG decoder
-    # ("libpng error: bad parameters to zlib"), while OpenCV's PNG and JPEG writers still work.
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise VideoDecodeError(path, f"cannot read flow image: {err}") from err
-    return decode_flow(rgb[..., 2::-1][..., :2].astype(np.float32), bound)  # BGR as written: (x, y)
 
 
 def flow_estimator(method: str = "tvl1", *, dis_preset: str = "medium"):
@@ -126,21 +83,6 @@ def rigid_shift(a: np.ndarray, b: np.ndarray, radius: int = 24) -> tuple[float, 
             if iou > best[0]:
                 best = (iou, (dx, dy))
     return best
-
-
-def flow_dir_for(path: str) -> str:
-    """The flow folder of a dataset entry, relative to the flow root: the entry path without a video extension."""
-    p = Path(path)
-    return (p.with_suffix("") if p.suffix.lower() in VIDEO_EXTENSIONS else p).as_posix()
-
-
-def read_marker(folder: str | os.PathLike) -> dict | None:
-    """The completion record of a flow folder, or None when the folder is absent or unfinished."""
-    marker = Path(folder) / DONE_MARKER
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -217,15 +159,13 @@ def extract_video(
                     size = (round(grey.shape[1] * scale), round(grey.shape[0] * scale))
                     grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
                 if prev is not None:
-                    image = flow_image(estimator.calc(prev, grey, None), bound)
+                    image = flow_image(compute_flow(prev, grey, estimator), bound)
                     if not cv2.imwrite(str(folder / f"flow_{i:0{width}d}.{ext}"), image, params):
                         raise OSError(f"cannot write flow image into {folder}")
                 prev = grey
         marker = {"version": FLOW_FORMAT_VERSION, "options": asdict(options), "frames": n - 1,
                   "source_frames": n, "fps": reader.fps, "height": prev.shape[0], "width": prev.shape[1]}
-    tmp = folder / f".{DONE_MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(marker, indent=1))
-    os.replace(tmp, folder / DONE_MARKER)
+    atomic_write_text(folder / DONE_MARKER, json.dumps(marker, indent=1))
     return n - 1
 
 
@@ -267,6 +207,10 @@ class FlowReport:
         return sum(r.status == status for r in self.results)
 
 
+def _counts(results: Sequence[FlowResult]) -> dict[str, int]:
+    return {status: sum(r.status == status for r in results) for status in ("done", "skipped", "bad")}
+
+
 def extract_flow(
     root: str | os.PathLike,
     entries: Sequence[VideoEntry],
@@ -289,8 +233,6 @@ def extract_flow(
     Returns:
         A FlowReport; the bad videos are also written to `out/extract_flow.report.json`.
     """
-    from tqdm import tqdm
-
     root, out = Path(root), Path(out)
     paths = list(dict.fromkeys(e.path for e in entries))
     folders: dict[str, str] = {}
@@ -299,33 +241,11 @@ def extract_flow(
         if other != p:
             raise ValueError(f"{other} and {p} would share the flow folder {out / flow_dir_for(p)}")
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, FlowResult] = {}
-    bar = tqdm(total=len(paths), desc=f"extract_flow ({options.method})", unit="video", disable=not progress)
-
-    def record(result: FlowResult) -> None:
-        results[result.path] = result
-        bar.update()
-        bar.set_postfix(done=sum(r.status == "done" for r in results.values()),
-                        skipped=sum(r.status == "skipped" for r in results.values()),
-                        bad=sum(r.status == "bad" for r in results.values()))
-
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_extract_one, str(root), p, str(out), options, backend) for p in paths]
-            for future in futures:
-                record(future.result())
-    else:
-        for p in paths:
-            record(_extract_one(str(root), p, str(out), options, backend))
-    bar.close()
-    ordered = [results[p] for p in paths]
+    ordered = over_videos(functools.partial(_extract_one, str(root), out=str(out), options=options, backend=backend),
+                          paths, workers=workers, desc=f"extract_flow ({options.method})", unit="video",
+                          progress=progress, postfix=_counts)
     report = out / REPORT_NAME
     summary = {"root": str(root), "out": str(out), **asdict(options), "backend": backend, "videos": len(ordered),
-               "done": sum(r.status == "done" for r in ordered),
-               "skipped": sum(r.status == "skipped" for r in ordered),
-               "bad": sum(r.status == "bad" for r in ordered),
-               "files": [asdict(r) for r in ordered if r.status == "bad"]}
-    tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, report)
+               **_counts(ordered), "files": [asdict(r) for r in ordered if r.status == "bad"]}
+    atomic_write_text(report, json.dumps(summary, indent=1))
     return FlowReport(results=ordered, report=report)
