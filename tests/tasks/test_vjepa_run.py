@@ -84,9 +84,9 @@ def test_init_from_converted_checkpoint_continues_pretraining(tmp_path):
     from vidssl.train import Trainer
 
     out = tmp_path / "converted.pt"
-    state = convert_checkpoint("vjepa", official_file("rope", tmp_path / "official.pt"), out, num_heads=CASE["heads"],
-                               predictor_heads=CASE["pred_heads"])
-    cfg = state["config"]
+    checkpoint = convert_checkpoint("vjepa", official_file("rope", tmp_path / "official.pt"), out,
+                                    num_heads=CASE["heads"], predictor_heads=CASE["pred_heads"])
+    cfg = checkpoint.config
     # a RoPE checkpoint does not record its clip: the run's data sets it
     task = instantiate({**cfg["task"]["model"], "encoder": cfg["encoder"], "mask_seed": 3, "num_frames": CASE["T"],
                         "img_size": CASE["HW"]})
@@ -95,7 +95,7 @@ def test_init_from_converted_checkpoint_continues_pretraining(tmp_path):
     # lr 0: the step leaves the encoder as loaded, so what is compared is what init_from put there
     trainer.fit(task, RandomClips(4, CASE["T"], CASE["HW"]), lambda groups: torch.optim.AdamW(groups, lr=0.0),
                 config={"task": {"model": {"_target_": "vidssl.tasks.vjepa.VJEPA"}}})
-    for key, value in state["model"].items():
+    for key, value in checkpoint.model.items():
         if key.startswith("encoder."):
             assert torch.equal(task.state_dict()[key], value.float()), key
     assert int(task.ema_step) == 2 and int(task.mask_step) == 2
