@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from vidssl import install_check
+from vidssl.app import install_check
 
 
 def test_the_installed_stack_passes_and_prints_every_version(capsys: pytest.CaptureFixture) -> None:
