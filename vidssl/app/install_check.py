@@ -20,7 +20,7 @@ STACK = ("torch", "torchvision", "torchaudio", "av", "decord", "cv2")
 # The distribution that installs each module (its name in requirements.lock), where the two differ.
 DISTRIBUTIONS = {"cv2": "opencv-contrib-python-headless"}
 BUILT_AGAINST_TORCH = ("torchvision", "torchaudio")
-LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 
 class InstallCheckError(RuntimeError):
