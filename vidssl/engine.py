@@ -62,6 +62,7 @@ from tqdm import tqdm
 from vidssl import distributed
 from vidssl.checkpoint import atomic_write_bytes, load_checkpoint
 from vidssl.checkpointer import Checkpointer
+from vidssl.monitors import CollapseWatch
 from vidssl.run_log import RunLog, SkippedFiles, console_through_tqdm
 from vidssl.samplers import ResumableBatchSampler
 from vidssl.train_state import TrainState
@@ -207,6 +208,7 @@ class _Run:
     sampler: ResumableBatchSampler
     state: TrainState
     run_log: RunLog | None = None  # rank 0 only
+    collapse: CollapseWatch | None = None  # rank 0 only: warns once per health monitor that signals collapse
     skipped: SkippedFiles | None = None
     bar: tqdm | None = None
     clips_since_log: int = 0
@@ -560,6 +562,7 @@ class Trainer:
         """Rank 0's scalar log, ``config.yaml`` and start summary; the run's bad files; the progress bar."""
         if run.is_main:
             run.run_log = RunLog(self.out_dir)
+            run.collapse = CollapseWatch()
             if run.config is not None:
                 from omegaconf import OmegaConf
 
@@ -652,6 +655,7 @@ class Trainer:
             if run.skipped.files:  # cumulative: every bad file of the run so far
                 scalars["train/skipped_videos"] = len(run.skipped.files)
             run.run_log.write(step, scalars)
+            run.collapse.check(step, scalars)
         run.bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{clips_per_sec:.1f}")
         if run.is_main:
             step_log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.max_steps, values["loss"], lr,
