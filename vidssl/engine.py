@@ -186,6 +186,17 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
+def _write_report(out_dir: Path) -> None:
+    """The run's ``report.md`` and plots; a plotting failure is reported, never fatal to a trained run."""
+    try:
+        from vidssl.run_report import write_report
+
+        log.info("report: %s", write_report(out_dir).path)
+    except Exception as err:  # noqa: BLE001 - the checkpoints are written; the report can be redone
+        log.warning("could not write the run report (%s: %s); `python tools/report.py run=%s` retries",
+                    type(err).__name__, err, out_dir)
+
+
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is set on any process; every process calls it at the same point."""
     if distributed.world_size() == 1:
@@ -275,6 +286,8 @@ class Trainer:
             holds a run to resume): fine-tuning, or continuing a converted official checkpoint.
         init_part: what ``init_from`` loads: "model" (the whole task) or "encoder" (the backbone only).
         init_strict: refuse weights with missing or unexpected keys (off: load what fits, and list the rest).
+        report: at the end of a finished run write ``RUN/report.md`` and its PNG plots (`vidssl.run_report`;
+            about 1-2 s of plotting). Off by default here; ``tools/pretrain.py`` turns it on (``trainer.report``).
     """
 
     def __init__(
@@ -305,6 +318,7 @@ class Trainer:
         init_from: str | Path | None = None,
         init_part: str = "model",
         init_strict: bool = True,
+        report: bool = False,
     ) -> None:
         positive = {"max_steps": max_steps, "batch_size": batch_size, "checkpoint_every": checkpoint_every,
                     "log_every": log_every, "accumulate": accumulate}
@@ -356,6 +370,7 @@ class Trainer:
         self.init_from = None if init_from in (None, "") else Path(init_from)
         self.init_part = init_part
         self.init_strict = init_strict
+        self.report = report
         self.checkpointer = Checkpointer(self.checkpoint_dir, keep_last)
 
     @property
@@ -427,6 +442,8 @@ class Trainer:
                 run.run_log.close()
         if run.is_main:
             self._log_end(run, started, stopped)
+            if self.report and not stopped:
+                _write_report(self.out_dir)
         return self._summary(run, interrupted=stopped)
 
     def _setup(self, task, dataset, optimizer_factory, config, local_rank) -> _Run:
