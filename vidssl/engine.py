@@ -36,6 +36,9 @@ Several machines (run the same line on each; any free port on the first node)::
         --rdzv-endpoint=NODE0_HOST:29400 tools/pretrain.py task=... trainer.out_dir=SHARED/RUN
 
 ``trainer.out_dir`` must then be on a filesystem every node sees, so a restart finds ``last.pt``.
+On SLURM through Hydra's submitit launcher (``tools/pretrain.py -m hydra/launcher=slurm ...``) the job's
+environment gives the same variables (`vidssl.distributed.adopt_submitit_environment`), and submitit's
+time-out signal stops and saves the run like SIGTERM before submitit requeues the job (`_StopRequest`).
 """
 
 from __future__ import annotations
@@ -125,7 +128,9 @@ def param_groups(module: nn.Module, *, decay_norm_and_bias: bool = False) -> lis
 
 
 def _join_process_group() -> tuple[int, bool]:
-    """Join torchrun's process group when launched by it; returns (local_rank, whether we joined it)."""
+    """Join torchrun's process group when launched by it (or by submitit, whose job environment gives the
+    same variables); returns (local_rank, whether we joined it)."""
+    distributed.adopt_submitit_environment()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or distributed.is_dist():
         return local_rank, False
@@ -227,15 +232,31 @@ class _Run:
     replaced_clips: int = 0  # clips this rank replaced because their file was bad
 
 
+def _requeue_signal() -> signal.Signals | None:
+    """The signal submitit turns into checkpoint-and-requeue (SLURM's time-out and pre-emption warning:
+    USR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` names another), when running under submitit."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop reads after each step (so it can save and exit)."""
+    """Turns SIGTERM/SIGINT into a flag the loop reads after each step (so it can save and exit).
+
+    Under submitit its requeue signal does the same, and submitit's own handler of it (which re-submits
+    the job and exits) is kept in ``deferred`` for after the save: `Trainer.fit` calls it once the run has
+    stopped and left its process group, so the requeued job resumes from the step the signal stopped.
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self.deferred: tuple[Callable[[int, Any], Any], int] | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        if signum == _requeue_signal():
+            self.deferred = (self._previous[signum], signum)
         # A second Ctrl-C falls through to the old handler: a way out if saving hangs.
         signal.signal(signum, self._previous[signum])
 
@@ -243,6 +264,9 @@ class _StopRequest:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            requeue = _requeue_signal()
+            if requeue is not None and callable(signal.getsignal(requeue)):
+                self._previous[requeue] = signal.signal(requeue, self._handle)
         except ValueError:  # not the main thread: signals cannot be caught here
             self._previous.clear()
         return self
@@ -401,13 +425,18 @@ class Trainer:
         """
         local_rank, joined = _join_process_group()
         finished = False
+        self._deferred_signal: tuple[Callable[[int, Any], Any], int] | None = None
         try:
             summary = self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank)
             finished = True
-            return summary
         finally:
             if joined:
                 _leave_process_group(finished=finished)
+        if self._deferred_signal is not None:
+            # Saved, and out of the process group: now submitit's handler re-submits the job (rank 0 exits).
+            handler, signum = self._deferred_signal
+            handler(signum, None)
+        return summary
 
     def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank) -> dict[str, Any]:
         """Set up, resume or start, then loop: one step, its log line, maybe an evaluation, maybe a checkpoint."""
@@ -435,6 +464,7 @@ class Trainer:
                     self._log_step(run, values)
                     new_best = self._maybe_evaluate(run)
                     self._maybe_checkpoint(run, new_best, stopping=stopped)
+            self._deferred_signal = stop.deferred
         finally:
             data.close()  # shuts the loader's workers down
             run.bar.close()

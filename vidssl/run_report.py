@@ -173,15 +173,16 @@ def write_report(run: str | Path) -> Report:
     groups["diagnostics"] = ("Task diagnostics", [n for n in names if n.startswith("train/") and n not in taken
                                                   and n not in NOT_PLOTTED])
     report = Report(path=run / "report.md")
+    label = "/".join(run.resolve().parts[-2:])  # a sweep's job folders are numbers: RUN/0, RUN/1
     for key in ("loss_lr", "monitors", "diagnostics", "eval"):
         title, group = groups[key]
         if not group:
             continue
         png = run / f"report_{key}.png"
-        _plot(png, f"{title}: {run.name}", _panels(group), scalars, thresholds)
+        _plot(png, f"{title}: {label}", _panels(group), scalars, thresholds)
         report.figures[png] = group
     start, end = run_summary(run)
-    lines = [f"# Run report: {run.name}", "", f"Run folder: `{run.resolve()}`", ""]
+    lines = [f"# Run report: {label}", "", f"Run folder: `{run.resolve()}`", ""]
     lines += ["## Start", "", "```", *(start or ["(no start summary: no *.log file in the run folder)"]), "```", ""]
     lines += ["## End", "", "```", end or "(no end line: the run has not finished, or logged to no file)", "```", ""]
     lines += ["## Plots", ""]
