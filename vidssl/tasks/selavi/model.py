@@ -220,9 +220,12 @@ class SeLaVi(nn.Module):
         self.relabel(make_loader)
         self.relabels_done += 1
         if distributed.rank() == 0:
+            sizes = cluster_sizes(self.table.labels[0], self.num_clusters[0])
             log.info("SeLaVi relabelling %d/%d at step %d: %d Sinkhorn iterations (head 0), %.1f%% of labels "
-                     "changed", self.relabels_done, len(points), step, self.last_sinkhorn_iterations,
-                     100 * self.last_label_changes)
+                     "changed; head-0 clusters from %.1f%% to %.1f%% of the clips, size entropy %.2f of 1",
+                     self.relabels_done, len(points), step, self.last_sinkhorn_iterations,
+                     100 * self.last_label_changes, 100 * float(sizes["min"]), 100 * float(sizes["max"]),
+                     float(sizes["entropy"]))
 
     @torch.no_grad()
     def relabel(self, make_loader: MakeLoader) -> None:
