@@ -27,7 +27,8 @@ STEPS = 24
 def _common(root: Path, out_dir: Path) -> list[str]:
     return ["task=simclr", "dataset=synthetic", f"dataset.root={root}", f"trainer.out_dir={out_dir}",
             "encoder.base_width=8", "trainer.batch_size=2", "trainer.num_workers=0", f"trainer.max_steps={STEPS}",
-            "trainer.log_every=4", "trainer.checkpoint_every=4", "trainer.progress=false", "task.data.transform.size=32"]
+            "trainer.log_every=4", "trainer.checkpoint_every=4", "trainer.progress=false",
+            "task.data.transform.size=32"]
 
 
 def _job_tasks(sweep: Path) -> list[int]:

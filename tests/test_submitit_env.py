@@ -59,3 +59,20 @@ def test_more_gpus_than_tasks_is_refused(clean_env):
     clean_env.setattr(torch.cuda, "device_count", lambda: 8)
     with pytest.raises(ValueError, match="tasks_per_node=8"):
         adopt_submitit_environment()
+
+
+def test_slurm_preset_runs_one_task_per_gpu_and_requeues():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose("pretrain", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=4",
+                                             "hydra.launcher.gpus_per_node=4", "trainer.out_dir=/runs/x"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (4, 4, 4)
+    assert launcher.max_num_timeout > 0  # submitit's default 0 would not requeue a timed-out job
+    assert cfg.hydra.sweep.dir == "/runs/x"  # each setting of a sweep trains in RUN/N
