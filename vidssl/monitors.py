@@ -89,10 +89,10 @@ def similarity_gap(anchors: Tensor, positives: Tensor, negatives: Tensor | None 
         n = a.shape[0]
         if n < 2:
             raise ValueError("similarity_gap with in-batch negatives needs at least 2 rows")
-        sim = a @ p.T
-        negative = (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
+        # Σ_{i≠j} a_i·p_j = (Σ_i a_i)·(Σ_j p_j) − Σ_i a_i·p_i: no N×N matrix (DPC's batch has thousands of rows)
+        negative = (a.sum(0) @ p.sum(0) - (a * p).sum()) / (n * (n - 1))
     else:
-        negative = (a @ F.normalize(_matrix(negatives, "similarity_gap"), dim=1).T).mean()
+        negative = a.mean(0) @ F.normalize(_matrix(negatives, "similarity_gap"), dim=1).mean(0)
     return positive - negative
 
 
