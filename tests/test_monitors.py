@@ -130,3 +130,11 @@ def test_collapse_watch_warns_once_per_rule(caplog):
         assert watch.check(40, {"train/embedding_rankme": 1.1, "grad": 12.0}) == []  # once only
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "step 30: embedding_rankme = 1.2 is below 1.5" in warnings[0]
+
+
+def test_collapse_rule_held_back_by_its_unless_scalar():
+    watch = CollapseWatch((CollapseRule("embedding_rank_fraction", 0.35, unless="similarity_gap", unless_at_least=0.05),))
+    # low rank but positives well apart from negatives: a representation of few classes, not a collapse
+    assert watch.check(10, {"train/embedding_rank_fraction": 0.28, "train/similarity_gap": 0.7}) == []
+    # a task without a gap is judged on its rank alone
+    assert len(watch.check(20, {"train/embedding_rank_fraction": 0.28})) == 1

@@ -137,13 +137,19 @@ class CollapseRule:
     threshold: float
     below: bool = True  # collapse when the value drops below the threshold (else when it rises above it)
     meaning: str = ""
+    # Not collapse after all when this other scalar is logged and at least `unless_at_least`.
+    unless: str | None = None
+    unless_at_least: float = 0.0
 
 
 # Thresholds from the runs in docs/internals.md ("Health monitors"): healthy runs stay clear of each by a
 # wide margin; the collapsing runs crossed them.
 COLLAPSE_RULES: tuple[CollapseRule, ...] = (
+    # A low rank alone is no collapse on a corpus of few classes (the demo's MemDPC, which learns, settles at
+    # 0.26-0.31 with a similarity gap of 0.6-0.77); collapsing runs had both a low rank and no gap (< 0.04).
     CollapseRule("embedding_rank_fraction", 0.35, meaning="the batch's embeddings span few of the directions "
-                 "they could"),
+                 "they could, and positives are no closer than negatives", unless="similarity_gap",
+                 unless_at_least=0.05),
     # MemDPC at a destructive lr read one slot of 256 (0.004; healthy 1.0); SeLa's clusters at a destructive
     # lr put 98% of the clips in one cluster (entropy 0.04; healthy 0.99).
     CollapseRule("memory_used", 0.05, meaning="almost every memory slot is muted"),
@@ -155,7 +161,8 @@ class CollapseWatch:
     """Warns once per rule when a logged value crosses its collapse threshold.
 
     ``check(step, values)`` takes the scalars of one logging step (``{name: value}``, the names as the
-    task returns them, with or without a ``train/`` prefix); values a task does not log are skipped.
+    task returns them, with or without a ``train/`` prefix); values a task does not log are skipped, and a
+    rule whose ``unless`` scalar is logged at or above ``unless_at_least`` does not fire.
     Returns the rules that fired at this call (each fires at most once per run).
     """
 
@@ -168,6 +175,9 @@ class CollapseWatch:
         for rule in self.rules:
             value = values.get(rule.key, values.get(f"train/{rule.key}"))
             if value is None or rule.key in self.fired or not math.isfinite(value):
+                continue
+            other = None if rule.unless is None else values.get(rule.unless, values.get(f"train/{rule.unless}"))
+            if other is not None and other >= rule.unless_at_least:
                 continue
             if (value < rule.threshold) if rule.below else (value > rule.threshold):
                 self.fired.add(rule.key)
