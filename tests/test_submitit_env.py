@@ -15,7 +15,10 @@ TORCHRUN = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in TORCHRUN + ("SUBMITIT_EXECUTOR",):
-        monkeypatch.delenv(name, raising=False)
+        # set first, so that the undo removes what the code under test sets (delenv of an absent name
+        # records nothing, and a leaked WORLD_SIZE=2 would make later tests wait for a process group)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
@@ -76,3 +79,7 @@ def test_slurm_preset_runs_one_task_per_gpu_and_requeues():
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (4, 4, 4)
     assert launcher.max_num_timeout > 0  # submitit's default 0 would not requeue a timed-out job
     assert cfg.hydra.sweep.dir == "/runs/x"  # each setting of a sweep trains in RUN/N
+
+
+def test_nothing_leaks_into_later_tests():
+    assert not any(name in os.environ for name in TORCHRUN + ("SUBMITIT_EXECUTOR",))
