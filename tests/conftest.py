@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pytest
 
 # Shared test helpers (tests/tiny_encoders.py, tests/media_helpers.py) import by name under --import-mode=importlib.
 sys.path.insert(0, str(Path(__file__).parent))
+# No run report (configs/trainer/default.yaml reads it) from the suite's many short runs, which tools/pretrain.py
+# subprocesses inherit: plotting costs 1-2 s a run; tests/test_run_report.py asks for it explicitly.
+os.environ.setdefault("VIDSSL_REPORT", "false")
 
 
 @pytest.fixture(scope="session")

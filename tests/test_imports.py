@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidssl"
 # Floors, lowest first: a module may import its own floor and those below it, never above.
 LAYERS = (
     ("vidssl.files", "vidssl.color", "vidssl.distributed"),
-    ("vidssl.losses",),
+    ("vidssl.losses", "vidssl.monitors"),
     ("vidssl.datasets", "vidssl.encoders"),
     ("vidssl.viz", "vidssl.tasks"),
     ("vidssl.run",),

@@ -3,6 +3,11 @@
     python tools/pretrain.py task=simclr dataset=synthetic dataset.root=DIR trainer.max_steps=N \
         trainer.out_dir=RUN [trainer.checkpoint_every=K]
     torchrun --nproc_per_node=2 tools/pretrain.py ...        # the same, distributed (DDP)
+    python tools/pretrain.py -m hydra/launcher=slurm hydra.launcher.nodes=4 hydra.launcher.gpus_per_node=8 ...
+                                                           # on SLURM through submitit, one task per GPU
+
+With -m (a sweep, or a submitit launcher) setting N of the sweep trains in RUN/N (RUN = trainer.out_dir), so
+a requeued job, and the same sweep rerun, resume from RUN/N/checkpoints/last.pt.
 
 Rerunning the same command with the same trainer.out_dir resumes from RUN/checkpoints/last.pt; a rerun
 whose encoder or task.model config differs from the checkpoint's is refused first, naming the keys.
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vidssl.app.cli import explain_instantiation_errors
 
@@ -71,6 +76,16 @@ def main(cfg: DictConfig) -> None:
         raise
 
 
+def _sweep_job_folder(cfg: DictConfig) -> None:
+    """Under -m, train in this job's own folder (hydra.sweep.dir/subdir: RUN/N) instead of the sweep's RUN."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.trainer.out_dir = HydraConfig.get().runtime.output_dir
+
+
 def train(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -83,6 +98,7 @@ def train(cfg: DictConfig) -> None:
     from vidssl.run import refuse_changed_model_config
     from vidssl.train import seed_everything
 
+    _sweep_job_folder(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     # A run resumed with another model config would load its weights into a different model: refused
     # before anything is built. The loaded last.pt goes to the trainer, so the file is read once.

@@ -7,6 +7,7 @@ returns its input, so the same code runs under `python` and under `torchrun`.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["is_dist", "rank", "world_size", "all_gather_cat", "all_reduce_sum", "all_reduce_max", "join_process_group",
-           "leave_process_group"]
+           "leave_process_group", "adopt_submitit_environment"]
 
 
 def is_dist() -> bool:
@@ -75,7 +76,9 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 
 def join_process_group() -> tuple[int, bool]:
-    """Join torchrun's process group when launched by it; returns (local_rank, whether we joined it)."""
+    """Join torchrun's process group when launched by it (or by submitit, whose job environment gives the
+    same variables); returns (local_rank, whether we joined it)."""
+    adopt_submitit_environment()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or is_dist():
         return local_rank, False
@@ -122,3 +125,31 @@ def wait_for_idle_gloo_workers(timeout_s: float = 10.0) -> None:
             busy = busy or state != "S"
         asleep = 0 if busy else asleep + 1
         time.sleep(0.01)
+
+
+def adopt_submitit_environment() -> bool:
+    """Under a submitit job (``hydra/launcher=submitit_slurm``, ``slurm`` or ``submitit_local``), set torchrun's
+    variables from the job's environment, so the process group is set up exactly as under torchrun.
+
+    RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE come from ``submitit.JobEnvironment`` (SLURM_PROCID,
+    SLURM_LOCALID, SLURM_NTASKS... on SLURM); MASTER_ADDR is the job's first node (127.0.0.1 on one
+    node), MASTER_PORT 20000 + the job id modulo 20000 (a requeued job keeps its id, and its port), unless
+    they are set already. Returns whether it set them: not under torchrun (WORLD_SIZE set) or outside submitit.
+    Raises ValueError when a node has more GPUs than tasks: vidssl trains one GPU per task.
+    """
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return False
+    import submitit
+
+    job = submitit.JobEnvironment()
+    per_node = job.num_tasks // job.num_nodes
+    gpus = torch.cuda.device_count()
+    if gpus > per_node:
+        raise ValueError(f"this node has {gpus} GPUs for {per_node} task(s): vidssl trains one GPU per task; set "
+                         f"hydra.launcher.tasks_per_node={gpus} (hydra/launcher=slurm does: tasks_per_node = "
+                         "gpus_per_node)")
+    os.environ.update(RANK=str(job.global_rank), LOCAL_RANK=str(job.local_rank), WORLD_SIZE=str(job.num_tasks),
+                      LOCAL_WORLD_SIZE=str(per_node))
+    os.environ.setdefault("MASTER_ADDR", job.hostnames[0] if job.num_nodes > 1 else "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(re.sub(r"\D", "", job.job_id) or 0) % 20000))
+    return True

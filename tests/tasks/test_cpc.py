@@ -21,7 +21,7 @@ def test_forward_shapes_finite_and_gradients_reach_every_part() -> None:
     torch.manual_seed(0)
     task = _task()
     out = task({"video": _video()})
-    assert set(out) == {"loss", "accuracy"}
+    assert set(out) == {"loss", "accuracy", "embedding_std", "embedding_rankme", "embedding_rank_fraction", "similarity_gap"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     out["loss"].backward()
     for part in (task.encoder, task.context, task.predictors):

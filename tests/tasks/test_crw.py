@@ -43,7 +43,10 @@ def test_forward_shapes_finite_and_gradients_reach_the_encoder() -> None:
     encoder = TinyFrameEncoder()
     task = CRW(encoder=encoder, embed_dim=8)
     out = task({"video": torch.randn(2, 3, 4, 32, 32)})
-    assert set(out) == {"loss", "walk_accuracy", "walk_accuracy_longest", "transition_entropy"}
+    assert set(out) == {"loss", "walk_accuracy", "walk_accuracy_longest", "transition_entropy", "cycle_loss_2",
+                        "cycle_loss_3", "embedding_std", "embedding_rankme", "embedding_rank_fraction"}
+    # the mean of the per-length losses is the loss
+    assert float(out["loss"].detach()) == pytest.approx((float(out["cycle_loss_2"]) + float(out["cycle_loss_3"])) / 2)
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     out["loss"].backward()
     for name, p in encoder.named_parameters():

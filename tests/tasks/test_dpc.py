@@ -21,7 +21,7 @@ def test_forward_shapes_finite_and_gradients_reach_every_part() -> None:
     torch.manual_seed(0)
     task = DPC(encoder=TinyVideoEncoder(), num_seq=4, pred_step=2)
     out = task({"video": _video()})
-    assert set(out) == {"loss", "accuracy", "pred_step"}
+    assert set(out) == {"loss", "accuracy", "pred_step", "embedding_std", "embedding_rankme", "embedding_rank_fraction", "similarity_gap"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     assert out["pred_step"] == 2 and 0 <= out["accuracy"] <= 1
     # Chance level: log of the number of candidates (3 clips × 2 steps × 2×2 positions), roughly.

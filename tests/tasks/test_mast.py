@@ -85,7 +85,7 @@ def test_forward_shapes_finite_and_gradients_reach_the_encoder() -> None:
     encoder = TinyFrameEncoder()
     task = MAST(encoder=encoder, channel_dropout=1.0)
     out = task({"video": torch.randn(2, 3, 4, 32, 32)})
-    assert set(out) == {"loss", "l1", "l1_static"}
+    assert set(out) == {"loss", "l1", "l1_static", "embedding_std", "embedding_rankme", "embedding_rank_fraction"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     out["loss"].backward()
     for name, p in encoder.named_parameters():

@@ -62,7 +62,8 @@ def test_forward_finite_and_gradients_reach_encoder_memory_and_predictor(bidirec
     torch.manual_seed(0)
     task = _task(bidirectional=bidirectional)
     out = task({"video": _video()})
-    assert set(out) == {"loss", "accuracy", "pred_step", "memory_entropy"}
+    assert set(out) == {"loss", "accuracy", "pred_step", "memory_entropy", "memory_used", "memory_usage_entropy",
+                        "embedding_std", "embedding_rankme", "embedding_rank_fraction", "similarity_gap"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     assert 0 <= out["memory_entropy"] <= math.log(16) + 1e-5
     out["loss"].backward()

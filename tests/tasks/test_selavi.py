@@ -100,7 +100,7 @@ def test_loss_is_cross_entropy_of_both_modalities_to_the_stored_labels() -> None
     task.eval()  # no dropout, so that the loss can be recomputed
     out = task(b)
     assert set(out) == {"loss", "loss_video", "loss_audio", "entropy", "agreement", "label_changes",
-                        "sinkhorn_iterations"}
+                        "sinkhorn_iterations", "embedding_std", "embedding_rankme", "embedding_rank_fraction", "cluster_min", "cluster_max", "cluster_entropy"}
     with torch.no_grad():
         logits = task.head_logits(task.embed(b))
     stored = task.table.labels[:, 8:16]
@@ -206,7 +206,7 @@ def test_online_codes_each_step() -> None:
     task = make_task(labels="online", align_modalities=False)
     b = batch(data)
     out = task(b)
-    assert set(out) == {"loss", "loss_video", "loss_audio", "entropy", "agreement"}
+    assert set(out) == {"loss", "loss_video", "loss_audio", "entropy", "agreement", "embedding_std", "embedding_rankme", "embedding_rank_fraction", "cluster_min", "cluster_max", "cluster_entropy"}
     # soft codes of 3 Sinkhorn iterations on the batch; recomputed in eval mode (no dropout)
     task.eval()
     out = task(b)
@@ -253,7 +253,7 @@ def test_concat_fusion() -> None:
     task = make_task(fusion="concat", align_modalities=False)
     task.on_train_step_start(0, 30, loader_of(data))
     out = task(batch(data))
-    assert set(out) == {"loss", "entropy", "label_changes", "sinkhorn_iterations"}
+    assert set(out) == {"loss", "entropy", "label_changes", "sinkhorn_iterations", "embedding_std", "embedding_rankme", "embedding_rank_fraction", "cluster_min", "cluster_max", "cluster_entropy"}
     b = batch(data)
     b["has_audio"] = torch.tensor([True] * 7 + [False])
     with pytest.raises(ValueError, match="without audio"):

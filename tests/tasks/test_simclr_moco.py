@@ -45,7 +45,7 @@ def test_simclr_loss_is_finite_and_gradients_reach_encoder_and_head():
     torch.manual_seed(0)
     task = SimCLR(encoder=TinyEncoder(), head=tiny_head, embed_dim=6, temperature=0.2)
     out = task(two_views())
-    assert set(out) == {"loss", "accuracy", "embedding_std"}
+    assert set(out) == {"loss", "accuracy", "embedding_std", "embedding_rankme", "embedding_rank_fraction", "similarity_gap"}
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
     for name, p in task.named_parameters():
@@ -66,7 +66,7 @@ def test_moco_gradients_skip_the_key_branch_and_the_queue_fills():
     task = MoCo(encoder=TinyEncoder(), head=tiny_head, embed_dim=6, queue_size=10, temperature=0.2, momentum=0.9)
     before = task.queue.queue.clone()
     out = task(two_views(4))
-    assert set(out) == {"loss", "accuracy"} and torch.isfinite(out["loss"])
+    assert set(out) == {"loss", "accuracy", "embedding_std", "embedding_rankme", "embedding_rank_fraction", "similarity_gap"} and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(p.grad is not None for p in [*task.encoder.parameters(), *task.head.parameters()])
     assert all(p.grad is None and not p.requires_grad for p in [*task.key_encoder.parameters(),

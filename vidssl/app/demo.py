@@ -10,7 +10,7 @@ the demo doubles as a worked example. Outputs land in one folder:
     OUT/flow/, OUT/memdpc_flow/ optical flow of the corpus (DIS); RGB, flow and R+F retrieval metrics
     OUT/crw/                    propagated masks, J&F tables, overlay GIF/MP4 and montage PNGs
     OUT/selavi/                 pseudo-labels, clustering tables, cluster grid PNGs
-    OUT/summary.md              every table of the run
+    OUT/summary.md              every table of the run, and links to each training run's report
 
 Rerunning resumes: a finished training run is found complete and skipped by the engine.
 """
@@ -300,9 +300,13 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
             print("\n" + result, flush=True)
             tables.append(result)
     summary = out / "summary.md"
+    # each training run's report.md (loss, LR, health monitors; written by the engine at the end of the run)
+    reports = sorted((out / "runs").glob("*/report.md"))
     summary.write_text(
         "# vidssl demo\n\n"
         + "\n\n".join(f"```\n{t}\n```" for t in tables)
+        + "\n\n## Training run reports\n\n"
+        + "\n".join(f"- [{p.parent.name}]({p.relative_to(out)})" for p in reports)
         + "\n\n## Commands\n\n```\n"
         + "\n".join(log)
         + "\n```\n"

@@ -14,6 +14,7 @@ LAYOUT = {
     "scalars_txt": "scalars.txt",       # a line per logging step
     "skipped": "skipped.csv",           # the bad files met: path,segment,reason
     "log": "pretrain.log",              # the console's lines and a failed run's traceback
+    "report": "report.md",              # the run's report and its report_*.png plots (vidssl.run.report)
 }
 
 
@@ -29,6 +30,7 @@ class RunDir:
     scalars_txt: Path
     skipped: Path
     log: Path
+    report: Path
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

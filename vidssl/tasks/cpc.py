@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from vidssl.encoders import pool
 from vidssl.losses import dense_info_nce
+from vidssl.monitors import embedding_monitors, similarity_gap
 from vidssl.tasks.dpc import block_clips
 
 
@@ -36,7 +37,9 @@ class CPC(nn.Module):
 
     Inputs: batch["video"] B×num_seq×C×seq_len×H×W (the block layout) or B×C×(num_seq·seq_len)×H×W
         (from `BlockSampler`), as `vidssl.tasks.dpc.block_clips` reads them.
-    Outputs: {"loss": InfoNCE, "accuracy": fraction of (clip, step) whose true future scores highest}.
+    Outputs: {"loss": InfoNCE, "accuracy": fraction of (clip, step) whose true future scores highest,
+        "embedding_std", "embedding_rankme" (of the B·N block embeddings), "similarity_gap" (prediction to
+        its true future minus to the other futures, cosine)}: see `vidssl.monitors`.
     """
 
     def __init__(
@@ -80,4 +83,7 @@ class CPC(nn.Module):
         pred = self.predict(z)  # (B, K, D)
         target = z[:, self.num_seq - self.pred_step :]  # (B, K, D)
         loss, accuracy = dense_info_nce(pred, target, temperature=self.temperature, normalize=self.normalize)
-        return {"loss": loss, "accuracy": accuracy}
+        with torch.no_grad():
+            monitors = {**embedding_monitors(z.flatten(0, 1)),
+                        "similarity_gap": similarity_gap(pred.flatten(0, 1), target.flatten(0, 1))}
+        return {"loss": loss, "accuracy": accuracy, **monitors}

@@ -28,6 +28,8 @@ from einops import rearrange
 from torch import nn
 from torchvision.ops import roi_align
 
+from vidssl.monitors import embedding_monitors
+
 # Added to the return probabilities before the log, as the reference code does (log(0) guard).
 _EPS = 1e-20
 
@@ -198,7 +200,9 @@ class CRW(nn.Module):
 
     Inputs (batch): "video" B×C×T×H×W (normalised frames, T ≥ shortest_cycle + 1)
     Outputs: {"loss", "walk_accuracy" (mean over cycle lengths), "walk_accuracy_longest",
-              "transition_entropy" (mean entropy of the forward transition rows, nats)}
+              "transition_entropy" (mean entropy of the forward transition rows, nats),
+              "cycle_loss_<k>" (the loss of the k-step-out palindrome alone, k = shortest_cycle..T-1),
+              "embedding_std", "embedding_rankme" (of the first frame's B·N nodes, `vidssl.monitors`)}
 
     Arguments (defaults = the reference code's computation; the paper's training command sets
     τ 0.05 and edge dropout 0.1, see configs/task/crw.yaml):
@@ -319,9 +323,16 @@ class CRW(nn.Module):
         walks = palindrome_walks(forward, backward, self.shortest_cycle)
         loss, accuracy, accuracy_longest = cycle_loss(walks)
         entropy = -(forward * torch.log(forward + _EPS)).sum(-1).mean()
+        with torch.no_grad():
+            # Each cycle length's own loss (``cycle_loss`` averages them); k counts the steps out.
+            per_length = {f"cycle_loss_{k}": cycle_loss([walk])[0]
+                          for k, walk in enumerate(walks, start=self.shortest_cycle)}
+            monitors = embedding_monitors(rearrange(nodes[:, :, 0], "b d n -> (b n) d"))  # the first frame's nodes
         return {
             "loss": loss,
             "walk_accuracy": accuracy,
             "walk_accuracy_longest": accuracy_longest,
             "transition_entropy": entropy.detach(),
+            **per_length,
+            **monitors,
         }

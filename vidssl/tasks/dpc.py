@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from vidssl.encoders.heads import ConvGRU, orthogonal_init_
 from vidssl.losses import dense_info_nce
+from vidssl.monitors import embedding_monitors, similarity_gap
 
 HEAD_INITS = ("default", "orthogonal")
 
@@ -85,6 +86,19 @@ def dense_prediction_loss(
     return dense_info_nce(pred, target, temperature=temperature, normalize=normalize)
 
 
+@torch.no_grad()
+def prediction_monitors(features: Tensor, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Health monitors of a predictive-coding step (`vidssl.monitors`): ``embedding_std`` and
+    ``embedding_rankme`` of the blocks' pooled features, ``similarity_gap`` of the predictions against
+    their true features (every other (clip, step, position) a negative, as the loss has them).
+
+    Inputs: features B×N×D×H×W; pred, target B×K×D×H×W.
+    """
+    rows = "b k d h w -> (b k h w) d"
+    return {**embedding_monitors(features.mean(dim=(-2, -1)).flatten(0, 1)),
+            "similarity_gap": similarity_gap(rearrange(pred, rows), rearrange(target, rows))}
+
+
 def scheduled_pred_step(schedule: Sequence[int], step: int, max_steps: int) -> int:
     """The curriculum's prediction horizon for the next step: `schedule` split into equal parts of
     the run (e.g. [1, 2, 3]: predict 1 block ahead in the first third, 3 in the last)."""
@@ -131,7 +145,8 @@ class DPC(nn.Module):
         temperature, normalize: of the dense InfoNCE (the paper: 1.0, False).
 
     Inputs: batch["video"] B×num_seq×C×seq_len×H×W (the block layout) or B×C×(num_seq·seq_len)×H×W.
-    Outputs: {"loss", "accuracy" (of the positive among all B·K·H'·W' candidates), "pred_step"}.
+    Outputs: {"loss", "accuracy" (of the positive among all B·K·H'·W' candidates), "pred_step", and the
+        health monitors "embedding_std", "embedding_rankme", "similarity_gap" (`prediction_monitors`)}.
     """
 
     def __init__(
@@ -183,7 +198,7 @@ class DPC(nn.Module):
         features = encode_blocks(self.encoder, batch["video"], self.num_seq)  # (B, N, D, H', W')
         k = int(self.pred_step)
         pred = rollout(self.aggregator, self.predictor, features[:, : self.num_seq - k], k)  # (B, K, D, H', W')
-        loss, accuracy = dense_prediction_loss(
-            pred, features[:, self.num_seq - k :], temperature=self.temperature, normalize=self.normalize
-        )
-        return {"loss": loss, "accuracy": accuracy, "pred_step": self.pred_step.float()}
+        target = features[:, self.num_seq - k :]
+        loss, accuracy = dense_prediction_loss(pred, target, temperature=self.temperature, normalize=self.normalize)
+        return {"loss": loss, "accuracy": accuracy, "pred_step": self.pred_step.float(),
+                **prediction_monitors(features, pred, target)}

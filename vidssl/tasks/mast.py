@@ -30,6 +30,7 @@ from torch import nn
 
 from vidssl.color import lab_to_rgb, rgb_to_lab
 from vidssl.datasets.transforms import denormalize_video, normalize_video
+from vidssl.monitors import embedding_monitors
 
 # Lab channel scales that bring L ∈ [0, 100] to [0, 1] and a, b to about [-1, 1]
 LAB_SCALE = (100.0, 127.0, 127.0)
@@ -84,7 +85,8 @@ class MAST(nn.Module):
     Inputs (batch): "video" B×3×T×H×W (ImageNet-normalised RGB, T ≥ short_term + long_term + 1)
     Outputs: {"loss" (Huber on scaled Lab), "l1" (mean |error| of the reconstruction, scaled Lab),
               "l1_static" (the same for copying the previous frame unchanged: the no-motion baseline
-              that correspondence must beat)}
+              that correspondence must beat), "embedding_std", "embedding_rankme" (of the target
+              frame's B·h·w feature cells, `vidssl.monitors`)}
 
     Arguments:
       encoder: frame encoder B×3×H×W → B×D×h×w (e.g. `resnet18_dense`)
@@ -192,4 +194,5 @@ class MAST(nn.Module):
             "loss": loss,
             "l1": (recon - target).abs().mean().detach(),
             "l1_static": (colours[:, :, -2].flatten(2) - target).abs().mean(),
+            **embedding_monitors(rearrange(features[:, :, -1], "b d h w -> (b h w) d")),  # the target's cells
         }

@@ -14,11 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from vidssl.encoders.heads import ConvGRU
+from vidssl.monitors import slot_usage
 from vidssl.tasks.dpc import (
     check_pred_steps,
     dense_prediction_loss,
     encode_blocks,
     init_heads,
+    prediction_monitors,
     rollout,
     scheduled_pred_step,
 )
@@ -49,7 +51,10 @@ class MemDPC(nn.Module):
 
     Inputs: batch["video"] B×num_seq×C×seq_len×H×W (the block layout) or B×C×(num_seq·seq_len)×H×W.
     Outputs: {"loss", "accuracy" (of the positive, averaged over directions), "pred_step",
-        "memory_entropy" (mean entropy of the addressing, in nats: log M = uniform, 0 = one slot)}.
+        "memory_entropy" (mean entropy of the addressing, in nats: log M = uniform, 0 = one slot),
+        "memory_used" (fraction of slots whose mean weight over the batch's reads is at least a tenth of
+        the uniform 1/M), "memory_usage_entropy" (entropy of that mean usage, nats), and DPC's
+        `prediction_monitors` (the gap averaged over the two directions)}.
     """
 
     def __init__(
@@ -110,20 +115,23 @@ class MemDPC(nn.Module):
         """The addressed mixture of memory entries. Inputs: B×M×H×W. Outputs: B×D×H×W."""
         return torch.einsum("bmhw,md->bdhw", weights, self.memory)
 
-    def _direction(self, features: Tensor, aggregator: ConvGRU, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Loss, accuracy and addressing entropy of predicting the last k blocks of `features`."""
+    def _direction(self, features: Tensor, aggregator: ConvGRU, k: int, reads: list[Tensor] | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Loss, accuracy, addressing entropy and `prediction_monitors` of predicting the last k blocks of
+        `features`; every addressing distribution (rows of M weights, detached) is appended to `reads`."""
         entropies = []
 
         def predict(hidden: Tensor) -> Tensor:
             weights = self.address(hidden)  # (B, M, H, W)
             entropies.append(-(weights * weights.clamp_min(1e-12).log()).sum(1).mean().detach())
+            if reads is not None:
+                reads.append(weights.detach().movedim(1, -1).flatten(0, -2))  # (B·H·W, M)
             return self.read(weights)
 
         pred = rollout(aggregator, predict, features[:, : self.num_seq - k], k)  # (B, K, D, H, W)
-        loss, accuracy = dense_prediction_loss(
-            pred, features[:, self.num_seq - k :], temperature=self.temperature, normalize=self.normalize
-        )
-        return loss, accuracy, torch.stack(entropies).mean()
+        target = features[:, self.num_seq - k :]
+        loss, accuracy = dense_prediction_loss(pred, target, temperature=self.temperature, normalize=self.normalize)
+        return loss, accuracy, torch.stack(entropies).mean(), prediction_monitors(features, pred, target)
 
     @classmethod
     def evaluation_exports(cls, config: dict) -> dict:
@@ -137,10 +145,15 @@ class MemDPC(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         features = encode_blocks(self.encoder, batch["video"], self.num_seq)  # (B, N, D, H', W')
         k = int(self.pred_step)
-        loss, accuracy, entropy = self._direction(features, self.aggregator, k)
+        reads: list[Tensor] = []
+        loss, accuracy, entropy, monitors = self._direction(features, self.aggregator, k, reads)
         if self.aggregator_backward is not None:
             # Time reversed: the last blocks become the context and the first ones the targets.
-            loss_b, accuracy_b, entropy_b = self._direction(features.flip(1), self.aggregator_backward, k)
+            loss_b, accuracy_b, entropy_b, monitors_b = self._direction(features.flip(1), self.aggregator_backward,
+                                                                        k, reads)
             loss = loss + loss_b  # summed, as the paper's code does
             accuracy, entropy = (accuracy + accuracy_b) / 2, (entropy + entropy_b) / 2
-        return {"loss": loss, "accuracy": accuracy, "pred_step": self.pred_step.float(), "memory_entropy": entropy}
+            monitors["similarity_gap"] = (monitors["similarity_gap"] + monitors_b["similarity_gap"]) / 2
+        used, usage_entropy = slot_usage(torch.cat(reads))
+        return {"loss": loss, "accuracy": accuracy, "pred_step": self.pred_step.float(), "memory_entropy": entropy,
+                "memory_used": used, "memory_usage_entropy": usage_entropy, **monitors}

@@ -21,6 +21,7 @@ from torch import nn
 
 from vidssl.encoders import pool
 from vidssl.losses import MoCoQueue, info_nce, momentum_update
+from vidssl.monitors import embedding_monitors, similarity_gap
 
 HeadFactory = Callable[..., nn.Module]
 
@@ -37,7 +38,9 @@ class MoCo(nn.Module):
         momentum: the key encoder keeps this fraction of itself at each step (MoCo: 0.999).
 
     Inputs: batch with ``video`` (queries) and ``video2`` (keys), each B×C×T×H×W.
-    Outputs: {"loss": InfoNCE against the queue, "accuracy": how often the key beats every queued key}.
+    Outputs: {"loss": InfoNCE against the queue, "accuracy": how often the key beats every queued key,
+        "embedding_std", "embedding_rankme" (of the queries), "similarity_gap" (query·key minus
+        query·queue, cosine)}: see `vidssl.monitors`.
     """
 
     def __init__(self, *, encoder: nn.Module, head: HeadFactory, embed_dim: int = 128, queue_size: int = 4096,
@@ -74,9 +77,10 @@ class MoCo(nn.Module):
             positive = (q * k).sum(dim=1).float()
             hardest = (q.float() @ negatives.T.float()).max(dim=1).values
             accuracy = (positive > hardest).float().mean()
+            monitors = {**embedding_monitors(q), "similarity_gap": similarity_gap(q, k, negatives)}
         if self.training:
             self.queue.enqueue(k)
-        return {"loss": loss, "accuracy": accuracy}
+        return {"loss": loss, "accuracy": accuracy, **monitors}
 
     def on_train_step_end(self, step: int, max_steps: int) -> None:
         """After each optimiser step the key branch moves towards the query branch."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from vidssl.encoders import pool
 from vidssl.losses import nt_xent
+from vidssl.monitors import embedding_monitors, similarity_gap
 
 HeadFactory = Callable[..., nn.Module]
 
@@ -44,8 +45,10 @@ class SimCLR(nn.Module):
         temperature: NT-Xent temperature.
 
     Inputs: batch with ``video`` and ``video2``, each B×C×T×H×W (two views of the same clips).
-    Outputs: {"loss": NT-Xent, "accuracy": pair accuracy, "embedding_std": mean per-dimension std of the
-        normalised embeddings (near 0 means collapse)}.
+    Outputs: {"loss": NT-Xent, "accuracy": pair accuracy, and the health monitors of `vidssl.monitors`:
+        "embedding_std" (mean per-dimension std of the normalised embeddings; near 0 means collapse),
+        "embedding_rankme" (effective rank of the 2N embeddings), "similarity_gap" (positive minus
+        negative cosine similarity)}.
     """
 
     def __init__(self, *, encoder: nn.Module, head: HeadFactory, embed_dim: int = 128,
@@ -68,6 +71,6 @@ class SimCLR(nn.Module):
         z = self.embed(torch.cat([batch["video"], batch["video2"]]))  # (2N, E)
         z1, z2 = z[:n], z[n:]
         with torch.no_grad():
-            spread = nn.functional.normalize(z.float(), dim=1).std(dim=0).mean()
             accuracy = pair_accuracy(z1.float(), z2.float())
-        return {"loss": nt_xent(z1, z2, self.temperature), "accuracy": accuracy, "embedding_std": spread}
+            monitors = {**embedding_monitors(z), "similarity_gap": similarity_gap(z1, z2)}
+        return {"loss": nt_xent(z1, z2, self.temperature), "accuracy": accuracy, **monitors}

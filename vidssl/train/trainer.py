@@ -36,6 +36,9 @@ Several machines (run the same line on each; any free port on the first node)::
         --rdzv-endpoint=NODE0_HOST:29400 tools/pretrain.py task=... trainer.out_dir=SHARED/RUN
 
 ``trainer.out_dir`` must then be on a filesystem every node sees, so a restart finds ``last.pt``.
+On SLURM through Hydra's submitit launcher (``tools/pretrain.py -m hydra/launcher=slurm ...``) the job's
+environment gives the same variables (`vidssl.distributed.adopt_submitit_environment`), and submitit's
+time-out signal stops and saves the run like SIGTERM before submitit requeues the job (`_StopRequest`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from tqdm import tqdm
 
 from vidssl import distributed
 from vidssl.files import atomic_write_text
+from vidssl.monitors import CollapseWatch
 from vidssl.run import Checkpoint, Exports, RunDir
 from vidssl.train.batch_sampler import ResumableBatchSampler
 from vidssl.train.checkpointer import Checkpointer
@@ -128,6 +132,17 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
+def _write_report(out_dir: Path) -> None:
+    """The run's ``report.md`` and plots; a plotting failure is reported, never fatal to a trained run."""
+    try:
+        from vidssl.run.report import write_report
+
+        log.info("report: %s", write_report(out_dir).path)
+    except Exception as err:  # noqa: BLE001 - the checkpoints are written; the report can be redone
+        log.warning("could not write the run report (%s: %s); `python tools/report.py run=%s` retries",
+                    type(err).__name__, err, out_dir)
+
+
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is set on any process; every process calls it at the same point."""
     if distributed.world_size() == 1:
@@ -150,6 +165,7 @@ class _Run:
     sampler: ResumableBatchSampler
     state: TrainState
     run_log: RunLog | None = None  # rank 0 only
+    collapse: CollapseWatch | None = None  # rank 0 only: warns once per health monitor that signals collapse
     skipped: SkippedFiles | None = None
     bar: tqdm | None = None
     clips_since_log: int = 0
@@ -157,15 +173,31 @@ class _Run:
     replaced_clips: int = 0  # clips this rank replaced because their file was bad
 
 
+def _requeue_signal() -> signal.Signals | None:
+    """The signal submitit turns into checkpoint-and-requeue (SLURM's time-out and pre-emption warning:
+    USR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` names another), when running under submitit."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop reads after each step (so it can save and exit)."""
+    """Turns SIGTERM/SIGINT into a flag the loop reads after each step (so it can save and exit).
+
+    Under submitit its requeue signal does the same, and submitit's own handler of it (which re-submits
+    the job and exits) is kept in ``deferred`` for after the save: `Trainer.fit` calls it once the run has
+    stopped and left its process group, so the requeued job resumes from the step the signal stopped.
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self.deferred: tuple[Callable[[int, Any], Any], int] | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        if signum == _requeue_signal():
+            self.deferred = (self._previous[signum], signum)
         # A second Ctrl-C falls through to the old handler: a way out if saving hangs.
         signal.signal(signum, self._previous[signum])
 
@@ -173,6 +205,9 @@ class _StopRequest:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            requeue = _requeue_signal()
+            if requeue is not None and callable(signal.getsignal(requeue)):
+                self._previous[requeue] = signal.signal(requeue, self._handle)
         except ValueError:  # not the main thread: signals cannot be caught here
             self._previous.clear()
         return self
@@ -240,6 +275,9 @@ class TrainerConfig:
     decay_norm_and_bias: bool = False
     """Weight decay on biases and normalisation parameters too (off: they are exempt, see
     ``param_groups``)."""
+    report: bool = False
+    """At the end of a finished run, write ``RUN/report.md`` and its PNG plots (`vidssl.run.report`; about
+    1-2 s of plotting). ``tools/pretrain.py`` turns it on (``trainer.report``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -323,13 +361,18 @@ class Trainer:
         """
         local_rank, joined = distributed.join_process_group()
         finished = False
+        self._deferred_signal: tuple[Callable[[int, Any], Any], int] | None = None
         try:
             summary = self._fit(task, dataset, optimizer_factory, config, collate_fn, local_rank, resume)
             finished = True
-            return summary
         finally:
             if joined:
                 distributed.leave_process_group(finished=finished)
+        if self._deferred_signal is not None:
+            # Saved, and out of the process group: now submitit's handler re-submits the job (rank 0 exits).
+            handler, signum = self._deferred_signal
+            handler(signum, None)
+        return summary
 
     def _fit(self, task, dataset, optimizer_factory, config, collate_fn, local_rank, resume) -> dict[str, Any]:
         """Set up, resume or start, then loop: one step, its log line, maybe an evaluation, maybe a checkpoint."""
@@ -357,6 +400,7 @@ class Trainer:
                     self._log_step(run, values)
                     new_best = self._maybe_evaluate(run)
                     self._maybe_checkpoint(run, new_best, stopping=stopped)
+            self._deferred_signal = stop.deferred
         finally:
             data.close()  # shuts the loader's workers down
             run.bar.close()
@@ -364,6 +408,8 @@ class Trainer:
                 run.run_log.close()
         if run.is_main:
             self._log_end(run, started, stopped)
+            if self.config.report and not stopped:
+                _write_report(self.config.out_dir)
         return self._summary(run, interrupted=stopped)
 
     def _setup(self, task, dataset, optimizer_factory, config, local_rank) -> _Run:
@@ -475,6 +521,7 @@ class Trainer:
         """Rank 0's scalar log, ``config.yaml`` and start summary; the run's bad files; the progress bar."""
         if run.is_main:
             run.run_log = RunLog(self.run_dir)
+            run.collapse = CollapseWatch()
             if run.config is not None:
                 from omegaconf import OmegaConf
 
@@ -569,6 +616,7 @@ class Trainer:
             if run.skipped.files:  # cumulative: every bad file of the run so far
                 scalars["train/skipped_videos"] = len(run.skipped.files)
             run.run_log.write(step, scalars)
+            run.collapse.check(step, scalars)
         run.bar.set_postfix(loss=f"{values['loss']:.4f}", clips_s=f"{clips_per_sec:.1f}")
         if run.is_main:
             step_log.info("step %d/%d loss %.4f lr %.3g clips/s %.1f", step, self.config.max_steps, values["loss"], lr,

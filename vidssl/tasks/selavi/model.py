@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from vidssl import distributed
 from vidssl.encoders import pool
+from vidssl.monitors import cluster_sizes, embedding_monitors
 from vidssl.tasks.selavi.heads import cluster_head, combined_scores, stream_losses
 from vidssl.tasks.selavi.labelling import (
     alignment,
@@ -68,7 +69,11 @@ class SeLaVi(nn.Module):
     labels, averaged: SeLaVi's ½·L_video + ½·L_audio) and diagnostics: ``loss_video``, ``loss_audio``,
     ``entropy`` (head 0's combined prediction, normalised: 1 = uniform), ``agreement`` (video and audio
     head-0 argmax agree), and when scheduled ``label_changes`` (fraction of head-0 labels the last
-    relabelling changed) and ``sinkhorn_iterations`` (its head-0 Sinkhorn iterations).
+    relabelling changed) and ``sinkhorn_iterations`` (its head-0 Sinkhorn iterations); the health
+    monitors (`vidssl.monitors`) ``embedding_std`` and ``embedding_rankme`` of the video (or joint) pooled
+    features, and head 0's cluster sizes ``cluster_min``, ``cluster_max`` (fractions of the clips) and
+    ``cluster_entropy`` (over log K): of the whole label table when scheduled (they change at each
+    relabelling), of the step's codes when online.
     """
 
     def __init__(
@@ -215,9 +220,12 @@ class SeLaVi(nn.Module):
         self.relabel(make_loader)
         self.relabels_done += 1
         if distributed.rank() == 0:
+            sizes = cluster_sizes(self.table.labels[0], self.num_clusters[0])
             log.info("SeLaVi relabelling %d/%d at step %d: %d Sinkhorn iterations (head 0), %.1f%% of labels "
-                     "changed", self.relabels_done, len(points), step, self.last_sinkhorn_iterations,
-                     100 * self.last_label_changes)
+                     "changed; head-0 clusters from %.1f%% to %.1f%% of the clips, size entropy %.2f of 1",
+                     self.relabels_done, len(points), step, self.last_sinkhorn_iterations,
+                     100 * self.last_label_changes, 100 * float(sizes["min"]), 100 * float(sizes["max"]),
+                     float(sizes["entropy"]))
 
     @torch.no_grad()
     def relabel(self, make_loader: MakeLoader) -> None:
@@ -274,6 +282,12 @@ class SeLaVi(nn.Module):
         out.update({f"loss_{s}": v.detach() for s, v in losses.items() if s != "joint"})
         with torch.no_grad():
             out["entropy"] = normalised_entropy(combined_scores(logits)[0])
+            out.update(embedding_monitors(next(iter(features.values()))))
+            # head 0's cluster sizes: over the whole table (they change at each relabelling), or this
+            # step's codes when the labels are online
+            labels = self.table.labels[0] if self.label_mode == "scheduled" else targets[0].argmax(1)
+            out.update({f"cluster_{k}": v.to(out["loss"].device)
+                        for k, v in cluster_sizes(labels, self.num_clusters[0]).items()})
             if "audio" in logits:
                 out["agreement"] = (logits["video"][0].argmax(1) == logits["audio"][0].argmax(1)).float().mean()
             if self.label_mode == "scheduled":
