@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
