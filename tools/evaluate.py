@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.threads import set_cpu_threads
 from vidssl.eval.report import format_table, write_metrics
 
 
@@ -105,6 +106,7 @@ def _eval_split(cfg: DictConfig, name: str, sampler, transform, modality: str | 
 def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import EvalTransform
+    from vidssl.eval.clip_features import as_clip_encoder, is_frame_encoder
     from vidssl.eval.finetune import READOUTS, context_readout, load_trained
     from vidssl.eval.retrieval import check_ks, evaluate_checkpoint
 
@@ -124,6 +126,11 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     if cfg.metric == "retrieval":
         check_ks(list(cfg.ks), len(train_set))  # before loading weights or extracting any feature
     encoder, checkpoint = load_trained(cfg.checkpoint, cfg.encoder)
+    if is_frame_encoder(encoder):
+        if cfg.readout != "encoder":
+            raise SystemExit(f"error: readout={cfg.readout} needs a clip encoder with a context network (DPC); "
+                             f"{cfg.checkpoint} has a frame encoder: use readout=encoder")
+        encoder = as_clip_encoder(encoder)  # CRW, MAST: each frame's features, averaged over the clip
     if cfg.readout == "context":
         encoder = context_readout(encoder, cfg.num_seq, checkpoint)
     metrics = evaluate_checkpoint(
@@ -274,7 +281,10 @@ def main(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
         raise SystemExit(f"metric={cfg.metric!r} is not one of {sorted(EVALUATIONS)}")
     _need(cfg, "out")
+    threads = set_cpu_threads(workers=cfg.num_workers, requested=cfg.get("threads"), device=cfg.device)
+    print(f"evaluate metric={cfg.metric} on {cfg.device}, {threads.describe()}", flush=True)
     metrics, table, out = EVALUATIONS[cfg.metric](cfg)
+    metrics = {**metrics, **threads.as_dict()}
     path = write_metrics(out, metrics, table)
     print(table)
     print(f"wrote {path}")

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.threads import set_cpu_threads
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 log = logging.getLogger("vidssl.pretrain")
@@ -83,6 +84,9 @@ def train(cfg: DictConfig) -> None:
     from vidssl.run import refuse_changed_model_config
     from vidssl.train import seed_everything
 
+    threads = set_cpu_threads(workers=cfg.trainer.num_workers, requested=cfg.get("threads"),
+                              device=cfg.trainer.device)
+    log.info(threads.describe())
     config = OmegaConf.to_container(cfg, resolve=True)
     # A run resumed with another model config would load its weights into a different model: refused
     # before anything is built. The loaded last.pt goes to the trainer, so the file is read once.

@@ -25,6 +25,8 @@ import hydra
 from omegaconf import DictConfig
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.outputs import prepare_out
+from vidssl.app.threads import set_cpu_threads
 from vidssl.eval.features import build_feature_fn
 from vidssl.eval.propagate import propagate_dataset
 from vidssl.eval.track import track_video
@@ -68,6 +70,11 @@ def main(cfg: DictConfig) -> None:
                          "or video=FILE mask=PNG (one video)")
     if cfg.video is not None and cfg.mask is None:
         raise SystemExit("video=FILE needs mask=PNG: the first frame's mask")
+    if not benchmark and not cfg.get("sweep"):
+        # before any feature is built: earlier masks would mix with this run's
+        prepare_out(cfg.out, overwrite=bool(cfg.get("overwrite")))
+    threads = set_cpu_threads(requested=cfg.get("threads"), device=cfg.device)
+    print(f"propagate features={cfg.features} on {cfg.device}, {threads.describe()}", flush=True)
     backbone = {}
     if cfg.features in ("timm", "torchvision"):
         if not cfg.get("model"):
@@ -111,6 +118,8 @@ def main(cfg: DictConfig) -> None:
                              max_frames=cfg.max_frames, fps=cfg.fps, **protocol)
         print(f"tracked {result['objects']} object(s) through {result['frames']} frames: {result['masks']}/, "
               f"{result['mp4']}, {result['gif']}")
+        if result["truncated"]:
+            print(f"warning: {result['truncated']}")
         return
     folders = propagate_dataset(cfg.davis_root, cfg.out, feature_fn, split=cfg.split, resolution=cfg.resolution,
                                 **protocol)

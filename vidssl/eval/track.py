@@ -25,11 +25,32 @@ from PIL import Image
 from tqdm import tqdm
 
 from vidssl import viz
-from vidssl.datasets.decode import VideoReader
+from vidssl.datasets.decode import VideoDecodeError, VideoReader
 from vidssl.datasets.formats import palette_indices, rgb_codes, write_mask
 from vidssl.eval.propagate import FeatureFn, check_first_mask, propagate_labels
 
 DECODE_CHUNK = 32  # frames decoded per call: one keyframe seek per chunk, a bounded buffer
+
+
+class _VideoEnded(Exception):
+    """Frame ``t`` cannot be decoded: the file ends (or breaks) before its header's frame count."""
+
+    def __init__(self, t: int, reason: str) -> None:
+        super().__init__(reason)
+        self.t = t
+
+
+def _decodable(reader: VideoReader, indices: list[int]) -> tuple[torch.Tensor, str]:
+    """The frames of ``indices`` up to the first that fails to decode, one at a time (a truncated file),
+    and why decoding stopped."""
+    frames, reason = [], ""
+    for i in indices:
+        try:
+            frames.append(reader.get_frames([i]))
+        except VideoDecodeError as err:
+            reason = str(err)
+            break
+    return (torch.cat(frames) if frames else torch.empty(0, dtype=torch.uint8)), reason
 
 
 def read_first_mask(path: str | Path) -> np.ndarray:
@@ -102,9 +123,13 @@ def track_video(
       short_side: resize frames (and the mask, nearest) so that their short side has this many
         pixels before tracking; None keeps the video's size (the mask must then match it).
       max_frames: track only the first this many frames (None: all).
+      A video that ends before its header says (a truncated file) is tracked up to its last decodable frame:
+      every mask is written as it is computed, the overlays hold the frames tracked, and ``truncated`` in
+      the result says where it stopped.
       fps: frame rate of the overlay MP4/GIF (None: the video's).
       protocol: `propagate_labels`'s keyword arguments.
-    Returns: {"masks": folder, "mp4": path, "gif": path, "frames": frames tracked, "objects": N}.
+    Returns: {"masks": folder, "mp4": path, "gif": path, "frames": frames tracked, "objects": N,
+    "truncated": None, or why the video ended early}.
     """
     out = Path(out)
     reader = VideoReader(video)
@@ -131,28 +156,44 @@ def track_video(
         def frame(t: int) -> torch.Tensor:
             if not chunk["start"] <= t < chunk["start"] + DECODE_CHUNK:
                 indices = list(range(t, min(t + DECODE_CHUNK, num_frames)))
-                chunk["start"], chunk["frames"] = t, _resize_frames(reader.get_frames(indices), size)
+                try:
+                    frames, chunk["reason"] = reader.get_frames(indices), ""
+                except VideoDecodeError:  # a truncated file: keep the frames before the break
+                    frames, chunk["reason"] = _decodable(reader, indices)
+                chunk["start"], chunk["frames"] = t, _resize_frames(frames, size) if len(frames) else frames
+            if t - chunk["start"] >= len(chunk["frames"]):
+                raise _VideoEnded(t, chunk["reason"])
             return chunk["frames"][t - chunk["start"]]
 
         rate = float(fps or reader.fps or 25.0)
         gif_every = max(1, -(-num_frames // gif_frames))
         gif_images = []
         masks_dir = out / "masks"
+        try:
+            frame(0)  # a video whose first frame cannot be decoded stops here, before any output
+        except _VideoEnded as end:
+            raise ValueError(f"{video}: its first frame cannot be decoded ({end})") from None
+        tracked, truncated = 0, None
         with torch.inference_mode(), viz.Mp4Writer(out / "overlay.mp4", fps=rate) as mp4:
             maps = propagate_labels(lambda t: feature_fn(frame(t)), first, num_frames, name=str(video), **protocol)
-            for t, label_map in enumerate(tqdm(maps, total=num_frames, desc=f"track {Path(video).name}",
-                                               unit="frame", disable=not progress)):
-                labels = label_map.numpy()
-                write_mask(masks_dir / f"{t:05d}.png", labels)
-                over = viz.overlay_masks(frame(t).numpy(), labels)
-                mp4.write(over)
-                if t % gif_every == 0:
-                    gif_images.append(_shrink(over, gif_width))
+            try:
+                for t, label_map in enumerate(tqdm(maps, total=num_frames, desc=f"track {Path(video).name}",
+                                                   unit="frame", disable=not progress)):
+                    labels = label_map.numpy()
+                    write_mask(masks_dir / f"{t:05d}.png", labels)
+                    over = viz.overlay_masks(frame(t).numpy(), labels)
+                    mp4.write(over)
+                    tracked = t + 1
+                    if t % gif_every == 0:
+                        gif_images.append(_shrink(over, gif_width))
+            except _VideoEnded as end:
+                truncated = (f"{video} ends at frame {end.t} of the {num_frames} its header gives (truncated or "
+                             f"corrupt); kept the {tracked} frames tracked")
         gif = viz.save_gif(out / "overlay.gif", gif_images, fps=min(rate / gif_every, 50.0))
     finally:
         reader.close()
-    return {"masks": masks_dir, "mp4": out / "overlay.mp4", "gif": gif, "frames": num_frames,
-            "objects": num_objects}
+    return {"masks": masks_dir, "mp4": out / "overlay.mp4", "gif": gif, "frames": tracked,
+            "objects": num_objects, "truncated": truncated}
 
 
 def _shrink(image: np.ndarray, max_width: int) -> np.ndarray:

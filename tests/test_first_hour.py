@@ -1,0 +1,159 @@
+"""The first hour with your own videos: thread defaults, checks before work, work kept, outputs that cannot mix."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidssl.app.outputs import prepare_out
+from vidssl.app.threads import choose_threads
+
+REPO = Path(__file__).resolve().parents[1]
+FRAME_ENCODER = {"_target_": "vidssl.encoders.frame.resnet18_dense", "base_width": 4, "padding_mode": "reflect"}
+DATA = {
+    "sampler": {"_target_": "vidssl.datasets.sampling.ClipSampler", "num_frames": 3, "stride": 2},
+    "transform": {"_target_": "vidssl.datasets.transforms.ClipTransform", "size": 32},
+    "views": 1,
+}
+
+
+def _tool(name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd, env=environ)
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vidssl.datasets.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("first_hour"), num_videos=6, num_classes=3, height=48, width=48,
+                          min_frames=16, max_frames=16, davis_train_per_class=0)
+
+
+def test_thread_rule_leaves_a_core_per_loader_worker_and_busy_process() -> None:
+    # 2 cores, 2 loader workers (pretrain's default): torch gets 1 thread, not the 2 it takes by itself
+    assert choose_threads(workers=2, cores=2, busy=0, environ={}).threads == 1
+    assert choose_threads(workers=0, cores=2, busy=0, environ={}).threads == 2
+    assert choose_threads(workers=0, cores=2, busy=1, environ={}).threads == 1  # another process runs
+    assert choose_threads(workers=3, cores=16, busy=0, environ={}).threads == 4
+    assert choose_threads(workers=0, cores=4, busy=9, environ={}).threads == 1  # busy capped at cores - 1
+    env = choose_threads(workers=2, cores=16, busy=0, environ={"OMP_NUM_THREADS": "3"})
+    assert (env.threads, env.source) == (3, "OMP_NUM_THREADS")
+    key = choose_threads(workers=2, cores=16, busy=0, requested=5, environ={"OMP_NUM_THREADS": "3"})
+    assert (key.threads, key.source) == (5, "threads=") and "threads 5" in key.describe()
+    with pytest.raises(ValueError, match="threads=0"):
+        choose_threads(requested=0, environ={})
+
+
+def test_frame_encoder_features_are_its_frames_pooled_over_the_clip() -> None:
+    from vidssl.encoders import pool
+    from vidssl.eval.clip_features import as_clip_encoder
+    from vidssl.run import load_encoder
+
+    frame_encoder = load_encoder("random", FRAME_ENCODER).eval()
+    clip_encoder = as_clip_encoder(frame_encoder)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        pooled = pool(clip_encoder(video))
+        expected = torch.stack([torch.stack([pool(frame_encoder(video[b:b + 1, :, t]))[0] for t in range(4)]).mean(0)
+                                for b in range(2)])
+    assert pooled.shape == (2, frame_encoder.out_channels)
+    torch.testing.assert_close(pooled, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_crw_checkpoint_clusters_with_kmeans(small_root: Path, tmp_path: Path) -> None:
+    """A CRW checkpoint (a frame encoder) in pseudo_label.py method=kmeans: pooled over the clip, not a shape error."""
+    from vidssl.run import load_encoder
+
+    encoder = load_encoder("random", FRAME_ENCODER)
+    task = {"model": {"_target_": "vidssl.tasks.crw.CRW", "embed_dim": 8}, "data": DATA}
+    ckpt = tmp_path / "crw.pt"
+    torch.save({"encoder": encoder.state_dict(), "model": {}, "config": {"encoder": FRAME_ENCODER, "task": task}},
+               ckpt)
+    out = tmp_path / "labels.csv"
+    result = _tool("pseudo_label", "method=kmeans", "num_clusters=3", f"checkpoint={ckpt}", "dataset=synthetic",
+                   f"dataset.root={small_root}", f"out={out}", "grid_clusters=2", "grid_per_cluster=2",
+                   cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "threads 1 (from OMP_NUM_THREADS)" in result.stdout.splitlines()[0]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and {r["cluster"] for r in rows} <= {"0", "1", "2"}
+
+
+def test_pseudo_label_without_out_is_refused_before_any_work(small_root: Path, tmp_path: Path) -> None:
+    # the checkpoint does not exist: a refusal that came after loading it would name it instead
+    result = _tool("pseudo_label", "method=kmeans", "num_clusters=3", f"checkpoint={tmp_path / 'absent.pt'}",
+                   "dataset=synthetic", f"dataset.root={small_root}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: pseudo_label.py needs out=... (checkpoint=CKPT|random, out=LABELS.csv)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _moving_square_mkv(path: Path, frames: int = 40) -> np.ndarray:
+    """A Matroska video (its index need not be at the end, so a cut file still opens) and its first mask."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.gop_size = 4  # keyframes often, so the frames before the cut decode
+        for t in range(frames):
+            image = np.full((48, 64, 3), 40, np.uint8)
+            image[12:32, 8 + t % 24:28 + t % 24] = (230, 60, 60)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[12:32, 8:28] = 1
+    return mask
+
+
+def test_truncated_video_keeps_the_frames_tracked(tmp_path: Path) -> None:
+    from vidssl.eval.features import PixelFeatures
+    from vidssl.eval.track import track_video
+
+    mask = _moving_square_mkv(tmp_path / "full.mkv")
+    data = (tmp_path / "full.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
+    result = track_video(tmp_path / "cut.mkv", mask, tmp_path / "out", PixelFeatures(), progress=False)
+    written = sorted((tmp_path / "out" / "masks").glob("*.png"))
+    assert 0 < result["frames"] < 40 and len(written) == result["frames"]
+    assert result["truncated"] and f"kept the {result['frames']} frames tracked" in result["truncated"]
+    assert (tmp_path / "out" / "overlay.mp4").stat().st_size > 0 and (tmp_path / "out" / "overlay.gif").is_file()
+
+
+def test_earlier_results_are_refused_or_cleaned(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    (out / "masks").mkdir(parents=True)
+    for t in range(5):
+        (out / "masks" / f"{t:05d}.png").write_bytes(b"stale")
+    (out / "overlay.gif").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"out=.*res is not empty \(6 earlier result files.*overwrite=true"):
+        prepare_out(out, overwrite=False)
+    assert len(list((out / "masks").iterdir())) == 5
+    prepare_out(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's own file stays
+    assert prepare_out(tmp_path / "new", overwrite=False) == tmp_path / "new"
+
+
+def test_propagate_refuses_a_used_out_before_building_features(tmp_path: Path) -> None:
+    (tmp_path / "res" / "masks").mkdir(parents=True)
+    (tmp_path / "res" / "masks" / "00000.png").write_bytes(b"stale")
+    # features=checkpoint of a file that does not exist: it would fail differently if built first
+    result = _tool("propagate", f"video={tmp_path / 'absent.mp4'}", f"mask={tmp_path / 'absent.png'}",
+                   f"out={tmp_path / 'res'}", "features=checkpoint", f"checkpoint={tmp_path / 'absent.pt'}",
+                   cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: out={tmp_path / 'res'} is not empty")
