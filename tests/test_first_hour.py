@@ -157,3 +157,28 @@ def test_propagate_refuses_a_used_out_before_building_features(tmp_path: Path) -
                    cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: out={tmp_path / 'res'} is not empty")
+
+
+def test_finetune_drops_a_test_video_shorter_than_its_clip(small_root: Path) -> None:
+    """PositionedSampler (metric=finetune's test clips) says "too short" as the dataset understands it."""
+    from vidssl.datasets.dataset import VideoDataset
+    from vidssl.datasets.formats import csv_manifest
+    from vidssl.datasets.transforms import EvalTransform
+    from vidssl.eval.finetune import PositionedSampler
+
+    dataset = VideoDataset(root=small_root, entries=csv_manifest(small_root, manifest="manifest.csv", split=None),
+                           sampler=PositionedSampler(20, 1, 0.5), transform=EvalTransform(size=32), substitute=False)
+    sample = dataset[0]  # 16-frame videos, 20-frame clips: dropped with its reason, not a crash
+    assert "needs 20 frames but the video has 16" in sample["error"] and dataset.failures
+
+
+def test_clips_longer_than_every_video_stop_in_one_line_before_the_first_step(small_root: Path,
+                                                                             tmp_path: Path) -> None:
+    result = _tool("pretrain", "task=dpc_paper", "dataset=synthetic", f"dataset.root={small_root}",
+                   f"trainer.out_dir={tmp_path / 'run'}", "trainer.max_steps=2", cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a clip of BlockSampler(num_seq=8, seq_len=5, stride=3) needs 118 frames, but "
+                           "the 3 videos checked") and "have 16;" in last and "task.data.sampler.stride (now 3)" in last
+    assert "step 1" not in result.stdout + result.stderr

@@ -105,6 +105,9 @@ def train(cfg: DictConfig) -> None:
         require_audio=cfg.loader.require_audio,
         seed=cfg.trainer.seed,
     )
+    from vidssl.datasets.clip_fit import check_clips_fit
+
+    check_clips_fit(cfg.dataset.root, [e.path for e in dataset.entries], dataset.sampler)
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)
     task = instantiate(cfg.task.model)

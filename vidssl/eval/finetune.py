@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidssl.run import RANDOM_INIT_SEED, Checkpoint
 from vidssl.datasets.dataset import collate_kept
+from vidssl.datasets.sampling import ClipTooShortError
 from vidssl.encoders.heads import ConvGRU, orthogonal_init_
 
 READOUTS = ("encoder", "context")
@@ -56,7 +57,8 @@ class PositionedSampler:
 
     def __call__(self, num_frames: int, generator: torch.Generator) -> list[int]:
         if num_frames < self.span:
-            raise ValueError(f"a clip needs {self.span} frames but the video has {num_frames}")
+            # the dataset drops (and counts) a video too short for its clip, as for any other sampler
+            raise ClipTooShortError(f"a clip needs {self.span} frames but the video has {num_frames}")
         start = round(self.position * (num_frames - self.span))
         return [start + i * self.stride for i in range(self.num_frames)]
 
