@@ -182,3 +182,30 @@ def test_clips_longer_than_every_video_stop_in_one_line_before_the_first_step(sm
     assert last.startswith("error: a clip of BlockSampler(num_seq=8, seq_len=5, stride=3) needs 118 frames, but "
                            "the 3 videos checked") and "have 16;" in last and "task.data.sampler.stride (now 3)" in last
     assert "step 1" not in result.stdout + result.stderr
+
+
+def test_a_misspelled_key_is_one_line_with_the_near_names_and_no_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = _tool("pretrain", "task=dpc", "dataset.root=/nonexistent", "trainer.max_step=3",
+                   f"trainer.out_dir={run}", cwd=tmp_path)
+    assert result.returncode == 2 and not run.exists()
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.max_step: no such key in pretrain.yaml (did you mean trainer.max_steps, trainer.warmup_steps?)"]
+
+
+def test_a_wrong_group_option_names_the_near_options() -> None:
+    from vidssl.app.errors import describe_override_error
+
+    err = Exception("In 'pretrain': Could not find 'task/dpcc'\n\nAvailable options in 'task':\n\tcpc\n\tdpc")
+    assert describe_override_error("pretrain", ["task=dpcc"], err) == (
+        "error: task=dpcc: no configs/task/dpcc.yaml (did you mean dpc?)")
+
+
+def test_a_tool_error_is_one_line_and_the_traceback_on_request(small_root: Path, tmp_path: Path) -> None:
+    args = ("metric=retrieval", "checkpoint=random", "encoder=r3d_18", "dataset=synthetic",
+            f"dataset.root={small_root}", f"out={tmp_path / 'ev'}")
+    result = _tool("evaluate", *args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: retrieval: k=20 exceeds the gallery size 3 (the train split's clips); pass smaller ks=[...] "
+        "(traceback: rerun with HYDRA_FULL_ERROR=1)"]

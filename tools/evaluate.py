@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors
 from vidssl.app.threads import set_cpu_threads
 from vidssl.eval.report import format_table, write_metrics
 
@@ -276,6 +277,7 @@ EVALUATIONS = {
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@one_line_errors
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
@@ -291,4 +293,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("evaluate")  # a wrong key: one line, before Hydra starts
     main()

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors
 from vidssl.app.threads import set_cpu_threads
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -63,6 +64,7 @@ class _NotOnConsole(logging.Filter):
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
+@one_line_errors(log_traceback=False)  # main() logs it to RUN/pretrain.log itself
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     try:
@@ -114,9 +116,12 @@ def train(cfg: DictConfig) -> None:
     summary = trainer.fit(task, dataset, optimizer_factory, config=config, resume=resume)
     if summary["interrupted"]:
         print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
+        # a stopped run is not a finished one: 130 after Ctrl-C, 143 after SIGTERM (as the shell reports them)
+        sys.exit(128 + (summary.get("signal") or 2))
 
 
 if __name__ == "__main__":
+    check_overrides("pretrain")  # a wrong key: one line, before Hydra creates the run folder
     absent = missing_mandatory_keys(sys.argv[1:])
     if absent:
         sys.exit(f"missing mandatory value{'s' if len(absent) > 1 else ''}: {', '.join(absent)} "

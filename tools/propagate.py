@@ -25,6 +25,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors
 from vidssl.app.outputs import prepare_out
 from vidssl.app.threads import set_cpu_threads
 from vidssl.eval.features import build_feature_fn
@@ -60,6 +61,7 @@ def propagate_benchmark(cfg: DictConfig, feature_fn, protocol: dict) -> str:
 
 
 @hydra.main(config_path="../configs", config_name="propagate", version_base="1.3")
+@one_line_errors
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     benchmark = cfg.layout not in (None, "davis")
@@ -127,4 +129,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("propagate")  # a wrong key: one line, before Hydra starts
     main()

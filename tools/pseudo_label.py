@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors
 from vidssl.app.threads import set_cpu_threads
 from vidssl.run import Checkpoint
 from vidssl.eval.clip_features import as_clip_encoder
@@ -39,6 +40,7 @@ from vidssl.viz import save_png
 
 
 @hydra.main(config_path="../configs", config_name="pseudo_label", version_base="1.3")
+@one_line_errors
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     # the mandatory keys first: nothing is decoded or loaded for a command that cannot finish
@@ -105,4 +107,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("pseudo_label")  # a wrong key: one line, before Hydra starts
     main()

@@ -162,10 +162,12 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # which signal: the tool exits 128 + signum (130 Ctrl-C, 143 SIGTERM)
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
         # A second Ctrl-C falls through to the old handler: a way out if saving hangs.
         signal.signal(signum, self._previous[signum])
 
@@ -364,7 +366,7 @@ class Trainer:
                 run.run_log.close()
         if run.is_main:
             self._log_end(run, started, stopped)
-        return self._summary(run, interrupted=stopped)
+        return {**self._summary(run, interrupted=stopped), "signal": stop.signum if stopped else None}
 
     def _setup(self, task, dataset, optimizer_factory, config, local_rank) -> _Run:
         """The device, the task on it (in DDP under torchrun), its optimiser and step, and a fresh train state."""
