@@ -209,3 +209,37 @@ def test_a_tool_error_is_one_line_and_the_traceback_on_request(small_root: Path,
     assert result.stderr.strip().splitlines() == [
         "error: retrieval: k=20 exceeds the gallery size 3 (the train split's clips); pass smaller ks=[...] "
         "(traceback: rerun with HYDRA_FULL_ERROR=1)"]
+
+
+def test_a_warmup_longer_than_the_run_is_scaled_to_a_tenth() -> None:
+    from vidssl.train.trainer import cosine_schedule
+    from vidssl.train.warmup import fit_warmup
+
+    assert fit_warmup(10, 300) == (10, None) and fit_warmup(0, 5) == (0, None)
+    warmup, note = fit_warmup(50, 30)
+    assert warmup == 3 and "warm-up scaled to 3" in note and "trainer.warmup_steps" in note
+    assert fit_warmup(50, 6)[0] == 1
+    factors = cosine_schedule(max_steps=30, warmup_steps=warmup)
+    assert max(factors) == 1.0 and factors[-1] < 0.01  # the rate now decays within the run
+
+
+def test_the_random_baseline_of_a_named_checkpoint_is_the_same_network(tmp_path: Path) -> None:
+    from vidssl.eval.features import build_feature_fn
+    from vidssl.run import load_encoder
+
+    trained = load_encoder("random", FRAME_ENCODER)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)  # "trained": not the random init
+    ckpt = tmp_path / "crw.pt"
+    task = {"model": {"_target_": "vidssl.tasks.crw.CRW", "embed_dim": 8}, "data": DATA}
+    torch.save({"encoder": trained.state_dict(), "model": {}, "config": {"encoder": FRAME_ENCODER, "task": task}}, ckpt)
+    twin = load_encoder(f"random:{ckpt}")
+    assert twin.out_channels == trained.out_channels == 32 and twin.padding_mode == "reflect"
+    assert twin.state_dict().keys() == trained.state_dict().keys()
+    assert not torch.equal(twin.conv1.weight, trained.conv1.weight)
+    torch.testing.assert_close(twin.conv1.weight, load_encoder("random", FRAME_ENCODER).conv1.weight)  # fixed seed
+    # propagate.py features=random checkpoint=CKPT: the width-4 twin, not encoder='s width-64 default
+    default_encoder = {"_target_": "vidssl.encoders.frame.resnet18_dense"}
+    feature_fn = build_feature_fn("random", encoder_cfg=default_encoder, checkpoint=str(ckpt), layer="output")
+    assert feature_fn(torch.zeros(32, 32, 3, dtype=torch.uint8)).shape[0] == 32

@@ -89,6 +89,11 @@ def train(cfg: DictConfig) -> None:
     threads = set_cpu_threads(workers=cfg.trainer.num_workers, requested=cfg.get("threads"),
                               device=cfg.trainer.device)
     log.info(threads.describe())
+    from vidssl.train.warmup import fit_warmup
+
+    cfg.trainer.warmup_steps, note = fit_warmup(cfg.trainer.warmup_steps, cfg.trainer.max_steps)
+    if note:
+        log.warning(note)  # the saved config.yaml records the warm-up used
     config = OmegaConf.to_container(cfg, resolve=True)
     # A run resumed with another model config would load its weights into a different model: refused
     # before anything is built. The loaded last.pt goes to the trainer, so the file is read once.
