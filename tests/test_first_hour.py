@@ -70,21 +70,30 @@ def test_frame_encoder_features_are_its_frames_pooled_over_the_clip() -> None:
     torch.testing.assert_close(pooled, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_crw_checkpoint_clusters_with_kmeans(small_root: Path, tmp_path: Path) -> None:
-    """A CRW checkpoint (a frame encoder) in pseudo_label.py method=kmeans: pooled over the clip, not a shape error."""
+@pytest.fixture(scope="module")
+def crw_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CRW-style checkpoint: a width-4 frame encoder (32 output channels) and its task config."""
     from vidssl.run import load_encoder
 
     encoder = load_encoder("random", FRAME_ENCODER)
     task = {"model": {"_target_": "vidssl.tasks.crw.CRW", "embed_dim": 8}, "data": DATA}
-    ckpt = tmp_path / "crw.pt"
+    ckpt = tmp_path_factory.mktemp("crw") / "crw.pt"
     torch.save({"encoder": encoder.state_dict(), "model": {}, "config": {"encoder": FRAME_ENCODER, "task": task}},
                ckpt)
+    return ckpt
+
+
+def test_crw_checkpoint_clusters_with_kmeans(small_root: Path, crw_checkpoint: Path, tmp_path: Path) -> None:
+    """A CRW checkpoint (a frame encoder) in pseudo_label.py method=kmeans: pooled over the clip, not a shape error."""
+    ckpt = crw_checkpoint
     out = tmp_path / "labels.csv"
     result = _tool("pseudo_label", "method=kmeans", "num_clusters=3", f"checkpoint={ckpt}", "dataset=synthetic",
                    f"dataset.root={small_root}", f"out={out}", "grid_clusters=2", "grid_per_cluster=2",
                    cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "threads 1 (from OMP_NUM_THREADS)" in result.stdout.splitlines()[0]
+    assert (f"pseudo_label: features checkpoint {ckpt}, encoder ResNet18Dense (32 output channels, reflect "
+            "padding), layer pooled output, input 3x32x32") in result.stdout
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6 and {r["cluster"] for r in rows} <= {"0", "1", "2"}
 
@@ -243,3 +252,22 @@ def test_the_random_baseline_of_a_named_checkpoint_is_the_same_network(tmp_path:
     default_encoder = {"_target_": "vidssl.encoders.frame.resnet18_dense"}
     feature_fn = build_feature_fn("random", encoder_cfg=default_encoder, checkpoint=str(ckpt), layer="output")
     assert feature_fn(torch.zeros(32, 32, 3, dtype=torch.uint8)).shape[0] == 32
+
+
+def test_crw_checkpoint_in_retrieval_records_what_was_used(small_root: Path, crw_checkpoint: Path,
+                                                           tmp_path: Path) -> None:
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["metric=retrieval", f"checkpoint={crw_checkpoint}", "dataset=synthetic",
+                                             f"dataset.root={small_root}", "ks=[1]", "size=32", "num_frames=3",
+                                             f"out={tmp_path / 'ev'}"])
+    metrics, _, _ = tool.evaluate_features(cfg)
+    assert {k: metrics[k] for k in ("encoder", "width", "padding", "input_size")} == {
+        "encoder": "ResNet18Dense", "width": 32, "padding": "reflect", "input_size": "3x32x32 (stride 2)"}
+    assert 0.0 <= metrics["R@1"] <= 1.0

@@ -132,6 +132,11 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
             raise SystemExit(f"error: readout={cfg.readout} needs a clip encoder with a context network (DPC); "
                              f"{cfg.checkpoint} has a frame encoder: use readout=encoder")
         encoder = as_clip_encoder(encoder)  # CRW, MAST: each frame's features, averaged over the clip
+    from vidssl.app.used import describe, encoder_facts
+
+    facts = encoder_facts(encoder, source=f"checkpoint {cfg.checkpoint}", layer=f"pooled {cfg.readout}",
+                          input_size=f"{cfg.num_frames}x{cfg.size}x{cfg.size} (stride {cfg.stride})")
+    print(f"evaluate: {describe(facts)}", flush=True)
     if cfg.readout == "context":
         encoder = context_readout(encoder, cfg.num_seq, checkpoint)
     metrics = evaluate_checkpoint(
@@ -144,7 +149,7 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
         device=cfg.device,
         ks=list(cfg.ks),
     )
-    metrics = {"checkpoint": str(cfg.checkpoint), "readout": cfg.readout, **metrics}
+    metrics = {"checkpoint": str(cfg.checkpoint), "readout": cfg.readout, **facts, **metrics}
     return metrics, format_table([metrics]), Path(cfg.out)
 
 

@@ -60,6 +60,12 @@ def propagate_benchmark(cfg: DictConfig, feature_fn, protocol: dict) -> str:
     raise SystemExit(f"layout={cfg.layout!r}: expected davis, vos, jhmdb or vip (set by benchmark=NAME)")
 
 
+def protocol_stride(feature_fn, cfg: DictConfig) -> str:
+    """The feature cell in pixels, as far as the source says."""
+    stride = getattr(feature_fn, "patch", None) or getattr(feature_fn, "stride", None)
+    return f"{stride} px" if stride else "the encoder's"
+
+
 @hydra.main(config_path="../configs", config_name="propagate", version_base="1.3")
 @one_line_errors
 @explain_instantiation_errors
@@ -76,7 +82,6 @@ def main(cfg: DictConfig) -> None:
         # before any feature is built: earlier masks would mix with this run's
         prepare_out(cfg.out, overwrite=bool(cfg.get("overwrite")))
     threads = set_cpu_threads(requested=cfg.get("threads"), device=cfg.device)
-    print(f"propagate features={cfg.features} on {cfg.device}, {threads.describe()}", flush=True)
     backbone = {}
     if cfg.features in ("timm", "torchvision"):
         if not cfg.get("model"):
@@ -89,6 +94,13 @@ def main(cfg: DictConfig) -> None:
     feature_fn = build_feature_fn(cfg.features, encoder_cfg=cfg.encoder, checkpoint=cfg.checkpoint,
                                   stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device,
                                   **backbone)
+    from vidssl.app.used import describe, encoder_facts
+
+    source = cfg.features if cfg.features != "checkpoint" else f"checkpoint {cfg.checkpoint}"
+    facts = encoder_facts(getattr(feature_fn, "encoder", None), source=source,
+                          layer=getattr(feature_fn, "layer", None),
+                          input_size=f"short side {cfg.short_side}" if cfg.short_side else "as stored")
+    print(f"propagate: {describe(facts)}, stride {protocol_stride(feature_fn, cfg)}, {threads.describe()}", flush=True)
     protocol = {k: cfg[k] for k in PROTOCOL}
     # upsample=patch: the feature stride (a backbone's patch size, the pixel cell size)
     protocol["patch"] = getattr(feature_fn, "patch", None) or getattr(feature_fn, "stride", None)

@@ -84,6 +84,14 @@ def main(cfg: DictConfig) -> None:
                              f"method={cfg.method}")
         # a frame encoder (CRW, MAST): its frames' features averaged over the clip
         encoder = as_clip_encoder(checkpoint.build_encoder())
+        from vidssl.app.used import describe, encoder_facts
+
+        data = checkpoint.data_config or {}
+        size = (data.get("transform") or {}).get("size")
+        frames = (data.get("sampler") or {}).get("num_frames")
+        facts = encoder_facts(encoder, source=f"checkpoint {cfg.checkpoint}", layer="pooled output",
+                              input_size=f"{frames}x{size}x{size}")
+        print(f"pseudo_label: {describe(facts)}", flush=True)
         dataset = labelling_dataset(cfg.dataset.root, entries, checkpoint.data_config, with_audio=False,
                                     backend=cfg.backend, seed=cfg.seed)
         paths, features, skipped = encoder_features(encoder, dataset, **loader)
