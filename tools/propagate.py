@@ -3,7 +3,7 @@
     python tools/propagate.py davis_root=DIR out=RES features=pixels|random|checkpoint [checkpoint=CKPT] [split=val]
     python tools/propagate.py davis_root=DIR out=RES features=timm model=vit_base_patch8_224.dino \
         weights=dino_vitbase8_pretrain.pth protocol=dino
-    python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=480]
+    python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=N] [overwrite=true]
     python tools/propagate.py davis_root=DIR out=RES features=... sweep=true split=train [apply_split=val]
     python tools/propagate.py benchmark=davis|ytvos|mose|jhmdb|vip root=DIR out=RES [features=...] [checkpoint=CKPT]
 
