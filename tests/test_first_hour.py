@@ -191,6 +191,7 @@ def test_clips_longer_than_every_video_stop_in_one_line_before_the_first_step(sm
     assert last.startswith("error: a clip of BlockSampler(num_seq=8, seq_len=5, stride=3) needs 118 frames, but "
                            "the 3 videos checked") and "have 16;" in last and "task.data.sampler.stride (now 3)" in last
     assert "step 1" not in result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()  # a refused start leaves no run folder
 
 
 def test_a_misspelled_key_is_one_line_with_the_near_names_and_no_run_folder(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vidssl.app.cli import explain_instantiation_errors
-from vidssl.app.errors import check_overrides, one_line_errors
+from vidssl.app.errors import check_overrides, one_line_errors, remove_if_unused
 from vidssl.app.threads import set_cpu_threads
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -131,4 +131,12 @@ if __name__ == "__main__":
     if absent:
         sys.exit(f"missing mandatory value{'s' if len(absent) > 1 else ''}: {', '.join(absent)} "
                  f"(set {'them' if len(absent) > 1 else 'it'} on the command line, e.g. {absent[0]}=...)")
-    main()
+    # a start refused in one line (a SystemExit message) leaves no run folder behind, only a real run does
+    planned = next((Path(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("trainer.out_dir=")), None)
+    existed = planned is not None and planned.exists()
+    try:
+        main()
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            remove_if_unused(planned, existed)
+        raise

@@ -96,6 +96,17 @@ def check_overrides(config_name: str, argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+def remove_if_unused(folder: Path | None, existed: bool) -> None:
+    """Delete a run folder this command created when it holds nothing but log files (a refused start)."""
+    if folder is None or existed or not folder.is_dir():
+        return
+    files = list(folder.rglob("*"))
+    if all(p.is_file() and p.suffix == ".log" for p in files):
+        for p in files:
+            p.unlink()
+        folder.rmdir()
+
+
 def _message(err: BaseException) -> str:
     """The exception's own words on one line (Hydra's wrapper keeps its "caused by …"), its type named
     unless it is a plain value or file error."""
