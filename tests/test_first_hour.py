@@ -272,3 +272,17 @@ def test_crw_checkpoint_in_retrieval_records_what_was_used(small_root: Path, crw
     assert {k: metrics[k] for k in ("encoder", "width", "padding", "input_size")} == {
         "encoder": "ResNet18Dense", "width": 32, "padding": "reflect", "input_size": "3x32x32 (stride 2)"}
     assert 0.0 <= metrics["R@1"] <= 1.0
+
+
+def test_bad_files_are_summed_up_by_their_real_reason() -> None:
+    from vidssl.datasets.dataset import NO_AUDIO
+    from vidssl.train.bad_files import summarize_bad_files
+
+    reasons = [f"VideoDecodeError: videos/a.mp4: {NO_AUDIO}"] * 9 + [
+        "ClipTooShortError: a clip needs 20 frames but the video has 16",
+        "12 frames, but a clip spans 20",  # set aside up front (loader.index)
+        "VideoDecodeError: videos/b.mp4: cannot open: Invalid data"]
+    line = summarize_bad_files(reasons, total=14)
+    assert line.startswith("12 of 14 files set aside (9 without sound, 2 too short, 1 unreadable)")
+    assert "loader.require_audio=false" in line and "task=sela" in line
+    assert "require_audio" not in summarize_bad_files(reasons[9:], total=14) and summarize_bad_files([], 3) is None

@@ -623,7 +623,13 @@ class Trainer:
                  _duration(time.perf_counter() - started), state.smoothed_loss, last, state.best["metric"],
                  "none yet" if state.best["value"] is None else f"{state.best['value']:.4g}",
                  best if best.exists() else "not written",
-                 f"; {run.replaced_clips} unreadable clips replaced (rank 0)" if run.replaced_clips else "")
+                 f"; {run.replaced_clips} clips replaced because their file was bad (rank 0)"
+                 if run.replaced_clips else "")
+        from vidssl.train.bad_files import summarize_bad_files
+
+        summary = summarize_bad_files(run.skipped.files.values(), len(getattr(run.skipped.dataset, "entries", ())))
+        if summary:
+            log.warning(summary)
         if run.skipped.files:
             log.warning("%d bad files skipped in this run, listed with their reasons in %s",
                         len(run.skipped.files), run.skipped.csv_path)
