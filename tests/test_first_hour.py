@@ -96,6 +96,7 @@ def test_crw_checkpoint_clusters_with_kmeans(small_root: Path, crw_checkpoint: P
             "padding), layer pooled output, input 3x32x32") in result.stdout
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6 and {r["cluster"] for r in rows} <= {"0", "1", "2"}
+    assert "encode clips: 100%" in result.stderr  # progress and ETA while it works
 
 
 def test_pseudo_label_without_out_is_refused_before_any_work(small_root: Path, tmp_path: Path) -> None:
@@ -256,7 +257,7 @@ def test_the_random_baseline_of_a_named_checkpoint_is_the_same_network(tmp_path:
 
 
 def test_crw_checkpoint_in_retrieval_records_what_was_used(small_root: Path, crw_checkpoint: Path,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import importlib.util
 
     from hydra import compose, initialize_config_dir
@@ -272,6 +273,7 @@ def test_crw_checkpoint_in_retrieval_records_what_was_used(small_root: Path, crw
     assert {k: metrics[k] for k in ("encoder", "width", "padding", "input_size")} == {
         "encoder": "ResNet18Dense", "width": 32, "padding": "reflect", "input_size": "3x32x32 (stride 2)"}
     assert 0.0 <= metrics["R@1"] <= 1.0
+    assert "features: 100%" in capsys.readouterr().err  # a progress bar per split
 
 
 def test_bad_files_are_summed_up_by_their_real_reason() -> None:

@@ -118,7 +118,9 @@ def _each_clip(
     bad file makes the dataset load another clip in its place)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     found: dict[int, tuple] = {}
-    for batch in loader:
+    from tqdm import tqdm  # progress and ETA on stderr: extraction takes minutes on a CPU
+
+    for batch in tqdm(loader, desc="encode clips", unit="batch"):
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
         for index, row in zip(batch["index"].tolist(), compute(inputs, batch)):
             found.setdefault(index, row)
