@@ -288,3 +288,28 @@ def test_bad_files_are_summed_up_by_their_real_reason() -> None:
     assert line.startswith("12 of 14 files set aside (9 without sound, 2 too short, 1 unreadable)")
     assert "loader.require_audio=false" in line and "task=sela" in line
     assert "require_audio" not in summarize_bad_files(reasons[9:], total=14) and summarize_bad_files([], 3) is None
+
+
+def test_clusters_report_class_names_a_confusion_matrix_and_missing_clips(tmp_path: Path) -> None:
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+    from PIL import Image
+
+    (tmp_path / "manifest.csv").write_text("path,label\na.mp4,cat\nb.mp4,cat\nc.mp4,dog\nd.mp4,dog\ne.mp4,eel\n"
+                                           "f.mp4,eel\n")
+    (tmp_path / "labels.csv").write_text("path,cluster,confidence\na.mp4,1,1\nb.mp4,1,1\nc.mp4,0,1\nd.mp4,1,1\n"
+                                         "e.mp4,2,1\n")  # f.mp4 was never labelled
+    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["metric=clusters", f"labels={tmp_path / 'labels.csv'}",
+                                             f"manifest={tmp_path / 'manifest.csv'}", f"out={tmp_path / 'ev'}"])
+    metrics, table, _ = tool.evaluate_clusters(cfg)
+    assert metrics["missing_from_labels"] == 1 and "f.mp4" in table
+    assert "cat" in table and "dog" in table  # names, not only indices
+    rows = list(csv.reader((tmp_path / "ev" / "confusion.csv").open()))
+    assert rows == [["cluster", "cat", "dog", "eel"], ["0", "0", "1", "0"], ["1", "2", "1", "0"], ["2", "0", "0", "1"]]
+    with Image.open(tmp_path / "ev" / "confusion.png") as image:
+        assert image.size[0] > 200 and image.size[1] > 200

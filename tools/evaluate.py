@@ -84,9 +84,20 @@ def evaluate_vip(cfg: DictConfig) -> tuple[dict, str, Path]:
 def evaluate_clusters(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.eval.clustering import evaluate_labels
 
+    from vidssl.eval.cluster_report import class_names, cluster_confusion, write_confusion
+
     _need(cfg, "labels", "manifest")
     metrics, per_cluster = evaluate_labels(cfg.labels, cfg.manifest)
+    counts, clusters, classes, missing = cluster_confusion(cfg.labels, cfg.manifest)
+    names = class_names(cfg.manifest)
+    for row in per_cluster:  # the majority class by name, beside its index
+        row["majority_class"] = names.get(row["majority_label"], str(row["majority_label"]))
+    csv_path, png_path = write_confusion(cfg.out, counts, clusters, classes)
+    metrics["missing_from_labels"] = len(missing)
     table = format_table([metrics]) + "\n\n" + format_table(per_cluster)
+    table += f"\n\nconfusion matrix (cluster × class): {csv_path}, {png_path}"
+    if missing:
+        table += f"\n{len(missing)} labelled manifest clips are missing from {cfg.labels}, e.g. {missing[:5]}"
     return metrics, table, Path(cfg.out)
 
 
