@@ -313,3 +313,35 @@ def test_clusters_report_class_names_a_confusion_matrix_and_missing_clips(tmp_pa
     assert rows == [["cluster", "cat", "dog", "eel"], ["0", "0", "1", "0"], ["1", "2", "1", "0"], ["2", "0", "0", "1"]]
     with Image.open(tmp_path / "ev" / "confusion.png") as image:
         assert image.size[0] > 200 and image.size[1] > 200
+
+
+def test_tracking_starts_at_the_frame_the_mask_is_drawn_on(tmp_path: Path) -> None:
+    from vidssl.datasets.formats import read_mask
+    from vidssl.eval.features import PixelFeatures
+    from vidssl.eval.track import track_video
+
+    _moving_square_mkv(tmp_path / "full.mkv", frames=12)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[12:32, 8 + 5:28 + 5] = 1  # the square where it is at frame 5
+    result = track_video(tmp_path / "full.mkv", mask, tmp_path / "out", PixelFeatures(), start_frame=5,
+                         progress=False)
+    assert result["frames"] == 7 and not result["truncated"]
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "masks" / "00000.png"), mask)
+    with pytest.raises(ValueError, match="start_frame=12: .* has frames 0..11"):
+        track_video(tmp_path / "full.mkv", mask, tmp_path / "o2", PixelFeatures(), start_frame=12, progress=False)
+
+
+def test_a_soft_mask_is_binarised_on_request_or_refused_naming_threshold(tmp_path: Path) -> None:
+    from PIL import Image, ImageFilter
+
+    from vidssl.eval.track import read_first_mask
+
+    hard = np.zeros((48, 64), np.uint8)
+    hard[12:32, 8:28] = 255
+    Image.fromarray(hard).filter(ImageFilter.GaussianBlur(2)).save(tmp_path / "soft.png")  # anti-aliased edges
+    with pytest.raises(ValueError, match="grey levels.*threshold=128"):
+        read_first_mask(tmp_path / "soft.png")
+    binary = read_first_mask(tmp_path / "soft.png", threshold=128)
+    assert set(np.unique(binary)) == {0, 1} and abs(int(binary.sum()) - 400) < 40
+    Image.fromarray(hard).save(tmp_path / "soft.jpg", quality=70)  # JPEG ringing
+    assert abs(int(read_first_mask(tmp_path / "soft.jpg", threshold=128).sum()) - 400) < 40

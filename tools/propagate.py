@@ -129,7 +129,8 @@ def main(cfg: DictConfig) -> None:
         # a backbone that prepares its own frames (resize=dino|multiple|short) sees the video at its size
         short_side = None if backbone and cfg.resize != "none" else cfg.short_side
         result = track_video(cfg.video, cfg.mask, cfg.out, feature_fn, short_side=short_side,
-                             max_frames=cfg.max_frames, fps=cfg.fps, **protocol)
+                             max_frames=cfg.max_frames, fps=cfg.fps, start_frame=cfg.get("start_frame", 0),
+                             threshold=cfg.get("threshold"), **protocol)
         print(f"tracked {result['objects']} object(s) through {result['frames']} frames: {result['masks']}/, "
               f"{result['mp4']}, {result['gif']}")
         if result["truncated"]:

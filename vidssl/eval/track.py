@@ -53,17 +53,24 @@ def _decodable(reader: VideoReader, indices: list[int]) -> tuple[torch.Tensor, s
     return (torch.cat(frames) if frames else torch.empty(0, dtype=torch.uint8)), reason
 
 
-def read_first_mask(path: str | Path) -> np.ndarray:
+ANTIALIASED_LEVELS = 16  # a greyscale mask with more distinct values is a soft (anti-aliased, JPEG) mask
+
+
+def read_first_mask(path: str | Path, *, threshold: int | None = None) -> np.ndarray:
     """A first-frame mask as object indices (H×W uint8: 0 background, 1..N objects).
 
     Palette PNGs and greyscale PNGs give their stored indices, except that a greyscale or
     black-and-white mask of only 0 and 255 is one object (255 → 1). RGB PNGs are mapped through
     the DAVIS palette; pure black and white are again background and one object.
+    ``threshold=T``: one object wherever the mask's brightness is above T (an anti-aliased or JPEG
+    mask); a greyscale mask with more than ``ANTIALIASED_LEVELS`` values is refused without it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask not found: {path}")
     with Image.open(path) as image:
+        if threshold is not None:
+            return (np.array(image.convert("L")) > threshold).astype(np.uint8)
         mode = image.mode
         if mode == "1":
             return np.array(image, dtype=np.uint8)
@@ -71,6 +78,9 @@ def read_first_mask(path: str | Path) -> np.ndarray:
             values = np.array(image)
             if mode != "P" and set(np.unique(values).tolist()) <= {0, 255}:
                 return (values == 255).astype(np.uint8)
+            if mode != "P" and len(np.unique(values)) > ANTIALIASED_LEVELS:
+                raise ValueError(f"{path}: {len(np.unique(values))} grey levels, a soft (anti-aliased or JPEG) mask "
+                                 "rather than object indices; pass threshold=128 to binarise it")
             return values.astype(np.uint8) if values.max() <= 255 else _too_many(path, values)
         codes = rgb_codes(np.array(image.convert("RGB")))
     if set(np.unique(codes).tolist()) <= {0, 0xFFFFFF}:
@@ -107,6 +117,8 @@ def track_video(
     *,
     short_side: int | None = None,
     max_frames: int | None = None,
+    start_frame: int = 0,
+    threshold: int | None = None,
     fps: float | None = None,
     gif_width: int = 320,
     gif_frames: int = 120,
@@ -123,6 +135,8 @@ def track_video(
       short_side: resize frames (and the mask, nearest) so that their short side has this many
         pixels before tracking; None keeps the video's size (the mask must then match it).
       max_frames: track only the first this many frames (None: all).
+      start_frame: the video frame the mask is drawn on; tracking starts there (masks/00000.png is it).
+      threshold: binarise a soft mask file at this brightness (`read_first_mask`).
       A video that ends before its header says (a truncated file) is tracked up to its last decodable frame:
       every mask is written as it is computed, the overlays hold the frames tracked, and ``truncated`` in
       the result says where it stopped.
@@ -134,12 +148,15 @@ def track_video(
     out = Path(out)
     reader = VideoReader(video)
     try:
-        num_frames = reader.num_frames if max_frames is None else min(max_frames, reader.num_frames)
+        if not 0 <= start_frame < reader.num_frames:
+            raise ValueError(f"start_frame={start_frame}: {video} has frames 0..{reader.num_frames - 1}")
+        left = reader.num_frames - start_frame
+        num_frames = left if max_frames is None else min(max_frames, left)
         if num_frames < 1:
             raise ValueError(f"{video}: no frames to track")
         height, width = reader.size
         size = _working_size(height, width, short_side)
-        first = read_first_mask(mask) if not isinstance(mask, np.ndarray) else mask
+        first = read_first_mask(mask, threshold=threshold) if not isinstance(mask, np.ndarray) else mask
         first = check_first_mask(first, name=str(video)).numpy().astype(np.uint8)
         if size is None and first.shape != (height, width):
             raise ValueError(f"mask {mask if not isinstance(mask, np.ndarray) else ''} is "
@@ -155,7 +172,7 @@ def track_video(
 
         def frame(t: int) -> torch.Tensor:
             if not chunk["start"] <= t < chunk["start"] + DECODE_CHUNK:
-                indices = list(range(t, min(t + DECODE_CHUNK, num_frames)))
+                indices = list(range(start_frame + t, start_frame + min(t + DECODE_CHUNK, num_frames)))
                 try:
                     frames, chunk["reason"] = reader.get_frames(indices), ""
                 except VideoDecodeError:  # a truncated file: keep the frames before the break
@@ -187,7 +204,8 @@ def track_video(
                     if t % gif_every == 0:
                         gif_images.append(_shrink(over, gif_width))
             except _VideoEnded as end:
-                truncated = (f"{video} ends at frame {end.t} of the {num_frames} its header gives (truncated or "
+                truncated = (f"{video} ends at frame {start_frame + end.t} of the {reader.num_frames} its header "
+                             f"gives (truncated or "
                              f"corrupt); kept the {tracked} frames tracked")
         gif = viz.save_gif(out / "overlay.gif", gif_images, fps=min(rate / gif_every, 50.0))
     finally:
