@@ -345,3 +345,15 @@ def test_a_soft_mask_is_binarised_on_request_or_refused_naming_threshold(tmp_pat
     assert set(np.unique(binary)) == {0, 1} and abs(int(binary.sum()) - 400) < 40
     Image.fromarray(hard).save(tmp_path / "soft.jpg", quality=70)  # JPEG ringing
     assert abs(int(read_first_mask(tmp_path / "soft.jpg", threshold=128).sum()) - 400) < 40
+
+
+def test_help_lists_each_key_with_its_comment_and_the_groups_used() -> None:
+    from vidssl.app.errors import config_help
+
+    text = config_help("pseudo_label")
+    assert "  num_clusters: null             # K, for method=kmeans|sinkhorn" in text.splitlines()
+    assert any(line.startswith("  task=…  (cpc, crw, dpc,") for line in text.splitlines())
+    assert "hydra" not in text.split("Hydra's own flags")[0]  # Hydra's own settings are not the tool's keys
+    pretrain = config_help("pretrain")
+    assert any(line.startswith("  trainer.max_steps: 1000") for line in pretrain.splitlines())
+    assert any(line.startswith("  trainer.warmup_steps: 50") for line in pretrain.splitlines())

@@ -77,12 +77,46 @@ def describe_override_error(config_name: str, overrides: list[str], err: Excepti
     return "error: " + " ".join(text.split())
 
 
+def config_help(config_name: str) -> str:
+    """``--help``: each key of ``configs/<config_name>.yaml`` with its one-line comment, then the groups the
+    tool uses with their options (the YAML comments are the documentation; Hydra's own help drops them)."""
+    lines = (CONFIG_DIR / f"{config_name}.yaml").read_text().splitlines()
+    keys, groups, sub_keys, section = [], [], [], None
+    for line in lines:
+        if not line.strip() or line.startswith("#"):
+            continue
+        if not line.startswith((" ", "-", "\t")):
+            section = line.split(":", 1)[0].strip()
+        if section == "hydra" or section == "defaults" and not line.strip().startswith("- "):
+            continue
+        if section == "defaults":
+            entry, _, note = line.strip()[2:].partition("#")
+            group = entry.split(":", 1)[0].strip()
+            if ":" in entry and not group.startswith("override") and group != "_self_":
+                options = ", ".join(_group_options(group.split("@")[0])) or "-"
+                groups.append(f"  {group}=…  ({options}){'  # ' + note.strip() if note.strip() else ''}")
+                chosen = CONFIG_DIR / group / f"{entry.split(':', 1)[1].strip()}.yaml"
+                if group in ("trainer", "optim") and chosen.is_file():  # few options: their keys are the tool's
+                    sub_keys += [f"  {group}.{ln}" for ln in chosen.read_text().splitlines()
+                                 if ln.strip() and not ln.startswith((" ", "#", "_"))]
+            continue
+        keys.append(f"  {line}")
+    keys += sub_keys
+    return "\n".join([f"keys of configs/{config_name}.yaml (key=value on the command line):", *keys, "",
+                      "groups (group=option):", *groups, "",
+                      "Hydra's own flags: --hydra-help; the composed config: --cfg job"])
+
+
 def check_overrides(config_name: str, argv: list[str] | None = None) -> None:
     """Compose ``config_name`` with the command line's overrides; exit with one line (status 2) if Hydra cannot.
 
     Command lines with Hydra's own flags (``--help``, ``--multirun``, ``-cn``…) are left to Hydra.
     """
     argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        doc = sys.modules["__main__"].__doc__ or ""
+        print(doc.strip() + "\n\n" + config_help(config_name))
+        sys.exit(0)
     if any(arg.startswith("-") for arg in argv) or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return
     from hydra import compose, initialize_config_dir
