@@ -357,3 +357,15 @@ def test_help_lists_each_key_with_its_comment_and_the_groups_used() -> None:
     pretrain = config_help("pretrain")
     assert any(line.startswith("  trainer.max_steps: 1000") for line in pretrain.splitlines())
     assert any(line.startswith("  trainer.warmup_steps: 50") for line in pretrain.splitlines())
+
+
+def test_propagate_checks_the_mask_before_loading_any_weights(sample_clips, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "small.png")  # carphone is 176×144
+    result = _tool("propagate", f"video={sample_clips['carphone']}", f"mask={tmp_path / 'small.png'}",
+                   f"out={tmp_path / 'res'}", "features=checkpoint", f"checkpoint={tmp_path / 'absent.pt'}",
+                   cwd=tmp_path)
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: mask {tmp_path / 'small.png'} is 10×10 but the frames of") and "absent.pt" not in line

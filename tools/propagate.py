@@ -81,6 +81,12 @@ def main(cfg: DictConfig) -> None:
     if not benchmark and not cfg.get("sweep"):
         # before any feature is built: earlier masks would mix with this run's
         prepare_out(cfg.out, overwrite=bool(cfg.get("overwrite")))
+    if cfg.video is not None:  # the video opens, the mask reads and fits: before any weight is loaded
+        from vidssl.eval.track import check_inputs
+
+        resized = cfg.short_side is not None and not (cfg.features in ("timm", "torchvision") and cfg.resize != "none")
+        check_inputs(cfg.video, cfg.mask, short_side=cfg.short_side if resized else None,
+                     threshold=cfg.get("threshold"))
     threads = set_cpu_threads(requested=cfg.get("threads"), device=cfg.device)
     backbone = {}
     if cfg.features in ("timm", "torchvision"):

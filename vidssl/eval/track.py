@@ -89,6 +89,24 @@ def read_first_mask(path: str | Path, *, threshold: int | None = None) -> np.nda
                                         "object indices)")
 
 
+def check_inputs(video: str | Path, mask: str | Path, *, short_side: int | None = None,
+                 threshold: int | None = None) -> None:
+    """The checks `track_video` makes on its inputs, before any feature is built: the video opens, the mask
+    reads, marks an object and (without ``short_side``) is the frames' size. Raises naming the file."""
+    reader = VideoReader(video)
+    try:
+        height, width = reader.size
+    finally:
+        reader.close()
+    first = read_first_mask(mask, threshold=threshold)
+    if short_side is None and first.shape != (height, width):
+        raise ValueError(f"mask {mask} is {first.shape[0]}×{first.shape[1]} but the frames of {video} are "
+                         f"{height}×{width}; draw it on the first frame at full size (or pass short_side=N to "
+                         "resize both)")
+    if not first.any():
+        raise ValueError(f"mask {mask} marks no object (all 0)")
+
+
 def _too_many(path: Path, values: np.ndarray) -> np.ndarray:
     raise ValueError(f"{path}: mask values up to {int(values.max())}; expected object indices 0..255")
 
