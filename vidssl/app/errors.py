@@ -121,7 +121,7 @@ def check_overrides(config_name: str, argv: list[str] | None = None) -> None:
         return
     from hydra import compose, initialize_config_dir
 
-    overrides = [o for o in argv if not o.lstrip("+~").startswith("hydra.")]
+    overrides = [o for o in argv if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             compose(config_name, overrides=overrides)
