@@ -369,3 +369,16 @@ def test_propagate_checks_the_mask_before_loading_any_weights(sample_clips, tmp_
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: mask {tmp_path / 'small.png'} is 10×10 but the frames of") and "absent.pt" not in line
+
+
+def test_overlays_outline_each_object_and_name_it_in_a_legend() -> None:
+    from vidssl.datasets.formats import DAVIS_PALETTE
+    from vidssl.eval.overlay import outlined_overlay
+
+    labels = np.zeros((60, 80), np.int64)
+    labels[20:40, 30:50] = 1
+    labels[45:55, 60:75] = 2
+    out = outlined_overlay(np.full((60, 80, 3), 100, np.uint8), labels, 2)
+    assert (out[20, 40] == DAVIS_PALETTE[1]).all() and (out[45, 65] == DAVIS_PALETTE[2]).all()  # outlines
+    assert not (out[30, 40] == DAVIS_PALETTE[1]).all()  # inside: blended, not painted over
+    assert (out[5, 5] == DAVIS_PALETTE[1]).all() and (out[17, 5] == DAVIS_PALETTE[2]).all()  # legend swatches

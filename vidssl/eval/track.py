@@ -27,6 +27,7 @@ from tqdm import tqdm
 from vidssl import viz
 from vidssl.datasets.decode import VideoDecodeError, VideoReader
 from vidssl.datasets.formats import palette_indices, rgb_codes, write_mask
+from vidssl.eval.overlay import outlined_overlay
 from vidssl.eval.propagate import FeatureFn, check_first_mask, propagate_labels
 
 DECODE_CHUNK = 32  # frames decoded per call: one keyframe seek per chunk, a bounded buffer
@@ -216,7 +217,7 @@ def track_video(
                                                    unit="frame", disable=not progress)):
                     labels = label_map.numpy()
                     write_mask(masks_dir / f"{t:05d}.png", labels)
-                    over = viz.overlay_masks(frame(t).numpy(), labels)
+                    over = outlined_overlay(frame(t).numpy(), labels, num_objects)
                     mp4.write(over)
                     tracked = t + 1
                     if t % gif_every == 0:
