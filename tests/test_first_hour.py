@@ -382,3 +382,19 @@ def test_overlays_outline_each_object_and_name_it_in_a_legend() -> None:
     assert (out[20, 40] == DAVIS_PALETTE[1]).all() and (out[45, 65] == DAVIS_PALETTE[2]).all()  # outlines
     assert not (out[30, 40] == DAVIS_PALETTE[1]).all()  # inside: blended, not painted over
     assert (out[5, 5] == DAVIS_PALETTE[1]).all() and (out[17, 5] == DAVIS_PALETTE[2]).all()  # legend swatches
+
+
+def test_pretraining_threads_ignore_the_load_so_a_resume_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from vidssl.app import threads as rule
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(rule, "available_cores", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    before = torch.get_num_threads()
+    try:
+        assert rule.set_cpu_threads(workers=1).threads == 1  # (4 - 3) // 2 → at least 1
+        assert rule.set_cpu_threads(workers=1, use_load=False).threads == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

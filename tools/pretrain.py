@@ -86,8 +86,9 @@ def train(cfg: DictConfig) -> None:
     from vidssl.run import refuse_changed_model_config
     from vidssl.train import seed_everything
 
+    # the load left out: a resumed run gets the count of the run it continues
     threads = set_cpu_threads(workers=cfg.trainer.num_workers, requested=cfg.get("threads"),
-                              device=cfg.trainer.device)
+                              device=cfg.trainer.device, use_load=False)
     log.info(threads.describe())
     from vidssl.train.warmup import fit_warmup
 

@@ -9,6 +9,9 @@ run is several times slower with identical results (docs/benchmarks.md, "CPU thr
 ``cores`` are the processors this process may run on (``os.sched_getaffinity``), ``busy`` the machine's
 one-minute load average rounded down (other processes already running), capped at ``cores - 1``. An explicit
 ``OMP_NUM_THREADS`` in the environment, or the tool's ``threads=N`` key, wins over the rule.
+
+Pretraining leaves the load out (``busy = 0``): a resumed run then uses the same count as the run it continues
+on the same machine, since a different intra-op split may change results in their last bits.
 """
 
 from __future__ import annotations
@@ -78,10 +81,12 @@ def choose_threads(*, workers: int = 0, requested: int | None = None, device: st
     return ThreadChoice(max(1, (cores - busy) // (1 + workers)), "rule", cores, busy, workers)
 
 
-def set_cpu_threads(*, workers: int = 0, requested: int | None = None, device: str = "cpu") -> ThreadChoice:
-    """Choose the thread count (`choose_threads`) and give it to torch; returns the choice for the start line."""
+def set_cpu_threads(*, workers: int = 0, requested: int | None = None, device: str = "cpu",
+                    use_load: bool = True) -> ThreadChoice:
+    """Choose the thread count (`choose_threads`; ``use_load=False``: as on an idle machine) and give it to
+    torch; returns the choice for the start line."""
     import torch
 
-    choice = choose_threads(workers=workers, requested=requested, device=device)
+    choice = choose_threads(workers=workers, requested=requested, device=device, busy=None if use_load else 0)
     torch.set_num_threads(choice.threads)
     return choice
