@@ -398,3 +398,16 @@ def test_pretraining_threads_ignore_the_load_so_a_resume_matches(monkeypatch: py
         assert rule.set_cpu_threads(workers=1, use_load=False).threads == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_mostly_silent_videos_are_said_once_before_training(small_root: Path, tmp_path: Path) -> None:
+    from vidssl.datasets.clip_fit import silent_warning
+    from vidssl.viz import save_mp4
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        save_mp4(tmp_path / f"{name}.mp4", [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(4)])
+    line = silent_warning(tmp_path, ["a.mp4", "b.mp4", "c.mp4", "broken.mp4"])
+    assert line.startswith("3 of the first 3 videos") and "loader.require_audio=false" in line and "task=sela" in line
+    with_sound = sorted(p.relative_to(small_root).as_posix() for p in (small_root / "videos").glob("*.mp4"))
+    assert with_sound and silent_warning(small_root, with_sound) is None  # the synthetic clips have sound

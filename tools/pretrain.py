@@ -116,6 +116,11 @@ def train(cfg: DictConfig) -> None:
     from vidssl.datasets.clip_fit import check_clips_fit
 
     check_clips_fit(cfg.dataset.root, [e.path for e in dataset.entries], dataset.sampler)
+    if getattr(dataset, "audio", None) is not None and cfg.loader.require_audio:
+        from vidssl.datasets.clip_fit import silent_warning
+
+        if note := silent_warning(cfg.dataset.root, [e.path for e in dataset.entries]):
+            log.warning(note)  # one line before the first step, rather than a warning per silent file
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)
     task = instantiate(cfg.task.model)

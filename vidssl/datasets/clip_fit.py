@@ -23,6 +23,34 @@ def describe_sampler(sampler: Any) -> str:
     return type(sampler).__name__
 
 
+def probe_headers(root: str | Path, paths: list[str], probe: int) -> list[tuple[int, bool]]:
+    """``(frames, has sound)`` of the first ``probe`` videos that open (headers only)."""
+    found = []
+    for path in paths:
+        if len(found) >= probe:
+            break
+        try:
+            reader = VideoReader(Path(root) / path)
+        except (VideoDecodeError, OSError, ValueError):
+            continue  # an unreadable file (or a flow folder) is the dataset's to report
+        try:
+            found.append((reader.num_frames, reader.has_audio))
+        finally:
+            reader.close()
+    return found
+
+
+def silent_warning(root: str | Path, paths: list[str], *, probe: int = 8) -> str | None:
+    """One line when most of the first ``probe`` videos have no sound (for a task that loads audio)."""
+    found = probe_headers(root, paths, probe)
+    silent = sum(not sound for _, sound in found)
+    if found and silent * 2 > len(found):
+        return (f"{silent} of the first {len(found)} videos under {root} have no sound, and this task loads audio: "
+                "they will be skipped; loader.require_audio=false trains on silence instead, or task=sela "
+                "clusters the video alone")
+    return None
+
+
 def check_clips_fit(root: str | Path, paths: list[str], sampler: Any, *, probe: int = 8,
                     key: str = "task.data.sampler") -> None:
     """Refuse (SystemExit, one line) when none of the first ``probe`` readable videos holds one clip of
@@ -30,18 +58,7 @@ def check_clips_fit(root: str | Path, paths: list[str], sampler: Any, *, probe: 
     span = getattr(sampler, "span", None)
     if span is None:
         return
-    lengths = []
-    for path in paths:
-        if len(lengths) >= probe:
-            break
-        try:
-            reader = VideoReader(Path(root) / path)
-        except (VideoDecodeError, OSError, ValueError):
-            continue  # an unreadable file (or a flow folder) is the dataset's to report
-        try:
-            lengths.append(reader.num_frames)
-        finally:
-            reader.close()
+    lengths = [length for length, _ in probe_headers(root, paths, probe)]
     if lengths and max(lengths) < span:
         stride = getattr(sampler, "stride", None)
         knob = f"{key}.stride (now {stride})" if stride is not None else key
