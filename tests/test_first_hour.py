@@ -411,3 +411,15 @@ def test_mostly_silent_videos_are_said_once_before_training(small_root: Path, tm
     assert line.startswith("3 of the first 3 videos") and "loader.require_audio=false" in line and "task=sela" in line
     with_sound = sorted(p.relative_to(small_root).as_posix() for p in (small_root / "videos").glob("*.mp4"))
     assert with_sound and silent_warning(small_root, with_sound) is None  # the synthetic clips have sound
+
+
+def test_pretrain_takes_out_like_the_other_tools() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_tool", REPO / "tools" / "pretrain.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.out_alias(["task=dpc", "out=RUN"]) == ["task=dpc", "trainer.out_dir=RUN"]
+    assert tool.out_alias(["trainer.out_dir=RUN"]) == ["trainer.out_dir=RUN"]
+    with pytest.raises(SystemExit, match="once"):
+        tool.out_alias(["out=A", "trainer.out_dir=B"])

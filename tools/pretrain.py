@@ -4,6 +4,7 @@
         trainer.out_dir=RUN [trainer.checkpoint_every=K]
     torchrun --nproc_per_node=2 tools/pretrain.py ...        # the same, distributed (DDP)
 
+``out=RUN`` is the same as ``trainer.out_dir=RUN`` (the output key of the other tools).
 Rerunning the same command with the same trainer.out_dir resumes from RUN/checkpoints/last.pt; a rerun
 whose encoder or task.model config differs from the checkpoint's is refused first, naming the keys.
 Every mandatory key is checked before Hydra starts, and everything is built (every config key checked)
@@ -46,6 +47,14 @@ def missing_mandatory_keys(overrides: list[str]) -> list[str] | None:
     except Exception:  # a wrong key or group: Hydra itself reports it, in its words
         return None
     return sorted(OmegaConf.missing_keys(cfg))
+
+
+def out_alias(argv: list[str]) -> list[str]:
+    """``out=RUN`` (the other tools' output key) as ``trainer.out_dir=RUN``; refused beside it."""
+    outs = [a for a in argv if a.startswith("out=")]
+    if outs and any(a.startswith("trainer.out_dir=") for a in argv):
+        raise SystemExit("error: give the run folder once: out=RUN or trainer.out_dir=RUN")
+    return [f"trainer.out_dir={a[4:]}" if a.startswith("out=") else a for a in argv]
 
 
 def _log_failure_to_file() -> None:
@@ -132,6 +141,7 @@ def train(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = out_alias(sys.argv[1:])
     check_overrides("pretrain")  # a wrong key: one line, before Hydra creates the run folder
     absent = missing_mandatory_keys(sys.argv[1:])
     if absent:
