@@ -31,8 +31,9 @@ class ThreadChoice:
     workers: int
 
     def describe(self) -> str:
-        if self.source == "rule":
-            return (f"threads {self.threads} ({self.cores} cores, {self.busy} busy, {self.workers} loader "
+        if self.source.startswith("rule"):
+            busy = "load not counted" if self.source == "rule, load not counted" else f"{self.busy} busy"
+            return (f"threads {self.threads} ({self.cores} cores, {busy}, {self.workers} loader "
                     f"workers; threads=N or OMP_NUM_THREADS overrides)")
         return f"threads {self.threads} (from {self.source})"
 
@@ -88,5 +89,7 @@ def set_cpu_threads(*, workers: int = 0, requested: int | None = None, device: s
     import torch
 
     choice = choose_threads(workers=workers, requested=requested, device=device, busy=None if use_load else 0)
+    if not use_load and choice.source == "rule":
+        choice = ThreadChoice(choice.threads, "rule, load not counted", choice.cores, 0, choice.workers)
     torch.set_num_threads(choice.threads)
     return choice
