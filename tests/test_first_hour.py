@@ -424,3 +424,13 @@ def test_pretrain_takes_out_like_the_other_tools() -> None:
     assert tool.out_alias(["trainer.out_dir=RUN"]) == ["trainer.out_dir=RUN"]
     with pytest.raises(SystemExit, match="once"):
         tool.out_alias(["out=A", "trainer.out_dir=B"])
+
+
+def test_grid_thumbnails_carry_file_name_and_confidence() -> None:
+    from vidssl.eval.pseudo_label import CAPTION, captioned
+
+    tile = captioned(np.zeros((64, 64, 3), np.uint8), "v012", "0.87")
+    assert tile.shape == (64 + CAPTION, 64, 3) and (tile[:64] == 0).all()
+    strip = tile[64:]
+    assert (strip < 128).any() and (strip[:, :, 0] == strip[:, :, 1]).all()  # black text on white
+    assert (captioned(np.zeros((64, 64, 3), np.uint8), "", "")[64:] == 255).all()  # the text is what darkens it
