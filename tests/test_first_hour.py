@@ -434,3 +434,23 @@ def test_grid_thumbnails_carry_file_name_and_confidence() -> None:
     strip = tile[64:]
     assert (strip < 128).any() and (strip[:, :, 0] == strip[:, :, 1]).all()  # black text on white
     assert (captioned(np.zeros((64, 64, 3), np.uint8), "", "")[64:] == 255).all()  # the text is what darkens it
+
+
+def test_preview_sheets_label_rows_frames_and_the_logmel(small_root: Path, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from PIL import Image
+
+    from vidssl.app.preview_sheets import labelled_sheets
+    from vidssl.datasets.dataset import VideoDataset
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("preview", overrides=["task=selavi", f"dataset.root={small_root}", f"out={tmp_path}",
+                                            "task.data.transform.size=32"])
+    dataset = VideoDataset(root=small_root, entries=instantiate(cfg.dataset),
+                           **instantiate(cfg.task.data, _convert_="all"), require_audio=False)
+    written = labelled_sheets(dataset, tmp_path / "pv", num_clips=2)
+    assert [p.name for p in written] == ["views.png", "logmel.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size[0] > 300 and image.size[1] > 150
