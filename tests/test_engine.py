@@ -193,7 +193,7 @@ def test_sigterm_saves_stops_cleanly_and_resumes_exactly(tmp_path):
     previous = signal.getsignal(signal.SIGTERM)
     trainer = make_trainer(tmp_path, max_steps=10, checkpoint_every=50)
     summary = trainer.fit(ToyTask(signal_at=5), ToyDataset(), sgd)
-    assert summary["interrupted"] and summary["step"] == 5
+    assert summary["interrupted"] and summary["step"] == 5 and summary["signal"] == signal.SIGTERM  # exit 143
     assert Checkpoint.load(tmp_path).to_dict()["sampler"] == {"epoch": 0, "position": 20}  # mid-epoch (8 batches)
     assert signal.getsignal(signal.SIGTERM) == previous  # the handler is uninstalled again
 

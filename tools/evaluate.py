@@ -29,6 +29,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors
+from vidssl.app.threads import set_cpu_threads
 from vidssl.eval.report import format_table, write_metrics
 
 
@@ -82,9 +84,20 @@ def evaluate_vip(cfg: DictConfig) -> tuple[dict, str, Path]:
 def evaluate_clusters(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.eval.clustering import evaluate_labels
 
+    from vidssl.eval.cluster_report import class_names, cluster_confusion, write_confusion
+
     _need(cfg, "labels", "manifest")
     metrics, per_cluster = evaluate_labels(cfg.labels, cfg.manifest)
+    counts, clusters, classes, missing = cluster_confusion(cfg.labels, cfg.manifest)
+    names = class_names(cfg.manifest)
+    for row in per_cluster:  # the majority class by name, beside its index
+        row["majority_class"] = names.get(row["majority_label"], str(row["majority_label"]))
+    csv_path, png_path = write_confusion(cfg.out, counts, clusters, classes)
+    metrics["missing_from_labels"] = len(missing)
     table = format_table([metrics]) + "\n\n" + format_table(per_cluster)
+    table += f"\n\nconfusion matrix (cluster × class): {csv_path}, {png_path}"
+    if missing:
+        table += f"\n{len(missing)} labelled manifest clips are missing from {cfg.labels}, e.g. {missing[:5]}"
     return metrics, table, Path(cfg.out)
 
 
@@ -105,6 +118,7 @@ def _eval_split(cfg: DictConfig, name: str, sampler, transform, modality: str | 
 def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import EvalTransform
+    from vidssl.eval.clip_features import as_clip_encoder, is_frame_encoder
     from vidssl.eval.finetune import READOUTS, context_readout, load_trained
     from vidssl.eval.retrieval import check_ks, evaluate_checkpoint
 
@@ -124,6 +138,16 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
     if cfg.metric == "retrieval":
         check_ks(list(cfg.ks), len(train_set))  # before loading weights or extracting any feature
     encoder, checkpoint = load_trained(cfg.checkpoint, cfg.encoder)
+    if is_frame_encoder(encoder):
+        if cfg.readout != "encoder":
+            raise SystemExit(f"error: readout={cfg.readout} needs a clip encoder with a context network (DPC); "
+                             f"{cfg.checkpoint} has a frame encoder: use readout=encoder")
+        encoder = as_clip_encoder(encoder)  # CRW, MAST: each frame's features, averaged over the clip
+    from vidssl.app.used import describe, encoder_facts
+
+    facts = encoder_facts(encoder, source=f"checkpoint {cfg.checkpoint}", layer=f"pooled {cfg.readout}",
+                          input_size=f"{cfg.num_frames}x{cfg.size}x{cfg.size} (stride {cfg.stride})")
+    print(f"evaluate: {describe(facts)}", flush=True)
     if cfg.readout == "context":
         encoder = context_readout(encoder, cfg.num_seq, checkpoint)
     metrics = evaluate_checkpoint(
@@ -136,7 +160,7 @@ def evaluate_features(cfg: DictConfig) -> tuple[dict, str, Path]:
         device=cfg.device,
         ks=list(cfg.ks),
     )
-    metrics = {"checkpoint": str(cfg.checkpoint), "readout": cfg.readout, **metrics}
+    metrics = {"checkpoint": str(cfg.checkpoint), "readout": cfg.readout, **facts, **metrics}
     return metrics, format_table([metrics]), Path(cfg.out)
 
 
@@ -269,16 +293,21 @@ EVALUATIONS = {
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@one_line_errors
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
         raise SystemExit(f"metric={cfg.metric!r} is not one of {sorted(EVALUATIONS)}")
     _need(cfg, "out")
+    threads = set_cpu_threads(workers=cfg.num_workers, requested=cfg.get("threads"), device=cfg.device)
+    print(f"evaluate metric={cfg.metric} on {cfg.device}, {threads.describe()}", flush=True)
     metrics, table, out = EVALUATIONS[cfg.metric](cfg)
+    metrics = {**metrics, **threads.as_dict()}
     path = write_metrics(out, metrics, table)
     print(table)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
+    check_overrides("evaluate")  # a wrong key: one line, before Hydra starts
     main()

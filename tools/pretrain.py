@@ -9,6 +9,7 @@
 With -m (a sweep, or a submitit launcher) setting N of the sweep trains in RUN/N (RUN = trainer.out_dir), so
 a requeued job, and the same sweep rerun, resume from RUN/N/checkpoints/last.pt.
 
+``out=RUN`` is the same as ``trainer.out_dir=RUN`` (the output key of the other tools).
 Rerunning the same command with the same trainer.out_dir resumes from RUN/checkpoints/last.pt; a rerun
 whose encoder or task.model config differs from the checkpoint's is refused first, naming the keys.
 Every mandatory key is checked before Hydra starts, and everything is built (every config key checked)
@@ -27,6 +28,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors, remove_if_unused
+from vidssl.app.threads import set_cpu_threads
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 log = logging.getLogger("vidssl.pretrain")
@@ -51,6 +54,14 @@ def missing_mandatory_keys(overrides: list[str]) -> list[str] | None:
     return sorted(OmegaConf.missing_keys(cfg))
 
 
+def out_alias(argv: list[str]) -> list[str]:
+    """``out=RUN`` (the other tools' output key) as ``trainer.out_dir=RUN``; refused beside it."""
+    outs = [a for a in argv if a.startswith("out=")]
+    if outs and any(a.startswith("trainer.out_dir=") for a in argv):
+        raise SystemExit("error: give the run folder once: out=RUN or trainer.out_dir=RUN")
+    return [f"trainer.out_dir={a[4:]}" if a.startswith("out=") else a for a in argv]
+
+
 def _log_failure_to_file() -> None:
     """The traceback of the exception being handled, into the run's log file only (Hydra prints it on the console)."""
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "the run failed", None, sys.exc_info())
@@ -67,6 +78,7 @@ class _NotOnConsole(logging.Filter):
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
+@one_line_errors(log_traceback=False)  # main() logs it to RUN/pretrain.log itself
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     try:
@@ -99,6 +111,15 @@ def train(cfg: DictConfig) -> None:
     from vidssl.train import seed_everything
 
     _sweep_job_folder(cfg)
+    # the load left out: a resumed run gets the count of the run it continues
+    threads = set_cpu_threads(workers=cfg.trainer.num_workers, requested=cfg.get("threads"),
+                              device=cfg.trainer.device, use_load=False)
+    log.info(threads.describe())
+    from vidssl.train.warmup import fit_warmup
+
+    cfg.trainer.warmup_steps, note = fit_warmup(cfg.trainer.warmup_steps, cfg.trainer.max_steps)
+    if note:
+        log.warning(note)  # the saved config.yaml records the warm-up used
     config = OmegaConf.to_container(cfg, resolve=True)
     # A run resumed with another model config would load its weights into a different model: refused
     # before anything is built. The loaded last.pt goes to the trainer, so the file is read once.
@@ -117,17 +138,37 @@ def train(cfg: DictConfig) -> None:
         require_audio=cfg.loader.require_audio,
         seed=cfg.trainer.seed,
     )
+    from vidssl.datasets.clip_fit import check_clips_fit
+
+    check_clips_fit(cfg.dataset.root, [e.path for e in dataset.entries], dataset.sampler)
+    if getattr(dataset, "audio", None) is not None and cfg.loader.require_audio:
+        from vidssl.datasets.clip_fit import silent_warning
+
+        if note := silent_warning(cfg.dataset.root, [e.path for e in dataset.entries]):
+            log.warning(note)  # one line before the first step, rather than a warning per silent file
     # Seed right before building the model, so the initial weights depend only on trainer.seed.
     seed_everything(cfg.trainer.seed)
     task = instantiate(cfg.task.model)
     summary = trainer.fit(task, dataset, optimizer_factory, config=config, resume=resume)
     if summary["interrupted"]:
         print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
+        # a stopped run is not a finished one: 130 after Ctrl-C, 143 after SIGTERM (as the shell reports them)
+        sys.exit(128 + (summary.get("signal") or 2))
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = out_alias(sys.argv[1:])
+    check_overrides("pretrain")  # a wrong key: one line, before Hydra creates the run folder
     absent = missing_mandatory_keys(sys.argv[1:])
     if absent:
         sys.exit(f"missing mandatory value{'s' if len(absent) > 1 else ''}: {', '.join(absent)} "
                  f"(set {'them' if len(absent) > 1 else 'it'} on the command line, e.g. {absent[0]}=...)")
-    main()
+    # a start refused in one line (a SystemExit message) leaves no run folder behind, only a real run does
+    planned = next((Path(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("trainer.out_dir=")), None)
+    existed = planned is not None and planned.exists()
+    try:
+        main()
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            remove_if_unused(planned, existed)
+        raise

@@ -3,7 +3,7 @@
     python tools/propagate.py davis_root=DIR out=RES features=pixels|random|checkpoint [checkpoint=CKPT] [split=val]
     python tools/propagate.py davis_root=DIR out=RES features=timm model=vit_base_patch8_224.dino \
         weights=dino_vitbase8_pretrain.pth protocol=dino
-    python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=480]
+    python tools/propagate.py video=clip.mp4 mask=first.png out=DIR [features=...] [checkpoint=CKPT] [short_side=N] [overwrite=true]
     python tools/propagate.py davis_root=DIR out=RES features=... sweep=true split=train [apply_split=val]
     python tools/propagate.py benchmark=davis|ytvos|mose|jhmdb|vip root=DIR out=RES [features=...] [checkpoint=CKPT]
 
@@ -25,6 +25,9 @@ import hydra
 from omegaconf import DictConfig
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors
+from vidssl.app.outputs import prepare_out
+from vidssl.app.threads import set_cpu_threads
 from vidssl.eval.features import build_feature_fn
 from vidssl.eval.propagate import propagate_dataset
 from vidssl.eval.track import track_video
@@ -57,7 +60,14 @@ def propagate_benchmark(cfg: DictConfig, feature_fn, protocol: dict) -> str:
     raise SystemExit(f"layout={cfg.layout!r}: expected davis, vos, jhmdb or vip (set by benchmark=NAME)")
 
 
+def protocol_stride(feature_fn, cfg: DictConfig) -> str:
+    """The feature cell in pixels, as far as the source says."""
+    stride = getattr(feature_fn, "patch", None) or getattr(feature_fn, "stride", None)
+    return f"{stride} px" if stride else "the encoder's"
+
+
 @hydra.main(config_path="../configs", config_name="propagate", version_base="1.3")
+@one_line_errors
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
     benchmark = cfg.layout not in (None, "davis")
@@ -68,6 +78,16 @@ def main(cfg: DictConfig) -> None:
                          "or video=FILE mask=PNG (one video)")
     if cfg.video is not None and cfg.mask is None:
         raise SystemExit("video=FILE needs mask=PNG: the first frame's mask")
+    if not benchmark and not cfg.get("sweep"):
+        # before any feature is built: earlier masks would mix with this run's
+        prepare_out(cfg.out, overwrite=bool(cfg.get("overwrite")))
+    if cfg.video is not None:  # the video opens, the mask reads and fits: before any weight is loaded
+        from vidssl.eval.track import check_inputs
+
+        resized = cfg.short_side is not None and not (cfg.features in ("timm", "torchvision") and cfg.resize != "none")
+        check_inputs(cfg.video, cfg.mask, short_side=cfg.short_side if resized else None,
+                     threshold=cfg.get("threshold"))
+    threads = set_cpu_threads(requested=cfg.get("threads"), device=cfg.device)
     backbone = {}
     if cfg.features in ("timm", "torchvision"):
         if not cfg.get("model"):
@@ -80,6 +100,13 @@ def main(cfg: DictConfig) -> None:
     feature_fn = build_feature_fn(cfg.features, encoder_cfg=cfg.encoder, checkpoint=cfg.checkpoint,
                                   stride=cfg.stride, clip_len=cfg.clip_len, layer=cfg.layer, device=cfg.device,
                                   **backbone)
+    from vidssl.app.used import describe, encoder_facts
+
+    source = cfg.features if cfg.features != "checkpoint" else f"checkpoint {cfg.checkpoint}"
+    facts = encoder_facts(getattr(feature_fn, "encoder", None), source=source,
+                          layer=getattr(feature_fn, "layer", None),
+                          input_size=f"short side {cfg.short_side}" if cfg.short_side else "as stored")
+    print(f"propagate: {describe(facts)}, stride {protocol_stride(feature_fn, cfg)}, {threads.describe()}", flush=True)
     protocol = {k: cfg[k] for k in PROTOCOL}
     # upsample=patch: the feature stride (a backbone's patch size, the pixel cell size)
     protocol["patch"] = getattr(feature_fn, "patch", None) or getattr(feature_fn, "stride", None)
@@ -108,9 +135,12 @@ def main(cfg: DictConfig) -> None:
         # a backbone that prepares its own frames (resize=dino|multiple|short) sees the video at its size
         short_side = None if backbone and cfg.resize != "none" else cfg.short_side
         result = track_video(cfg.video, cfg.mask, cfg.out, feature_fn, short_side=short_side,
-                             max_frames=cfg.max_frames, fps=cfg.fps, **protocol)
+                             max_frames=cfg.max_frames, fps=cfg.fps, start_frame=cfg.get("start_frame", 0),
+                             threshold=cfg.get("threshold"), **protocol)
         print(f"tracked {result['objects']} object(s) through {result['frames']} frames: {result['masks']}/, "
               f"{result['mp4']}, {result['gif']}")
+        if result["truncated"]:
+            print(f"warning: {result['truncated']}")
         return
     folders = propagate_dataset(cfg.davis_root, cfg.out, feature_fn, split=cfg.split, resolution=cfg.resolution,
                                 **protocol)
@@ -118,4 +148,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("propagate")  # a wrong key: one line, before Hydra starts
     main()

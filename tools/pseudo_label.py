@@ -21,7 +21,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vidssl.app.cli import explain_instantiation_errors
+from vidssl.app.errors import check_overrides, one_line_errors
+from vidssl.app.threads import set_cpu_threads
 from vidssl.run import Checkpoint
+from vidssl.eval.clip_features import as_clip_encoder
 from vidssl.eval.report import format_table
 from vidssl.eval.pseudo_label import (
     METHODS,
@@ -37,11 +40,22 @@ from vidssl.viz import save_png
 
 
 @hydra.main(config_path="../configs", config_name="pseudo_label", version_base="1.3")
+@one_line_errors
 @explain_instantiation_errors
 def main(cfg: DictConfig) -> None:
+    # the mandatory keys first: nothing is decoded or loaded for a command that cannot finish
+    missing = [key for key in ("checkpoint", "out") if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise SystemExit(f"error: pseudo_label.py needs {' and '.join(k + '=...' for k in missing)} "
+                         "(checkpoint=CKPT|random, out=LABELS.csv)")
     if cfg.method not in METHODS:
         raise SystemExit(f"method={cfg.method!r} is not one of {', '.join(METHODS)}")
+    threads = set_cpu_threads(workers=cfg.num_workers, requested=cfg.get("threads"), device=cfg.device)
+    print(f"pseudo_label method={cfg.method} on {cfg.device}, {threads.describe()}", flush=True)
     entries = instantiate(cfg.dataset, split=cfg.split)
+    if cfg.num_clusters is not None and int(cfg.num_clusters) > len(entries):
+        raise SystemExit(f"error: num_clusters={cfg.num_clusters} exceeds the {len(entries)} clips of "
+                         f"{cfg.dataset.root}")
     loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device)
     # Opened once: the task or encoder, and the clip layout, all come from it.
     checkpoint = Checkpoint.open(cfg.checkpoint, encoder=OmegaConf.to_container(cfg.encoder, resolve=True),
@@ -68,7 +82,16 @@ def main(cfg: DictConfig) -> None:
         if set_here:
             raise SystemExit(f"{', '.join(set_here)} apply to method=selavi (a task's heads), not to "
                              f"method={cfg.method}")
-        encoder = checkpoint.build_encoder()
+        # a frame encoder (CRW, MAST): its frames' features averaged over the clip
+        encoder = as_clip_encoder(checkpoint.build_encoder())
+        from vidssl.app.used import describe, encoder_facts
+
+        data = checkpoint.data_config or {}
+        size = (data.get("transform") or {}).get("size")
+        frames = (data.get("sampler") or {}).get("num_frames")
+        facts = encoder_facts(encoder, source=f"checkpoint {cfg.checkpoint}", layer="pooled output",
+                              input_size=f"{frames}x{size}x{size}")
+        print(f"pseudo_label: {describe(facts)}", flush=True)
         dataset = labelling_dataset(cfg.dataset.root, entries, checkpoint.data_config, with_audio=False,
                                     backend=cfg.backend, seed=cfg.seed)
         paths, features, skipped = encoder_features(encoder, dataset, **loader)
@@ -92,4 +115,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("pseudo_label")  # a wrong key: one line, before Hydra starts
     main()

@@ -234,7 +234,7 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
     }
     for name, (folder, arguments) in sources.items():
         results = out / "crw" / f"results_{folder}"
-        run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", *arguments, log=log,
+        run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", "overwrite=true", *arguments, log=log,
                  threads=1)
         run_tool("evaluate", "metric=davis", f"davis_root={davis_root}", "split=demo", f"results={results}",
                  f"out={results}", log=log)
@@ -244,7 +244,7 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
     # tracking a real video: any file plus a first-frame mask
     clip, mask = real_clip_mask(out / "crw")
     tracked = out / "crw" / "real_clip"
-    run_tool("propagate", f"video={clip}", f"mask={mask}", f"out={tracked}", "features=checkpoint",
+    run_tool("propagate", f"video={clip}", f"mask={mask}", f"out={tracked}", "overwrite=true", "features=checkpoint",
              f"checkpoint={checkpoint}", log=log, threads=1)
     written += [tracked / "overlay.gif", tracked / "overlay.mp4"]
     for path in written:

@@ -186,7 +186,8 @@ def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str 
 
     Arguments:
       features: "pixels" (Lab pixels pooled to ``stride``), "random" (the ``encoder_cfg`` encoder at
-        its fixed-seed random initialisation; the same as ``features=checkpoint checkpoint=random``) or
+        its fixed-seed random initialisation; the same as ``features=checkpoint checkpoint=random``; with
+        ``checkpoint`` a path, the random twin of that checkpoint's own architecture) or
         "checkpoint" (the encoder a checkpoint was trained with, built from the checkpoint's own config;
         ``encoder_cfg`` only as a fallback).
       checkpoint: a path, a run directory, ``"random"``, or a `Checkpoint` already loaded.
@@ -207,7 +208,9 @@ def build_feature_fn(features: str, *, encoder_cfg: Any = None, checkpoint: str 
     if features == "random":
         if encoder_cfg is None:
             raise ValueError("features=random needs an encoder config (encoder=NAME)")
-        source = Checkpoint.random(encoder=encoder_cfg)
+        # with a checkpoint named: the random twin of its architecture, not of the encoder= default
+        named = checkpoint not in (None, "") and str(checkpoint) != RANDOM and not isinstance(checkpoint, Checkpoint)
+        source = Checkpoint.open(f"{RANDOM}:{checkpoint}") if named else Checkpoint.random(encoder=encoder_cfg)
     else:
         if checkpoint in (None, ""):
             raise ValueError("features=checkpoint needs checkpoint=PATH (a .pt file or a run directory) or "

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidssl.run import RANDOM_INIT_SEED, Checkpoint
 from vidssl.datasets.dataset import collate_kept
+from vidssl.datasets.sampling import ClipTooShortError
 from vidssl.encoders.heads import ConvGRU, orthogonal_init_
 
 READOUTS = ("encoder", "context")
@@ -56,7 +57,8 @@ class PositionedSampler:
 
     def __call__(self, num_frames: int, generator: torch.Generator) -> list[int]:
         if num_frames < self.span:
-            raise ValueError(f"a clip needs {self.span} frames but the video has {num_frames}")
+            # the dataset drops (and counts) a video too short for its clip, as for any other sampler
+            raise ClipTooShortError(f"a clip needs {self.span} frames but the video has {num_frames}")
         start = round(self.position * (num_frames - self.span))
         return [start + i * self.stride for i in range(self.num_frames)]
 
@@ -160,8 +162,11 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int, *, shuffle: boo
 def _probabilities(model: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
                    ) -> tuple[dict[int, Tensor], dict[int, int], dict[str, str]]:
     """Softmax and label per dataset index of the good clips, and `{path: reason}` of the bad ones dropped."""
+    from tqdm import tqdm  # progress and ETA on stderr
+
     probs, labels, dropped = {}, {}, {}
-    for batch in _loader(dataset, batch_size, num_workers, shuffle=False, seed=0):
+    for batch in tqdm(_loader(dataset, batch_size, num_workers, shuffle=False, seed=0), desc="test clips",
+                      unit="batch"):
         dropped.update({path: reason for _, path, reason in batch["dropped"]})
         if "video" not in batch:
             continue
@@ -205,7 +210,10 @@ def _train(model: nn.Module, train_set: Dataset, *, steps: int, batch_size: int,
     losses: list[float] = []
     train_dropped: dict[str, str] = {}
     epoch = 0
-    with torch.enable_grad():
+    from tqdm import tqdm  # progress and ETA on stderr: fine-tuning ran minutes in silence
+
+    bar = tqdm(total=steps, desc="fine-tune", unit="step")
+    with torch.enable_grad(), bar:
         while len(losses) < steps:
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
@@ -224,6 +232,8 @@ def _train(model: nn.Module, train_set: Dataset, *, steps: int, batch_size: int,
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
                 if len(losses) == steps:
                     break
             else:

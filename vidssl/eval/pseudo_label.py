@@ -118,7 +118,9 @@ def _each_clip(
     bad file makes the dataset load another clip in its place)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     found: dict[int, tuple] = {}
-    for batch in loader:
+    from tqdm import tqdm  # progress and ETA on stderr: extraction takes minutes on a CPU
+
+    for batch in tqdm(loader, desc="encode clips", unit="batch"):
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, Tensor)}
         for index, row in zip(batch["index"].tolist(), compute(inputs, batch)):
             found.setdefault(index, row)
@@ -329,17 +331,39 @@ def middle_frame(root: str | Path, entry_path: str, size: int, backend: str = "a
     return clip_frames(EvalTransform(size=size, normalize=False)(frames), normalized=False)[0]
 
 
+CAPTION = 22  # pixels under a thumbnail: two lines of Pillow's default font
+
+
+def captioned(image: np.ndarray, *lines: str) -> np.ndarray:
+    """``image`` (uint8 H×W×3) with a white strip underneath holding ``lines`` (cut to the width)."""
+    from PIL import Image, ImageDraw
+
+    height, width = image.shape[:2]
+    canvas = Image.new("RGB", (width, height + CAPTION), (255, 255, 255))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(image)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines[:2]):
+        text = line
+        while text and draw.textlength(text) > width - 2:
+            text = text[:-1]
+        draw.text((1, height + 1 + 10 * k), text, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
 def cluster_grid_image(
     root: str | Path, labelling: Labelling, *, per_cluster: int = 6, max_clusters: int = 20, size: int = 64,
     backend: str = "av",
 ) -> np.ndarray:
     """One row per cluster (the ``max_clusters`` largest): its size, then the middle frames of the
-    ``per_cluster`` clips nearest its centre. Outputs: uint8 H×W×3."""
+    ``per_cluster`` clips nearest its centre, each with its file name and confidence underneath.
+    Outputs: uint8 H×W×3."""
     from vidssl.viz import cluster_grid
 
     reps = representatives(labelling, per_cluster)
     rows, titles = [], []
     for row in cluster_sizes(labelling)[:max_clusters]:
-        rows.append([middle_frame(root, labelling.paths[i], size, backend) for i in reps[row["cluster"]]])
+        rows.append([captioned(middle_frame(root, labelling.paths[i], size, backend),
+                               f"{Path(labelling.paths[i]).stem}", f"{float(labelling.confidence[i]):.2f}")
+                     for i in reps[row["cluster"]]])
         titles.append(f"{row['cluster']}\nn={row['size']}")
     return cluster_grid(rows, titles)

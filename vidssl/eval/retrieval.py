@@ -59,7 +59,10 @@ def extract_clips(
     encoder.to(device).eval()
     feats, labels, indices, dropped = [], [], [], []
     try:
-        for start, batch in zip(range(0, len(dataset), batch_size), loader):
+        from tqdm import tqdm  # progress and ETA on stderr: extraction takes minutes on a CPU
+
+        batches = zip(range(0, len(dataset), batch_size), loader)
+        for start, batch in tqdm(batches, total=len(loader), desc="features", unit="batch"):
             dropped += batch["dropped"]
             if "video" not in batch:
                 continue

@@ -25,24 +25,53 @@ from PIL import Image
 from tqdm import tqdm
 
 from vidssl import viz
-from vidssl.datasets.decode import VideoReader
+from vidssl.datasets.decode import VideoDecodeError, VideoReader
 from vidssl.datasets.formats import palette_indices, rgb_codes, write_mask
+from vidssl.eval.overlay import outlined_overlay
 from vidssl.eval.propagate import FeatureFn, check_first_mask, propagate_labels
 
 DECODE_CHUNK = 32  # frames decoded per call: one keyframe seek per chunk, a bounded buffer
 
 
-def read_first_mask(path: str | Path) -> np.ndarray:
+class _VideoEnded(Exception):
+    """Frame ``t`` cannot be decoded: the file ends (or breaks) before its header's frame count."""
+
+    def __init__(self, t: int, reason: str) -> None:
+        super().__init__(reason)
+        self.t = t
+
+
+def _decodable(reader: VideoReader, indices: list[int]) -> tuple[torch.Tensor, str]:
+    """The frames of ``indices`` up to the first that fails to decode, one at a time (a truncated file),
+    and why decoding stopped."""
+    frames, reason = [], ""
+    for i in indices:
+        try:
+            frames.append(reader.get_frames([i]))
+        except VideoDecodeError as err:
+            reason = str(err)
+            break
+    return (torch.cat(frames) if frames else torch.empty(0, dtype=torch.uint8)), reason
+
+
+ANTIALIASED_LEVELS = 16  # a greyscale mask with more distinct values is a soft (anti-aliased, JPEG) mask
+
+
+def read_first_mask(path: str | Path, *, threshold: int | None = None) -> np.ndarray:
     """A first-frame mask as object indices (H×W uint8: 0 background, 1..N objects).
 
     Palette PNGs and greyscale PNGs give their stored indices, except that a greyscale or
     black-and-white mask of only 0 and 255 is one object (255 → 1). RGB PNGs are mapped through
     the DAVIS palette; pure black and white are again background and one object.
+    ``threshold=T``: one object wherever the mask's brightness is above T (an anti-aliased or JPEG
+    mask); a greyscale mask with more than ``ANTIALIASED_LEVELS`` values is refused without it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask not found: {path}")
     with Image.open(path) as image:
+        if threshold is not None:
+            return (np.array(image.convert("L")) > threshold).astype(np.uint8)
         mode = image.mode
         if mode == "1":
             return np.array(image, dtype=np.uint8)
@@ -50,12 +79,33 @@ def read_first_mask(path: str | Path) -> np.ndarray:
             values = np.array(image)
             if mode != "P" and set(np.unique(values).tolist()) <= {0, 255}:
                 return (values == 255).astype(np.uint8)
+            if mode != "P" and len(np.unique(values)) > ANTIALIASED_LEVELS:
+                raise ValueError(f"{path}: {len(np.unique(values))} grey levels, a soft (anti-aliased or JPEG) mask "
+                                 "rather than object indices; pass threshold=128 to binarise it")
             return values.astype(np.uint8) if values.max() <= 255 else _too_many(path, values)
         codes = rgb_codes(np.array(image.convert("RGB")))
     if set(np.unique(codes).tolist()) <= {0, 0xFFFFFF}:
         return (codes == 0xFFFFFF).astype(np.uint8)
     return palette_indices(codes, path, " (and is not black/white; save it as a palette or greyscale PNG of "
                                         "object indices)")
+
+
+def check_inputs(video: str | Path, mask: str | Path, *, short_side: int | None = None,
+                 threshold: int | None = None) -> None:
+    """The checks `track_video` makes on its inputs, before any feature is built: the video opens, the mask
+    reads, marks an object and (without ``short_side``) is the frames' size. Raises naming the file."""
+    reader = VideoReader(video)
+    try:
+        height, width = reader.size
+    finally:
+        reader.close()
+    first = read_first_mask(mask, threshold=threshold)
+    if short_side is None and first.shape != (height, width):
+        raise ValueError(f"mask {mask} is {first.shape[0]}×{first.shape[1]} but the frames of {video} are "
+                         f"{height}×{width}; draw it on the first frame at full size (or pass short_side=N to "
+                         "resize both)")
+    if not first.any():
+        raise ValueError(f"mask {mask} marks no object (all 0)")
 
 
 def _too_many(path: Path, values: np.ndarray) -> np.ndarray:
@@ -86,6 +136,8 @@ def track_video(
     *,
     short_side: int | None = None,
     max_frames: int | None = None,
+    start_frame: int = 0,
+    threshold: int | None = None,
     fps: float | None = None,
     gif_width: int = 320,
     gif_frames: int = 120,
@@ -102,19 +154,28 @@ def track_video(
       short_side: resize frames (and the mask, nearest) so that their short side has this many
         pixels before tracking; None keeps the video's size (the mask must then match it).
       max_frames: track only the first this many frames (None: all).
+      start_frame: the video frame the mask is drawn on; tracking starts there (masks/00000.png is it).
+      threshold: binarise a soft mask file at this brightness (`read_first_mask`).
+      A video that ends before its header says (a truncated file) is tracked up to its last decodable frame:
+      every mask is written as it is computed, the overlays hold the frames tracked, and ``truncated`` in
+      the result says where it stopped.
       fps: frame rate of the overlay MP4/GIF (None: the video's).
       protocol: `propagate_labels`'s keyword arguments.
-    Returns: {"masks": folder, "mp4": path, "gif": path, "frames": frames tracked, "objects": N}.
+    Returns: {"masks": folder, "mp4": path, "gif": path, "frames": frames tracked, "objects": N,
+    "truncated": None, or why the video ended early}.
     """
     out = Path(out)
     reader = VideoReader(video)
     try:
-        num_frames = reader.num_frames if max_frames is None else min(max_frames, reader.num_frames)
+        if not 0 <= start_frame < reader.num_frames:
+            raise ValueError(f"start_frame={start_frame}: {video} has frames 0..{reader.num_frames - 1}")
+        left = reader.num_frames - start_frame
+        num_frames = left if max_frames is None else min(max_frames, left)
         if num_frames < 1:
             raise ValueError(f"{video}: no frames to track")
         height, width = reader.size
         size = _working_size(height, width, short_side)
-        first = read_first_mask(mask) if not isinstance(mask, np.ndarray) else mask
+        first = read_first_mask(mask, threshold=threshold) if not isinstance(mask, np.ndarray) else mask
         first = check_first_mask(first, name=str(video)).numpy().astype(np.uint8)
         if size is None and first.shape != (height, width):
             raise ValueError(f"mask {mask if not isinstance(mask, np.ndarray) else ''} is "
@@ -130,29 +191,46 @@ def track_video(
 
         def frame(t: int) -> torch.Tensor:
             if not chunk["start"] <= t < chunk["start"] + DECODE_CHUNK:
-                indices = list(range(t, min(t + DECODE_CHUNK, num_frames)))
-                chunk["start"], chunk["frames"] = t, _resize_frames(reader.get_frames(indices), size)
+                indices = list(range(start_frame + t, start_frame + min(t + DECODE_CHUNK, num_frames)))
+                try:
+                    frames, chunk["reason"] = reader.get_frames(indices), ""
+                except VideoDecodeError:  # a truncated file: keep the frames before the break
+                    frames, chunk["reason"] = _decodable(reader, indices)
+                chunk["start"], chunk["frames"] = t, _resize_frames(frames, size) if len(frames) else frames
+            if t - chunk["start"] >= len(chunk["frames"]):
+                raise _VideoEnded(t, chunk["reason"])
             return chunk["frames"][t - chunk["start"]]
 
         rate = float(fps or reader.fps or 25.0)
         gif_every = max(1, -(-num_frames // gif_frames))
         gif_images = []
         masks_dir = out / "masks"
+        try:
+            frame(0)  # a video whose first frame cannot be decoded stops here, before any output
+        except _VideoEnded as end:
+            raise ValueError(f"{video}: its first frame cannot be decoded ({end})") from None
+        tracked, truncated = 0, None
         with torch.inference_mode(), viz.Mp4Writer(out / "overlay.mp4", fps=rate) as mp4:
             maps = propagate_labels(lambda t: feature_fn(frame(t)), first, num_frames, name=str(video), **protocol)
-            for t, label_map in enumerate(tqdm(maps, total=num_frames, desc=f"track {Path(video).name}",
-                                               unit="frame", disable=not progress)):
-                labels = label_map.numpy()
-                write_mask(masks_dir / f"{t:05d}.png", labels)
-                over = viz.overlay_masks(frame(t).numpy(), labels)
-                mp4.write(over)
-                if t % gif_every == 0:
-                    gif_images.append(_shrink(over, gif_width))
+            try:
+                for t, label_map in enumerate(tqdm(maps, total=num_frames, desc=f"track {Path(video).name}",
+                                                   unit="frame", disable=not progress)):
+                    labels = label_map.numpy()
+                    write_mask(masks_dir / f"{t:05d}.png", labels)
+                    over = outlined_overlay(frame(t).numpy(), labels, num_objects)
+                    mp4.write(over)
+                    tracked = t + 1
+                    if t % gif_every == 0:
+                        gif_images.append(_shrink(over, gif_width))
+            except _VideoEnded as end:
+                truncated = (f"{video} ends at frame {start_frame + end.t} of the {reader.num_frames} its header "
+                             f"gives (truncated or "
+                             f"corrupt); kept the {tracked} frames tracked")
         gif = viz.save_gif(out / "overlay.gif", gif_images, fps=min(rate / gif_every, 50.0))
     finally:
         reader.close()
-    return {"masks": masks_dir, "mp4": out / "overlay.mp4", "gif": gif, "frames": num_frames,
-            "objects": num_objects}
+    return {"masks": masks_dir, "mp4": out / "overlay.mp4", "gif": gif, "frames": tracked,
+            "objects": num_objects, "truncated": truncated}
 
 
 def _shrink(image: np.ndarray, max_width: int) -> np.ndarray:

@@ -187,12 +187,16 @@ class Checkpoint:
 
     @classmethod
     def open(cls, spec: str | Path | Checkpoint, *, encoder: Any = None, task: Any = None) -> Checkpoint:
-        """``spec`` as the tools take it: ``"random"`` (the random twin of ``encoder``/``task``), a path, or
-        a `Checkpoint` already loaded. ``encoder``/``task`` fill in what a file lacks."""
+        """``spec`` as the tools take it: ``"random"`` (the random twin of ``encoder``/``task``),
+        ``"random:PATH"`` (the random twin of that checkpoint's own encoder and task: a like-for-like baseline),
+        a path, or a `Checkpoint` already loaded. ``encoder``/``task`` fill in what a file lacks."""
         if isinstance(spec, Checkpoint):
             return spec
         if str(spec) == RANDOM:
             return cls.random(encoder=encoder, task=task)
+        if str(spec).startswith(RANDOM + ":"):
+            trained = cls.load(str(spec)[len(RANDOM) + 1:], encoder=encoder, task=task)
+            return cls.random(encoder=trained.encoder_config, task=trained.config.get("task") or task)
         return cls.load(spec, encoder=encoder, task=task)
 
     def to_dict(self) -> dict[str, Any]:

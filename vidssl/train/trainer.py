@@ -192,11 +192,13 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # which signal: the tool exits 128 + signum (130 Ctrl-C, 143 SIGTERM)
         self._previous: dict[int, Any] = {}
         self.deferred: tuple[Callable[[int, Any], Any], int] | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
         if signum == _requeue_signal():
             self.deferred = (self._previous[signum], signum)
         # A second Ctrl-C falls through to the old handler: a way out if saving hangs.
@@ -411,7 +413,7 @@ class Trainer:
             self._log_end(run, started, stopped)
             if self.config.report and not stopped:
                 _write_report(self.config.out_dir)
-        return self._summary(run, interrupted=stopped)
+        return {**self._summary(run, interrupted=stopped), "signal": stop.signum if stopped else None}
 
     def _setup(self, task, dataset, optimizer_factory, config, local_rank) -> _Run:
         """The device, the task on it (in DDP under torchrun), its optimiser and step, and a fresh train state."""
@@ -670,7 +672,13 @@ class Trainer:
                  _duration(time.perf_counter() - started), state.smoothed_loss, last, state.best["metric"],
                  "none yet" if state.best["value"] is None else f"{state.best['value']:.4g}",
                  best if best.exists() else "not written",
-                 f"; {run.replaced_clips} unreadable clips replaced (rank 0)" if run.replaced_clips else "")
+                 f"; {run.replaced_clips} clips replaced because their file was bad (rank 0)"
+                 if run.replaced_clips else "")
+        from vidssl.train.bad_files import summarize_bad_files
+
+        summary = summarize_bad_files(run.skipped.files.values(), len(getattr(run.skipped.dataset, "entries", ())))
+        if summary:
+            log.warning(summary)
         if run.skipped.files:
             log.warning("%d bad files skipped in this run, listed with their reasons in %s",
                         len(run.skipped.files), run.skipped.csv_path)
