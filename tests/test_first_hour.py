@@ -39,16 +39,15 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           min_frames=16, max_frames=16, davis_train_per_class=0)
 
 
-def test_thread_rule_leaves_a_core_per_loader_worker_and_busy_process() -> None:
+def test_thread_rule_leaves_a_core_per_loader_worker() -> None:
     # 2 cores, 2 loader workers (pretrain's default): torch gets 1 thread, not the 2 it takes by itself
-    assert choose_threads(workers=2, cores=2, busy=0, environ={}).threads == 1
-    assert choose_threads(workers=0, cores=2, busy=0, environ={}).threads == 2
-    assert choose_threads(workers=0, cores=2, busy=1, environ={}).threads == 1  # another process runs
-    assert choose_threads(workers=3, cores=16, busy=0, environ={}).threads == 4
-    assert choose_threads(workers=0, cores=4, busy=9, environ={}).threads == 1  # busy capped at cores - 1
-    env = choose_threads(workers=2, cores=16, busy=0, environ={"OMP_NUM_THREADS": "3"})
+    assert choose_threads(workers=2, cores=2, environ={}).threads == 1
+    assert choose_threads(workers=0, cores=2, environ={}).threads == 2
+    assert choose_threads(workers=3, cores=16, environ={}).threads == 4
+    assert choose_threads(workers=40, cores=16, environ={}).threads == 1
+    env = choose_threads(workers=2, cores=16, environ={"OMP_NUM_THREADS": "3"})
     assert (env.threads, env.source) == (3, "OMP_NUM_THREADS")
-    key = choose_threads(workers=2, cores=16, busy=0, requested=5, environ={"OMP_NUM_THREADS": "3"})
+    key = choose_threads(workers=2, cores=16, requested=5, environ={"OMP_NUM_THREADS": "3"})
     assert (key.threads, key.source) == (5, "threads=") and "threads 5" in key.describe()
     with pytest.raises(ValueError, match="threads=0"):
         choose_threads(requested=0, environ={})
@@ -384,7 +383,7 @@ def test_overlays_outline_each_object_and_name_it_in_a_legend() -> None:
     assert (out[5, 5] == DAVIS_PALETTE[1]).all() and (out[17, 5] == DAVIS_PALETTE[2]).all()  # legend swatches
 
 
-def test_pretraining_threads_ignore_the_load_so_a_resume_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_thread_count_does_not_follow_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     from vidssl.app import threads as rule
@@ -394,9 +393,8 @@ def test_pretraining_threads_ignore_the_load_so_a_resume_matches(monkeypatch: py
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     before = torch.get_num_threads()
     try:
-        assert rule.set_cpu_threads(workers=1).threads == 1  # (4 - 3) // 2 → at least 1
-        steady = rule.set_cpu_threads(workers=1, use_load=False)
-        assert steady.threads == 2 == torch.get_num_threads() and "load not counted" in steady.describe()
+        steady = rule.set_cpu_threads(workers=1)  # a resumed run gets the count of the run it continues
+        assert steady.threads == 2 == torch.get_num_threads() and "4 cores, 1 loader workers" in steady.describe()
     finally:
         torch.set_num_threads(before)
 

@@ -111,9 +111,8 @@ def train(cfg: DictConfig) -> None:
     from vidssl.train import seed_everything
 
     _sweep_job_folder(cfg)
-    # the load left out: a resumed run gets the count of the run it continues
     threads = set_cpu_threads(workers=cfg.trainer.num_workers, requested=cfg.get("threads"),
-                              device=cfg.trainer.device, use_load=False)
+                              device=cfg.trainer.device)
     log.info(threads.describe())
     from vidssl.train.warmup import fit_warmup
 
