@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Shared test helpers (tests/tiny_encoders.py, tests/media_helpers.py) import by name under --import-mode=importlib.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,3 +30,13 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vidssl.datasets.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synthetic"), seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: references recorded with one (or a subprocess run with
+    OMP_NUM_THREADS=1) match to the bit only under the same count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,15 +20,6 @@ V1 = REPO / "tests" / "fixtures" / "checkpoints_v1"
 TASKS = ("simclr", "moco", "cpc", "dpc", "memdpc", "crw", "mast", "selavi")
 
 
-@pytest.fixture
-def one_thread():
-    """The fixtures were recorded with one intra-op thread; another count may change the last bits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def expected() -> dict:
     return torch.load(V1 / "expected.pt", weights_only=True)

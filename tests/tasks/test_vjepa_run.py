@@ -137,15 +137,6 @@ vjepa_run(sys.argv[1], num_workers=1, kill_at=5)
 """
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread in this process, as in the killed run's (OMP_NUM_THREADS=1): the last bits depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sigkilled_vjepa_run_resumes_bit_identical(tmp_path, one_thread):
     straight = vjepa_run(tmp_path / "straight", num_workers=0)
     killed = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path / "resumed"), str(Path(__file__).parent)],
