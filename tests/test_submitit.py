@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the job's tasks in /proc")]
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 24
+STEPS = 40
 
 
 def _common(root: Path, out_dir: Path) -> list[str]:
@@ -55,9 +55,10 @@ def test_submitit_local_sweep_requeues_on_timeout_and_resumes_bit_identical(synt
          *_common(synthetic_root, sweep), "trainer.report=true", "optim.lr=0.001,0.002"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        # SLURM sends the time-out signal (USR2) to every task; here once both jobs have saved step 4.
+        # SLURM sends the time-out signal (USR2) to every task; here once both jobs have saved a checkpoint (step 4
+        # or later: last.pt, since keep_last prunes the step files of a job that runs ahead).
         deadline = time.monotonic() + 300
-        while not all((sweep / job / "checkpoints" / "step_0000004.pt").exists() for job in ("0", "1")):
+        while not all((sweep / job / "checkpoints" / "last.pt").exists() for job in ("0", "1")):
             assert launcher.poll() is None and time.monotonic() < deadline, "the sweep ended before step 4"
             time.sleep(0.05)
         tasks = _job_tasks(sweep)
