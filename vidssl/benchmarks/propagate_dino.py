@@ -29,6 +29,7 @@ import os
 import sys
 import time
 import types
+from collections import deque
 from collections.abc import Sequence
 
 import torch
@@ -154,12 +155,9 @@ def compare_dino(official_path: str, *, frames: int, dim: int, sizes: Sequence[S
                 long = torch.cat([feats, feats.flip(0)])
 
                 def whole(video):
-                    def run():
-                        last = None
-                        for last in propagate_labels(lambda t: video[t], full_mask, len(video), patch=patch,
-                                                     **DINO_PROTOCOL):
-                            pass
-                        return last
+                    def run():  # every frame propagated; the last one's labels kept
+                        return deque(propagate_labels(lambda t: video[t], full_mask, len(video), patch=patch,
+                                                      **DINO_PROTOCOL), maxlen=1)[0]
                     return run
 
                 ours_peak = peak_extra_mib(whole(feats), torch.device("cpu"))
