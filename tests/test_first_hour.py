@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,19 +40,27 @@ def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           min_frames=16, max_frames=16, davis_train_per_class=0)
 
 
-def test_thread_rule_leaves_a_core_per_loader_worker() -> None:
-    # 2 cores, 2 loader workers (pretrain's default): torch gets 1 thread, not the 2 it takes by itself
-    assert choose_threads(workers=2, cores=2, environ={}).threads == 1
-    assert choose_threads(workers=0, cores=2, environ={}).threads == 2
-    assert choose_threads(workers=3, cores=16, environ={}).threads == 4
-    assert choose_threads(workers=40, cores=16, environ={}).threads == 1
-    env = choose_threads(workers=2, cores=16, environ={"OMP_NUM_THREADS": "3"})
+def test_thread_rule_is_one_thread_per_core_and_overrides_win() -> None:
+    assert choose_threads(cores=2, environ={}).threads == 2
+    assert choose_threads(cores=16, environ={}).threads == 16
+    env = choose_threads(cores=16, environ={"OMP_NUM_THREADS": "3"})
     assert (env.threads, env.source) == (3, "OMP_NUM_THREADS")
-    key = choose_threads(workers=2, cores=16, requested=5, environ={"OMP_NUM_THREADS": "3"})
+    key = choose_threads(cores=16, requested=5, environ={"OMP_NUM_THREADS": "3"})
     assert (key.threads, key.source) == (5, "threads=") and "threads 5" in key.describe()
     with pytest.raises(ValueError, match="threads=0"):
         choose_threads(requested=0, environ={})
 
+
+def test_tools_make_idle_openmp_threads_sleep_before_torch_loads() -> None:
+    # OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the tools' first import must set it
+    probe = ("import sys, os, hydra, omegaconf; import vidssl.app.cli; "
+             "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "PASSIVE"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice wins
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "ACTIVE"]
 
 def test_frame_encoder_features_are_its_frames_pooled_over_the_clip() -> None:
     from vidssl.encoders import pool
@@ -90,7 +99,7 @@ def test_crw_checkpoint_clusters_with_kmeans(small_root: Path, crw_checkpoint: P
                    f"dataset.root={small_root}", f"out={out}", "grid_clusters=2", "grid_per_cluster=2",
                    cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "threads 1 (from OMP_NUM_THREADS)" in result.stdout.splitlines()[0]
+    assert "threads 1 (from OMP_NUM_THREADS" in result.stdout.splitlines()[0]
     assert (f"pseudo_label: features checkpoint {ckpt}, encoder ResNet18Dense (32 output channels, reflect "
             "padding), layer pooled output, input 3x32x32") in result.stdout
     rows = list(csv.DictReader(out.open()))
@@ -384,8 +393,6 @@ def test_overlays_outline_each_object_and_name_it_in_a_legend() -> None:
 
 
 def test_the_thread_count_does_not_follow_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     from vidssl.app import threads as rule
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -393,11 +400,10 @@ def test_the_thread_count_does_not_follow_the_load(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     before = torch.get_num_threads()
     try:
-        steady = rule.set_cpu_threads(workers=1)  # a resumed run gets the count of the run it continues
-        assert steady.threads == 2 == torch.get_num_threads() and "4 cores, 1 loader workers" in steady.describe()
+        steady = rule.set_cpu_threads()  # a resumed run gets the count of the run it continues
+        assert steady.threads == 4 == torch.get_num_threads() and "one per core" in steady.describe()
     finally:
         torch.set_num_threads(before)
-
 
 def test_mostly_silent_videos_are_said_once_before_training(small_root: Path, tmp_path: Path) -> None:
     from vidssl.datasets.clip_fit import silent_warning

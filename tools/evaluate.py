@@ -299,7 +299,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
         raise SystemExit(f"metric={cfg.metric!r} is not one of {sorted(EVALUATIONS)}")
     _need(cfg, "out")
-    threads = set_cpu_threads(workers=cfg.num_workers, requested=cfg.get("threads"), device=cfg.device)
+    threads = set_cpu_threads(requested=cfg.get("threads"), device=cfg.device)
     print(f"evaluate metric={cfg.metric} on {cfg.device}, {threads.describe()}", flush=True)
     metrics, table, out = EVALUATIONS[cfg.metric](cfg)
     metrics = {**metrics, **threads.as_dict()}

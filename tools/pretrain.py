@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> None:
     from vidssl.train import seed_everything
 
     _sweep_job_folder(cfg)
-    threads = set_cpu_threads(workers=cfg.trainer.num_workers, requested=cfg.get("threads"),
+    threads = set_cpu_threads(requested=cfg.get("threads"),
                               device=cfg.trainer.device)
     log.info(threads.describe())
     from vidssl.train.warmup import fit_warmup

@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> None:
                          "(checkpoint=CKPT|random, out=LABELS.csv)")
     if cfg.method not in METHODS:
         raise SystemExit(f"method={cfg.method!r} is not one of {', '.join(METHODS)}")
-    threads = set_cpu_threads(workers=cfg.num_workers, requested=cfg.get("threads"), device=cfg.device)
+    threads = set_cpu_threads(requested=cfg.get("threads"), device=cfg.device)
     print(f"pseudo_label method={cfg.method} on {cfg.device}, {threads.describe()}", flush=True)
     entries = instantiate(cfg.dataset, split=cfg.split)
     if cfg.num_clusters is not None and int(cfg.num_clusters) > len(entries):

@@ -20,6 +20,7 @@ __all__ = [
     "dense_info_nce",
     "nt_xent",
     "MoCoQueue",
+    "ring_write",
     "momentum_update",
     "sinkhorn_knopp",
 ]
@@ -120,6 +121,22 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     return F.cross_entropy(sim, partner)
 
 
+@torch.no_grad()
+def ring_write(bank: Tensor, pointer: int, rows: Tensor) -> int:
+    """Write rows (N×D) into the ring buffer bank (S×D) from slot ``pointer``; returns the next pointer.
+
+    The result is the same as writing the rows one slot at a time: when N > S only the newest S rows survive,
+    each in the slot it would have reached. MoCo's key queue and SeLaVi's feature queue both write this way.
+    """
+    size, n = bank.shape[0], rows.shape[0]
+    start = pointer
+    if n > size:
+        start, rows = (pointer + n - size) % size, rows[n - size:]
+    slots = (start + torch.arange(rows.shape[0], device=bank.device)) % size
+    bank[slots] = rows.to(bank.device, bank.dtype)
+    return (pointer + n) % size
+
+
 class MoCoQueue(nn.Module):
     """A ring buffer of past keys used as negatives (MoCo).
 
@@ -143,14 +160,7 @@ class MoCoQueue(nn.Module):
         if keys.shape[1] != self.dim:
             raise ValueError(f"keys have dim {keys.shape[1]}, the queue holds dim {self.dim}")
         keys = all_gather_cat(keys.detach()).to(self.queue.dtype)
-        n = keys.shape[0]
-        start = int(self.ptr)
-        if n > self.size:  # only the newest `size` keys survive one write
-            start = (start + n - self.size) % self.size
-            keys = keys[n - self.size :]
-        slots = (start + torch.arange(keys.shape[0], device=self.queue.device)) % self.size
-        self.queue[slots] = keys
-        self.ptr.fill_((int(self.ptr) + n) % self.size)
+        self.ptr.fill_(ring_write(self.queue, int(self.ptr), keys))
 
     def negatives(self) -> Tensor:
         """The queued keys, size×dim (a copy, so a later enqueue cannot alter a graph that uses them)."""

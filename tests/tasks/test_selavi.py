@@ -231,6 +231,23 @@ def test_feature_queue_keeps_the_last_clips() -> None:
     assert sorted(queue.contents()["video"][:, 0].long().tolist()) == [4, 5, 6, 7, 8]
 
 
+def test_feature_queue_places_rows_as_moco_queue_does() -> None:
+    # one ring-buffer write for both queues: the same slots as writing one row at a time, batch > size included
+    from vidssl.losses import MoCoQueue
+
+    queue, moco = FeatureQueue({"video": 2}, size=5), MoCoQueue(dim=2, size=5)
+    reference, pointer = torch.zeros(5, 2), 0
+    for batch in (2, 4, 7, 1, 5):
+        rows = torch.randn(batch, 2)
+        queue.push({"video": rows})
+        moco.enqueue(rows)
+        for row in rows:
+            reference[pointer], pointer = row, (pointer + 1) % 5
+        assert torch.equal(queue.contents()["video"], reference[: len(queue)])
+        assert torch.equal(moco.negatives(), reference) or len(queue) < 5
+        assert queue.pointer == int(moco.ptr) == pointer
+
+
 def test_label_table_lookup_and_changes() -> None:
     table = LabelTable(1)
     assert table.update(torch.tensor([0, 2]), torch.tensor([[1, 3]])) == 0.0

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from vidssl import distributed
+from vidssl.losses import ring_write
 
 
 class LabelTable(nn.Module):
@@ -82,14 +83,13 @@ class FeatureQueue(nn.Module):
     def push(self, features: dict[str, Tensor]) -> None:
         """Store a batch {stream: B×dim} (detached; a batch larger than the queue keeps its newest rows)."""
         rows = len(next(iter(features.values())))
-        keep = min(rows, self.size)
-        positions = (self.pointer + torch.arange(keep)) % self.size
+        pointer = self.pointer
         for stream, bank in self.features.items():
             if bank.device != features[stream].device:
                 bank = self.features[stream] = bank.to(features[stream].device)
-            bank[positions.to(bank.device)] = features[stream][rows - keep:].detach().float()
-        self.pointer = (self.pointer + keep) % self.size
-        self.filled = min(self.filled + keep, self.size)
+            pointer = ring_write(bank, self.pointer, features[stream].detach().float())
+        self.pointer = pointer
+        self.filled = min(self.filled + rows, self.size)
 
     def contents(self) -> dict[str, Tensor]:
         """The filled rows {stream: M×dim}."""
