@@ -458,3 +458,133 @@ def test_preview_sheets_label_rows_frames_and_the_logmel(small_root: Path, tmp_p
     for path in written:
         with Image.open(path) as image:
             assert image.size[0] > 300 and image.size[1] > 150
+
+
+def _load_tool(name: str):
+    """tools/<name>.py as a module, to call one of its steps in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_davis_layouts_get_outlined_overlays_beside_their_masks(small_root: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from scipy.ndimage import binary_erosion
+
+    from vidssl.datasets.decode import VideoReader
+    from vidssl.datasets.formats import DAVIS_PALETTE, davis, read_mask
+
+    out = tmp_path / "res"
+    result = _tool("propagate", f"davis_root={small_root / 'davis'}", f"out={out}", "features=pixels", "split=val",
+                   cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})  # overlay=true is the default
+    assert result.returncode == 0, result.stderr[-3000:]
+    sequences = davis(small_root / "davis", split="val")
+    said = f"wrote {len(sequences)} sequences to {out} (masks, overlay.mp4 and overlay.gif per sequence)"
+    assert said in result.stdout
+    for seq in sequences:
+        folder = out / seq.name
+        height, width = read_mask(seq.annotations[0]).shape
+        reader = VideoReader(folder / "overlay.mp4")
+        assert reader.size == (height, width) and reader.num_frames == len(seq.frames)
+        reader.close()
+        with Image.open(folder / "overlay.gif") as gif:
+            assert gif.size == (width, height) and gif.n_frames == len(seq.frames)
+            gif.seek(len(seq.frames) - 1)
+            last = np.asarray(gif.convert("RGB")).astype(int)
+        labels = read_mask(folder / f"{seq.frames[-1].stem}.png")
+        legend = np.zeros_like(labels, bool)
+        legend[: 2 + 12 * int(labels.max()), :30] = True  # the swatches and numbers, top left
+        for k in range(1, int(labels.max()) + 1):
+            mask = labels == k
+            edge = mask & ~binary_erosion(mask, border_value=0) & ~legend
+            inside = binary_erosion(mask, iterations=2) & ~legend
+            # the outline is the object's full palette colour (within the GIF's 256-colour quantisation),
+            # the inside the colour blended with the frame
+            near = np.abs(last - DAVIS_PALETTE[k]).max(axis=-1) <= 24
+            assert edge.any() and near[edge].mean() > 0.9, (seq.name, k, near[edge].mean())
+            assert not inside.any() or near[inside].mean() < 0.5, (seq.name, k, near[inside].mean())
+    # overwrite=true cleans them with the masks; overlay=false writes the masks only
+    again = _tool("propagate", f"davis_root={small_root / 'davis'}", f"out={out}", "features=pixels", "split=val",
+                  "overwrite=true", "overlay=false", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not list(out.glob("*/overlay.*")) and len(list(out.glob("*/*.png"))) == sum(len(s.frames) for s in sequences)
+
+
+def _clip_level_cfg(root: Path, out: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("evaluate", overrides=["checkpoint=random", "encoder=r2d3d_18", "encoder.base_width=4",
+                                              "dataset=synthetic", f"dataset.root={root}", "num_frames=8", "stride=2",
+                                              "size=32", "batch_size=4", f"out={out}", *overrides])
+
+
+def _said_before(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, module, name: str) -> list[str]:
+    """Wrap ``module.name``: the standard output printed before its first call is appended to the list returned."""
+    seen: list[str] = []
+    work = getattr(module, name)
+
+    def first_work(*args, **kwargs):
+        if not seen:
+            text = capsys.readouterr().out
+            print(text, end="")  # keep it for later reads
+            seen.append(text)
+        return work(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, first_work)
+    return seen
+
+
+def test_finetune_and_attentive_probe_say_what_they_use_before_working(
+        small_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import vidssl.eval.attentive_probe as probe_module
+    import vidssl.eval.finetune as finetune_module
+
+    tool = _load_tool("evaluate")
+    facts = {"feature_source": "checkpoint random", "encoder": "R2D3D", "width": 32, "padding": None,
+             "input_size": "8x32x32 (stride 2)"}
+    before = _said_before(monkeypatch, capsys, finetune_module, "finetune")
+    cfg = _clip_level_cfg(small_root, tmp_path / "ft", "metric=finetune", "num_seq=2", "finetune.steps=1",
+                          "finetune.test_clips=1")
+    metrics, table, _ = tool.evaluate_finetune(cfg)
+    line = ("evaluate: features checkpoint random, encoder R2D3D (32 output channels), layer context (ConvGRU over 2 "
+            "blocks), all fine-tuned, input 8x32x32 (stride 2)")
+    assert before and line in before[0].splitlines()  # said before the first step
+    assert {k: metrics[k] for k in facts} == facts and metrics["layer"].startswith("context (ConvGRU over 2 blocks)")
+    assert "R2D3D" in table
+
+    before = _said_before(monkeypatch, capsys, probe_module, "extract_views")
+    # train_split=null: all 6 clips (2 a class), so that the clean figure has a held-out clip of each class
+    cfg = _clip_level_cfg(small_root, tmp_path / "ap", "metric=attentive_probe", "train_split=null",
+                          "probe.segments=1", "probe.views=1", "probe.epochs=1", "probe.lrs=[0.001]",
+                          "probe.wds=[0.01]", "probe.num_heads=1", "probe.depth=1", "probe.batch_size=4")
+    metrics, _, _ = tool.evaluate_attentive_probe(cfg)
+    line = ("evaluate: features checkpoint random, encoder R2D3D (32 output channels), layer output map as tokens, "
+            "frozen, input 8x32x32 (stride 2), 1 segments x 1 views")
+    assert before and line in before[0].splitlines()  # said before any token is extracted
+    assert {k: metrics[k] for k in facts} == {**facts, "input_size": "8x32x32 (stride 2), 1 segments x 1 views"}
+
+
+def test_the_demo_previews_with_the_labelled_sheets(small_root: Path, tmp_path: Path) -> None:
+    import inspect
+
+    from PIL import Image
+
+    import vidssl.app.preview as bare
+    from vidssl.app import demo
+
+    written = demo.step_preview(small_root, tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in written] == [
+        "preview/synthetic/views.png", "preview/synthetic/logmel.png",
+        "preview/bigbuckbunny/views.png", "preview/bigbuckbunny/logmel.png"]
+    # one clip of each source, two views: 2 rows × 8 frames (1.3 in a frame + 1.5 in of labels, 1.4 in a row
+    # + 0.4 in of titles, at 100 dpi); one log-mel panel each (6 × 2.2 in)
+    sizes = [Image.open(p).size for p in written]
+    assert sizes == [(1190, 320), (600, 220), (1190, 320), (600, 220)], sizes
+    # the demo's own drawing is gone: one code path for the sheets
+    assert not hasattr(bare, "preview_dataset")
+    source = inspect.getsource(demo)
+    assert "labelled_sheets" in source and "contact_sheet" not in source and "spectrogram_image" not in source
