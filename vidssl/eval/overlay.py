@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy.ndimage import binary_erosion
+from scipy.ndimage import binary_erosion, find_objects
 
 from vidssl import viz
 from vidssl.datasets.formats import DAVIS_PALETTE
@@ -20,11 +20,12 @@ def outlined_overlay(frame: np.ndarray, labels: np.ndarray, num_objects: int, *,
     Inputs: frame uint8 H×W×3, labels integer H×W (0 background). Outputs: uint8 H×W×3.
     """
     out = viz.overlay_masks(frame, labels, alpha=alpha)
-    for index in range(1, num_objects + 1):
-        mask = labels == index
-        if mask.any():
-            edge = mask & ~binary_erosion(mask, border_value=0)
-            out[edge] = DAVIS_PALETTE[index]
+    boxes = find_objects(np.asarray(labels, dtype=np.int64), max_label=num_objects)  # erode only where each is
+    for index, box in enumerate(boxes, start=1):
+        if box is not None:
+            mask = labels[box] == index
+            edge = mask & ~binary_erosion(mask, border_value=0)  # beyond the box is not the object: 0 is right
+            out[box][edge] = DAVIS_PALETTE[index]
     if legend and num_objects:
         image = Image.fromarray(out)
         draw = ImageDraw.Draw(image)
