@@ -392,6 +392,35 @@ def test_overlays_outline_each_object_and_name_it_in_a_legend() -> None:
     assert (out[5, 5] == DAVIS_PALETTE[1]).all() and (out[17, 5] == DAVIS_PALETTE[2]).all()  # legend swatches
 
 
+def test_overlays_equal_the_whole_frame_reference() -> None:
+    """The blend of the objects' pixels only, and the outline eroded in each object's box, are the whole-frame forms."""
+    from scipy.ndimage import binary_erosion
+
+    from vidssl.datasets.formats import DAVIS_PALETTE
+    from vidssl.eval.overlay import outlined_overlay
+    from vidssl.viz import overlay_masks
+
+    rng = np.random.default_rng(0)
+    palette = np.asarray(DAVIS_PALETTE, np.float64)
+    for trial in range(40):
+        height, width = rng.integers(5, 40, 2)
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        num = int(rng.integers(0, 5))
+        labels = np.zeros((height, width), np.int64)
+        for k in range(1, num + 1):  # rectangles, some at the border, some overlapping, some off
+            y, x = rng.integers(0, height), rng.integers(0, width)
+            labels[y:y + rng.integers(1, 15), x:x + rng.integers(1, 15)] = k
+        if trial % 4 == 0:
+            labels = rng.integers(0, num + 1, (height, width))  # scattered pixels
+        blended = np.where(labels[..., None] > 0, 0.5 * frame + 0.5 * palette[labels], frame)
+        reference = (blended + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(overlay_masks(frame, labels), reference)
+        for k in range(1, num + 1):
+            mask = labels == k
+            reference[mask & ~binary_erosion(mask, border_value=0)] = DAVIS_PALETTE[k]
+        np.testing.assert_array_equal(outlined_overlay(frame, labels, num, legend=False), reference)
+
+
 def test_the_thread_count_does_not_follow_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
     from vidssl.app import threads as rule
 
