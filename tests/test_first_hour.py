@@ -390,6 +390,7 @@ def test_overlays_outline_each_object_and_name_it_in_a_legend() -> None:
     assert (out[20, 40] == DAVIS_PALETTE[1]).all() and (out[45, 65] == DAVIS_PALETTE[2]).all()  # outlines
     assert not (out[30, 40] == DAVIS_PALETTE[1]).all()  # inside: blended, not painted over
     assert (out[5, 5] == DAVIS_PALETTE[1]).all() and (out[17, 5] == DAVIS_PALETTE[2]).all()  # legend swatches
+    assert (out[0, 20] == 40).all() and (out[0, 30] == 100).all()  # the legend's darkened backing, and no further
 
 
 def test_overlays_equal_the_whole_frame_reference() -> None:
@@ -532,7 +533,7 @@ def test_davis_layouts_get_outlined_overlays_beside_their_masks(small_root: Path
                 shown = np.asarray(gif.convert("RGB")).astype(int)
                 labels = read_mask(folder / f"{seq.frames[t].stem}.png")
                 legend = np.zeros_like(labels, bool)
-                legend[: 2 + 12 * int(first_objects(seq)), :22] = True  # swatches and numbers, top left
+                legend[: 2 + 12 * int(first_objects(seq)), :24] = True  # swatches and numbers, top left
                 blended = overlay_masks(read_frame(seq.frames[t]).numpy(), labels).astype(int)  # no outline
                 for k in range(1, int(labels.max()) + 1):
                     mask = labels == k

@@ -161,8 +161,11 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 def save_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float = 8.0) -> Path:
-    """An animated GIF, each frame quantised to its own 256 colours by Pillow's fast octree: about 30× faster than
-    the median cut Pillow applies to RGB frames by default (18 → 0.6 ms a 128×128 frame), as close in colour."""
+    """An animated GIF of uint8 H×W×3 frames, looping; each frame in 256 colours of its own from Pillow's fast
+    octree. Pillow's default for RGB frames, the median cut, is closer in colour (mean error 5.3 against 6.5
+    grey levels at 320×180; the octree shows some banding in smooth gradients) but 100× slower (70 against
+    0.6 ms a frame): too slow for overlays written by default. Palette colours that cover many pixels, as the
+    overlays' outlines, come through exactly."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(to_uint8_image(f)).quantize(256, method=Image.Quantize.FASTOCTREE,

@@ -11,11 +11,14 @@ from scipy.ndimage import binary_erosion, find_objects
 from vidssl import viz
 from vidssl.datasets.formats import DAVIS_PALETTE
 
+LEGEND_SHADE = 0.4  # the brightness kept under the legend
+
 
 def outlined_overlay(frame: np.ndarray, labels: np.ndarray, num_objects: int, *, alpha: float = 0.5,
                      legend: bool = True) -> np.ndarray:
     """``viz.overlay_masks`` plus a 1-pixel outline of every object in its full palette colour, and (``legend``)
-    a swatch with the object's index for each of ``1..num_objects`` in the top-left corner.
+    a swatch with the object's index for each of ``1..num_objects`` in the top-left corner, on the frame darkened
+    to ``LEGEND_SHADE`` of its brightness there.
 
     Inputs: frame uint8 H×W×3, labels integer H×W (0 background). Outputs: uint8 H×W×3.
     """
@@ -26,13 +29,15 @@ def outlined_overlay(frame: np.ndarray, labels: np.ndarray, num_objects: int, *,
             mask = labels[box] == index
             edge = mask & ~binary_erosion(mask, border_value=0)  # beyond the box is not the object: 0 is right
             out[box][edge] = DAVIS_PALETTE[index]
-    if legend and num_objects:
+    rows = min(num_objects, out.shape[0] // 12) if legend else 0  # the rows that fit: row r spans 2+12r..11+12r
+    if rows:
+        # the legend on a darkened backing: white numbers stay readable over a bright frame
+        backing = out[: 2 + 12 * rows, : 18 + 6 * len(str(num_objects))]
+        backing[:] = (backing * LEGEND_SHADE).astype(np.uint8)
         image = Image.fromarray(out)
         draw = ImageDraw.Draw(image)
-        for row, index in enumerate(range(1, num_objects + 1)):
+        for row, index in enumerate(range(1, rows + 1)):
             y = 2 + row * 12
-            if y + 10 > out.shape[0]:
-                break
             draw.rectangle((2, y, 11, y + 9), fill=tuple(int(c) for c in DAVIS_PALETTE[index]), outline=(255, 255, 255))
             draw.text((14, y - 1), str(index), fill=(255, 255, 255))
         out = np.asarray(image)
