@@ -323,6 +323,14 @@ def test_clusters_report_class_names_a_confusion_matrix_and_missing_clips(tmp_pa
         assert image.size[0] > 200 and image.size[1] > 200
 
 
+def test_the_confusion_picture_orders_clusters_by_their_majority_class() -> None:
+    from vidssl.eval.cluster_report import majority_order
+
+    counts = np.array([[0, 0, 5], [4, 1, 0], [0, 6, 0], [9, 0, 0], [0, 2, 1]])  # clusters 0..4 × classes a, b, c
+    # a: clusters 3 (9), 1 (4); b: 2 (6), 4 (2); c: 0 — the diagonal a clustering that follows the classes makes
+    assert majority_order(counts) == [3, 1, 2, 4, 0]
+
+
 def test_tracking_starts_at_the_frame_the_mask_is_drawn_on(tmp_path: Path) -> None:
     from vidssl.datasets.formats import read_mask
     from vidssl.eval.features import PixelFeatures
