@@ -622,6 +622,7 @@ def test_the_demo_previews_with_the_labelled_sheets(synthetic_root: Path, tmp_pa
     from PIL import Image
 
     import vidssl.app.preview as bare
+    from vidssl import viz
     from vidssl.app import demo
 
     written = demo.step_preview(synthetic_root, tmp_path)  # the demo's own corpus: clips of 31 frames
@@ -636,3 +637,4 @@ def test_the_demo_previews_with_the_labelled_sheets(synthetic_root: Path, tmp_pa
     assert not hasattr(bare, "preview_dataset")
     source = inspect.getsource(demo)
     assert "labelled_sheets" in source and "contact_sheet" not in source and "spectrogram_image" not in source
+    assert not hasattr(viz, "contact_sheet") and not hasattr(viz, "spectrogram_image")

@@ -1,4 +1,4 @@
-"""Pictures a user keeps: mask overlays, montages, contact sheets, spectrograms, cluster grids.
+"""Pictures a user keeps: mask overlays, montages, cluster grids (labelled preview sheets: `vidssl.app.preview_sheets`).
 
 Every function takes and returns plain ``uint8 H×W×3`` numpy images (or ``T×H×W×3`` stacks); writers
 save PNG (Pillow), GIF (Pillow) and MP4 (PyAV, H.264).
@@ -15,24 +15,6 @@ from PIL import Image
 
 from vidssl.datasets import encode
 
-# Anchors of the viridis colour map (matplotlib's default), interpolated linearly: enough for a
-# readable spectrogram without a plotting dependency.
-_VIRIDIS = np.array(
-    [
-        [68, 1, 84],
-        [72, 40, 120],
-        [62, 74, 137],
-        [49, 104, 142],
-        [38, 130, 142],
-        [31, 158, 137],
-        [53, 183, 121],
-        [109, 205, 89],
-        [180, 222, 44],
-        [253, 231, 37],
-    ],
-    dtype=np.float64,
-)
-
 
 def to_uint8_image(x: np.ndarray | torch.Tensor) -> np.ndarray:
     """A float image in [0, 1] (or uint8) → uint8; accepts ``H×W×3`` or ``3×H×W`` tensors."""
@@ -48,15 +30,6 @@ def to_uint8_image(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     return x
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to viridis colours: ``(...)`` → ``(..., 3) uint8``."""
-    v = np.clip(np.nan_to_num(values), 0.0, 1.0) * (len(_VIRIDIS) - 1)
-    low = np.floor(v).astype(int)
-    high = np.minimum(low + 1, len(_VIRIDIS) - 1)
-    frac = (v - low)[..., None]
-    return (_VIRIDIS[low] * (1 - frac) + _VIRIDIS[high] * frac + 0.5).astype(np.uint8)
 
 
 def overlay_masks(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -101,26 +74,6 @@ def clip_frames(clip: torch.Tensor, normalized: bool = True) -> list[np.ndarray]
 
     clip = denormalize_video(clip.float()) if normalized else clip.float().clamp(0, 1)
     return [to_uint8_image(clip[:, t]) for t in range(clip.shape[1])]
-
-
-def contact_sheet(clips: Sequence[torch.Tensor], max_frames: int = 8, normalized: bool = True) -> np.ndarray:
-    """One row per clip (``C×T×H×W``), up to ``max_frames`` frames evenly spaced across time."""
-    rows = []
-    for clip in clips:
-        frames = clip_frames(clip, normalized)
-        pick = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
-        rows.append([frames[i] for i in pick])
-    ncols = max(len(r) for r in rows)
-    blank = np.full_like(rows[0][0], 255)
-    return montage([im for r in rows for im in r + [blank] * (ncols - len(r))], ncols=ncols)
-
-
-def spectrogram_image(logmel: torch.Tensor | np.ndarray, scale: int = 3) -> np.ndarray:
-    """A log-mel ``1×F×T`` (or ``F×T``) as a colour image, low frequencies at the bottom."""
-    x = torch.as_tensor(logmel).detach().float().cpu().squeeze(0).numpy()
-    lo, hi = np.percentile(x, 1), np.percentile(x, 99)
-    img = colormap((x - lo) / max(hi - lo, 1e-6))[::-1]
-    return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
 def cluster_grid(
