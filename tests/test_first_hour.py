@@ -323,6 +323,14 @@ def test_clusters_report_class_names_a_confusion_matrix_and_missing_clips(tmp_pa
         assert image.size[0] > 200 and image.size[1] > 200
 
 
+def test_the_confusion_picture_orders_clusters_by_their_majority_class() -> None:
+    from vidssl.eval.cluster_report import majority_order
+
+    counts = np.array([[0, 0, 5], [4, 1, 0], [0, 6, 0], [9, 0, 0], [0, 2, 1]])  # clusters 0..4 × classes a, b, c
+    # a: clusters 3 (9), 1 (4); b: 2 (6), 4 (2); c: 0 — the diagonal a clustering that follows the classes makes
+    assert majority_order(counts) == [3, 1, 2, 4, 0]
+
+
 def test_tracking_starts_at_the_frame_the_mask_is_drawn_on(tmp_path: Path) -> None:
     from vidssl.datasets.formats import read_mask
     from vidssl.eval.features import PixelFeatures
@@ -390,6 +398,36 @@ def test_overlays_outline_each_object_and_name_it_in_a_legend() -> None:
     assert (out[20, 40] == DAVIS_PALETTE[1]).all() and (out[45, 65] == DAVIS_PALETTE[2]).all()  # outlines
     assert not (out[30, 40] == DAVIS_PALETTE[1]).all()  # inside: blended, not painted over
     assert (out[5, 5] == DAVIS_PALETTE[1]).all() and (out[17, 5] == DAVIS_PALETTE[2]).all()  # legend swatches
+    assert (out[0, 20] == 40).all() and (out[0, 30] == 100).all()  # the legend's darkened backing, and no further
+
+
+def test_overlays_equal_the_whole_frame_reference() -> None:
+    """The blend of the objects' pixels only, and the outline eroded in each object's box, are the whole-frame forms."""
+    from scipy.ndimage import binary_erosion
+
+    from vidssl.datasets.formats import DAVIS_PALETTE
+    from vidssl.eval.overlay import outlined_overlay
+    from vidssl.viz import overlay_masks
+
+    rng = np.random.default_rng(0)
+    palette = np.asarray(DAVIS_PALETTE, np.float64)
+    for trial in range(40):
+        height, width = rng.integers(5, 40, 2)
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        num = int(rng.integers(0, 5))
+        labels = np.zeros((height, width), np.int64)
+        for k in range(1, num + 1):  # rectangles, some at the border, some overlapping, some off
+            y, x = rng.integers(0, height), rng.integers(0, width)
+            labels[y:y + rng.integers(1, 15), x:x + rng.integers(1, 15)] = k
+        if trial % 4 == 0:
+            labels = rng.integers(0, num + 1, (height, width))  # scattered pixels
+        blended = np.where(labels[..., None] > 0, 0.5 * frame + 0.5 * palette[labels], frame)
+        reference = (blended + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(overlay_masks(frame, labels), reference)
+        for k in range(1, num + 1):
+            mask = labels == k
+            reference[mask & ~binary_erosion(mask, border_value=0)] = DAVIS_PALETTE[k]
+        np.testing.assert_array_equal(outlined_overlay(frame, labels, num, legend=False), reference)
 
 
 def test_the_thread_count_does_not_follow_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -458,3 +496,145 @@ def test_preview_sheets_label_rows_frames_and_the_logmel(small_root: Path, tmp_p
     for path in written:
         with Image.open(path) as image:
             assert image.size[0] > 300 and image.size[1] > 150
+
+
+def _load_tool(name: str):
+    """tools/<name>.py as a module, to call one of its steps in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_davis_layouts_get_outlined_overlays_beside_their_masks(small_root: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from scipy.ndimage import binary_erosion
+
+    from vidssl.datasets.decode import VideoReader
+    from vidssl.datasets.formats import DAVIS_PALETTE, davis, read_mask
+    from vidssl.eval.propagate import read_frame
+    from vidssl.viz import overlay_masks
+
+    def first_objects(seq) -> int:
+        return int(read_mask(seq.annotations[0]).max())
+
+    out = tmp_path / "res"
+    result = _tool("propagate", f"davis_root={small_root / 'davis'}", f"out={out}", "features=pixels", "split=val",
+                   cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})  # overlay=true is the default
+    assert result.returncode == 0, result.stderr[-3000:]
+    sequences = davis(small_root / "davis", split="val")
+    said = f"wrote {len(sequences)} sequences to {out} (masks, overlay.mp4 and overlay.gif per sequence)"
+    assert said in result.stdout
+    for seq in sequences:
+        folder = out / seq.name
+        height, width = read_mask(seq.annotations[0]).shape
+        reader = VideoReader(folder / "overlay.mp4")
+        assert reader.size == (height, width) and reader.num_frames == len(seq.frames)
+        reader.close()
+        checked = 0
+        with Image.open(folder / "overlay.gif") as gif:
+            assert gif.size == (width, height) and gif.n_frames == len(seq.frames)
+            for t in (0, len(seq.frames) - 1):  # the annotation, and the last frame propagated
+                gif.seek(t)
+                shown = np.asarray(gif.convert("RGB")).astype(int)
+                labels = read_mask(folder / f"{seq.frames[t].stem}.png")
+                legend = np.zeros_like(labels, bool)
+                legend[: 2 + 12 * int(first_objects(seq)), :24] = True  # swatches and numbers, top left
+                blended = overlay_masks(read_frame(seq.frames[t]).numpy(), labels).astype(int)  # no outline
+                for k in range(1, int(labels.max()) + 1):
+                    mask = labels == k
+                    edge = mask & ~binary_erosion(mask, border_value=0) & ~legend
+                    if not edge.any():  # an object lost by then, or under the legend
+                        continue
+                    # the outline is the object's full palette colour (up to the GIF's 256-colour quantisation),
+                    # much nearer to it than the colour blended with the frame that is there without an outline
+                    off = np.abs(shown - DAVIS_PALETTE[k]).max(axis=-1)[edge]
+                    off_blended = np.abs(blended - DAVIS_PALETTE[k]).max(axis=-1)[edge]
+                    assert (off <= 24).mean() > 0.9, (seq.name, t, k, off)
+                    assert off.mean() < off_blended.mean() - 20, (seq.name, t, k, off.mean(), off_blended.mean())
+                    checked += 1
+        assert checked, seq.name
+    (out / "notes.txt").write_text("mine")
+    prepare_out(out, overwrite=True)  # overwrite=true: the overlays go with the masks
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def _clip_level_cfg(root: Path, out: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("evaluate", overrides=["checkpoint=random", "encoder=r2d3d_18", "encoder.base_width=4",
+                                              "dataset=synthetic", f"dataset.root={root}", "num_frames=8", "stride=2",
+                                              "size=32", "batch_size=2", f"out={out}", *overrides])
+
+
+def _said_before(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, module, name: str) -> list[str]:
+    """Wrap ``module.name``: the standard output printed before its first call is appended to the list returned."""
+    seen: list[str] = []
+    work = getattr(module, name)
+
+    def first_work(*args, **kwargs):
+        if not seen:
+            text = capsys.readouterr().out
+            print(text, end="")  # keep it for later reads
+            seen.append(text)
+        return work(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, first_work)
+    return seen
+
+
+def test_finetune_and_attentive_probe_say_what_they_use_before_working(
+        small_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import vidssl.eval.attentive_probe as probe_module
+    import vidssl.eval.finetune as finetune_module
+
+    tool = _load_tool("evaluate")
+    facts = {"feature_source": "checkpoint random", "encoder": "R2D3D", "width": 16, "padding": None,
+             "input_size": "8x32x32 (stride 2)"}
+    before = _said_before(monkeypatch, capsys, finetune_module, "finetune")
+    cfg = _clip_level_cfg(small_root, tmp_path / "ft", "metric=finetune", "num_seq=2", "finetune.steps=1",
+                          "finetune.test_clips=1")
+    metrics, table, _ = tool.evaluate_finetune(cfg)
+    line = ("evaluate: features checkpoint random, encoder R2D3D (16 output channels), layer context (ConvGRU over 2 "
+            "blocks), all fine-tuned, input 8x32x32 (stride 2)")
+    assert before and line in before[0].splitlines()  # said before the first step
+    assert {k: metrics[k] for k in facts} == facts and metrics["layer"].startswith("context (ConvGRU over 2 blocks)")
+    assert "R2D3D" in table
+
+    before = _said_before(monkeypatch, capsys, probe_module, "extract_views")
+    # train_split=null: all 6 clips (2 a class), so that the clean figure has a held-out clip of each class
+    cfg = _clip_level_cfg(small_root, tmp_path / "ap", "metric=attentive_probe", "train_split=null",
+                          "probe.segments=1", "probe.views=1", "probe.epochs=1", "probe.lrs=[0.001]",
+                          "probe.wds=[0.01]", "probe.num_heads=1", "probe.depth=1", "probe.batch_size=4")
+    metrics, _, _ = tool.evaluate_attentive_probe(cfg)
+    line = ("evaluate: features checkpoint random, encoder R2D3D (16 output channels), layer output map as tokens, "
+            "frozen, input 8x32x32 (stride 2), 1 segments x 1 views")
+    assert before and line in before[0].splitlines()  # said before any token is extracted
+    assert {k: metrics[k] for k in facts} == {**facts, "input_size": "8x32x32 (stride 2), 1 segments x 1 views"}
+
+
+def test_the_demo_previews_with_the_labelled_sheets(synthetic_root: Path, tmp_path: Path) -> None:
+    import inspect
+
+    from PIL import Image
+
+    import vidssl.app.preview as bare
+    from vidssl import viz
+    from vidssl.app import demo
+
+    written = demo.step_preview(synthetic_root, tmp_path)  # the demo's own corpus: clips of 31 frames
+    assert [p.relative_to(tmp_path).as_posix() for p in written] == [
+        "preview/synthetic/views.png", "preview/synthetic/logmel.png",
+        "preview/bigbuckbunny/views.png", "preview/bigbuckbunny/logmel.png"]
+    # two views of 4 synthetic clips and of bigbuckbunny: 8 and 2 rows × 8 frames (1.3 in a frame + 1.5 in of
+    # labels; 1.4 in a row + 0.4 in of titles; at 100 dpi); a log-mel panel per clip (6 × 1.8 in + 0.4 in)
+    sizes = [Image.open(p).size for p in written]
+    assert sizes == [(1190, 1160), (600, 760), (1190, 320), (600, 220)], sizes
+    # the demo's own drawing is gone: one code path for the sheets
+    assert not hasattr(bare, "preview_dataset")
+    source = inspect.getsource(demo)
+    assert "labelled_sheets" in source and "contact_sheet" not in source and "spectrogram_image" not in source
+    assert not hasattr(viz, "contact_sheet") and not hasattr(viz, "spectrogram_image")

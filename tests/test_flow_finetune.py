@@ -128,6 +128,7 @@ def test_evaluate_finetunes_rgb_flow_and_their_fusion(corpus, tmp_path):  # noqa
     fused = json.loads((tmp_path / "rf" / "metrics.json").read_text())
     assert {"rgb/top1", "flow/top1", "R+F/top1", "rgb/train_dropped", "flow/train_dropped"} <= set(fused)
     assert fused["flow_checkpoint"] == "random" and fused["test_used"] == 2 and fused["test_dropped"] == 0
+    assert fused["encoder"] == fused["flow_encoder"] == "R2D3D" and fused["flow_input_size"] == "8x32x32 (stride 2)"
     alone = json.loads((tmp_path / "flow" / "metrics.json").read_text())
     assert alone["test_used"] == 2 and "flow_checkpoint" not in alone
 

@@ -179,6 +179,7 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
         finetune,
         load_trained,
     )
+    from vidssl.app.used import announce
     from vidssl.eval.two_stream import finetune_two_stream
 
     ft = cfg.finetune
@@ -190,9 +191,14 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
                              EvalTransform(size=cfg.size), modality) for position in clip_positions(ft.test_clips)]
         return train, tests
 
-    def classifier(checkpoint: str, num_classes: int) -> ContextClassifier:
+    used = []  # each network's facts, said before it trains: RGB, then flow
+
+    def classifier(checkpoint: str, num_classes: int, stream: str = "") -> ContextClassifier:
         torch.manual_seed(cfg.seed)  # the new layers' initialisation (a random ConvGRU has its own fixed seed)
         encoder, trained = load_trained(checkpoint, cfg.encoder, running_stats=True)
+        used.append(announce(f"evaluate{stream}", encoder, source=f"checkpoint {checkpoint}",
+                             layer=f"context (ConvGRU over {cfg.num_seq} blocks), all fine-tuned",
+                             input_size=f"{cfg.num_frames}x{cfg.size}x{cfg.size} (stride {cfg.stride})"))
         return ContextClassifier(context_readout(encoder, cfg.num_seq, trained),
                                  num_classes=num_classes, dropout=ft.dropout)
 
@@ -205,13 +211,13 @@ def evaluate_finetune(cfg: DictConfig) -> tuple[dict, str, Path]:
                    num_workers=cfg.num_workers, device=cfg.device, seed=cfg.seed)
     if two_stream:
         metrics = finetune_two_stream(rgb_model=classifier(cfg.checkpoint, max(labels) + 1),
-                                      flow_model=classifier(cfg.flow_checkpoint, max(labels) + 1),
+                                      flow_model=classifier(cfg.flow_checkpoint, max(labels) + 1, " (flow)"),
                                       rgb_sets=(train_set, test_sets), flow_sets=sets("flow"), **options)
         metrics = {"checkpoint": str(cfg.checkpoint), "flow_checkpoint": str(cfg.flow_checkpoint),
-                   "test_clips": ft.test_clips, **metrics}
+                   "test_clips": ft.test_clips, **used[0], **{f"flow_{k}": v for k, v in used[1].items()}, **metrics}
     else:
         metrics = finetune(classifier(cfg.checkpoint, max(labels) + 1), train_set, test_sets, **options)
-        metrics = {"checkpoint": str(cfg.checkpoint), "test_clips": ft.test_clips, **metrics}
+        metrics = {"checkpoint": str(cfg.checkpoint), "test_clips": ft.test_clips, **used[0], **metrics}
     return metrics, format_table([metrics]), Path(cfg.out)
 
 
@@ -247,6 +253,7 @@ def evaluate_attentive_probe(cfg: DictConfig) -> tuple[dict, str, Path]:
     the val-picked figure (the official script's) and the clean one (picked on a held-out part of train)."""
     from vidssl.run import load_encoder
     from vidssl.eval.attentive_probe import ViewCrop, attentive_probe, extract_views
+    from vidssl.app.used import announce
     from vidssl.eval.finetune import PositionedSampler, clip_positions
 
     p = cfg.probe
@@ -260,6 +267,10 @@ def evaluate_attentive_probe(cfg: DictConfig) -> tuple[dict, str, Path]:
         return views, labels, dropped
 
     encoder = load_encoder(cfg.checkpoint, cfg.encoder)
+    facts = announce("evaluate", encoder, source=f"checkpoint {cfg.checkpoint}",
+                     layer=f"{'tokens' if hasattr(encoder, 'tokens') else 'output map as tokens'}, frozen",
+                     input_size=f"{cfg.num_frames}x{cfg.size}x{cfg.size} (stride {cfg.stride}), "
+                                f"{p.segments} segments x {p.views} views")
     train_views, train_labels, train_dropped = views_of(cfg.train_split)
     test_views, test_labels, test_dropped = views_of(cfg.test_split)
     if min(train_labels.min(), test_labels.min()) < 0:
@@ -269,7 +280,7 @@ def evaluate_attentive_probe(cfg: DictConfig) -> tuple[dict, str, Path]:
                              lrs=list(p.lrs), wds=list(p.wds), epochs=p.epochs, batch_size=p.batch_size,
                              num_heads=p.num_heads, depth=p.depth, seed=cfg.seed, device=cfg.device)
     grid = result.pop("grid")
-    metrics = {"checkpoint": str(cfg.checkpoint), "segments": p.segments, "views": p.views, **result,
+    metrics = {"checkpoint": str(cfg.checkpoint), "segments": p.segments, "views": p.views, **facts, **result,
                "train_used": int(train_labels.numel()), "train_dropped": len(train_dropped),
                "test_used": int(test_labels.numel()), "test_dropped": len(test_dropped)}
     table = (format_table([metrics]) + "\n\nval_picked_top1 is the official figure: the best of the grid on "

@@ -11,7 +11,8 @@ Protocol options (defaults = videowalk's DAVIS evaluation): n_context=20 topk=10
 temperature=0.05 window=circle pad_first=true downsample=bilinear restrict_first=false layer=auto;
 presets: protocol=videowalk|dino|dinov3|vjepa21|vfs (configs/protocol/, each citing its source).
 
-DAVIS: writes palette PNGs to ``RES/<sequence>/<frame>.png``; score them with
+DAVIS: writes palette PNGs to ``RES/<sequence>/<frame>.png`` and (``overlay=true``, the default)
+``RES/<sequence>/overlay.mp4`` and ``overlay.gif``; score them with
 ``python tools/evaluate.py metric=davis davis_root=DIR results=RES``. A video: writes ``DIR/masks/*.png``,
 ``DIR/overlay.mp4`` and ``DIR/overlay.gif``. Benchmarks (``configs/benchmark/NAME.yaml`` sets each one's layout
 and official settings): YouTube-VOS/MOSE write ``RES/Annotations/`` and ``RES/submission.zip``, JHMDB
@@ -136,15 +137,16 @@ def main(cfg: DictConfig) -> None:
         short_side = None if backbone and cfg.resize != "none" else cfg.short_side
         result = track_video(cfg.video, cfg.mask, cfg.out, feature_fn, short_side=short_side,
                              max_frames=cfg.max_frames, fps=cfg.fps, start_frame=cfg.get("start_frame", 0),
-                             threshold=cfg.get("threshold"), **protocol)
-        print(f"tracked {result['objects']} object(s) through {result['frames']} frames: {result['masks']}/, "
-              f"{result['mp4']}, {result['gif']}")
+                             threshold=cfg.get("threshold"), overlay=cfg.get("overlay", True), **protocol)
+        overlays = f", {result['mp4']}, {result['gif']}" if result["mp4"] else ""
+        print(f"tracked {result['objects']} object(s) through {result['frames']} frames: {result['masks']}/{overlays}")
         if result["truncated"]:
             print(f"warning: {result['truncated']}")
         return
     folders = propagate_dataset(cfg.davis_root, cfg.out, feature_fn, split=cfg.split, resolution=cfg.resolution,
-                                **protocol)
-    print(f"wrote {len(folders)} sequences to {cfg.out}")
+                                overlay=cfg.get("overlay", True), fps=cfg.fps, **protocol)
+    overlays = " (masks, overlay.mp4 and overlay.gif per sequence)" if cfg.get("overlay", True) else ""
+    print(f"wrote {len(folders)} sequences to {cfg.out}{overlays}")
 
 
 if __name__ == "__main__":

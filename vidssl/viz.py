@@ -1,4 +1,4 @@
-"""Pictures a user keeps: mask overlays, montages, contact sheets, spectrograms, cluster grids.
+"""Pictures a user keeps: mask overlays, montages, cluster grids (labelled preview sheets: `vidssl.app.preview_sheets`).
 
 Every function takes and returns plain ``uint8 H×W×3`` numpy images (or ``T×H×W×3`` stacks); writers
 save PNG (Pillow), GIF (Pillow) and MP4 (PyAV, H.264).
@@ -14,24 +14,6 @@ import torch
 from PIL import Image
 
 from vidssl.datasets import encode
-
-# Anchors of the viridis colour map (matplotlib's default), interpolated linearly: enough for a
-# readable spectrogram without a plotting dependency.
-_VIRIDIS = np.array(
-    [
-        [68, 1, 84],
-        [72, 40, 120],
-        [62, 74, 137],
-        [49, 104, 142],
-        [38, 130, 142],
-        [31, 158, 137],
-        [53, 183, 121],
-        [109, 205, 89],
-        [180, 222, 44],
-        [253, 231, 37],
-    ],
-    dtype=np.float64,
-)
 
 
 def to_uint8_image(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -50,15 +32,6 @@ def to_uint8_image(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return x
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to viridis colours: ``(...)`` → ``(..., 3) uint8``."""
-    v = np.clip(np.nan_to_num(values), 0.0, 1.0) * (len(_VIRIDIS) - 1)
-    low = np.floor(v).astype(int)
-    high = np.minimum(low + 1, len(_VIRIDIS) - 1)
-    frac = (v - low)[..., None]
-    return (_VIRIDIS[low] * (1 - frac) + _VIRIDIS[high] * frac + 0.5).astype(np.uint8)
-
-
 def overlay_masks(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend DAVIS-palette colours of object masks over frames; background (0) is left as it is.
 
@@ -71,11 +44,11 @@ def overlay_masks(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> 
     masks = np.asarray(masks)
     if frames.shape[:-1] != masks.shape:
         raise ValueError(f"frames {frames.shape} and masks {masks.shape} differ in size")
-    colours = np.asarray(DAVIS_PALETTE, dtype=np.float64)[masks.astype(np.int64)]
-    out = frames.astype(np.float64)
-    fg = (masks > 0)[..., None]
-    out = np.where(fg, (1 - alpha) * out + alpha * colours, out)
-    return (out + 0.5).astype(np.uint8)
+    fg = masks > 0
+    out = frames.copy()  # background pixels stay as they are; only the objects' pixels are blended
+    colours = np.asarray(DAVIS_PALETTE, dtype=np.float64)[masks[fg].astype(np.int64)]
+    out[fg] = ((1 - alpha) * frames[fg].astype(np.float64) + alpha * colours + 0.5).astype(np.uint8)
+    return out
 
 
 def montage(images: Sequence[np.ndarray], ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -101,26 +74,6 @@ def clip_frames(clip: torch.Tensor, normalized: bool = True) -> list[np.ndarray]
 
     clip = denormalize_video(clip.float()) if normalized else clip.float().clamp(0, 1)
     return [to_uint8_image(clip[:, t]) for t in range(clip.shape[1])]
-
-
-def contact_sheet(clips: Sequence[torch.Tensor], max_frames: int = 8, normalized: bool = True) -> np.ndarray:
-    """One row per clip (``C×T×H×W``), up to ``max_frames`` frames evenly spaced across time."""
-    rows = []
-    for clip in clips:
-        frames = clip_frames(clip, normalized)
-        pick = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
-        rows.append([frames[i] for i in pick])
-    ncols = max(len(r) for r in rows)
-    blank = np.full_like(rows[0][0], 255)
-    return montage([im for r in rows for im in r + [blank] * (ncols - len(r))], ncols=ncols)
-
-
-def spectrogram_image(logmel: torch.Tensor | np.ndarray, scale: int = 3) -> np.ndarray:
-    """A log-mel ``1×F×T`` (or ``F×T``) as a colour image, low frequencies at the bottom."""
-    x = torch.as_tensor(logmel).detach().float().cpu().squeeze(0).numpy()
-    lo, hi = np.percentile(x, 1), np.percentile(x, 99)
-    img = colormap((x - lo) / max(hi - lo, 1e-6))[::-1]
-    return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
 def cluster_grid(
@@ -161,9 +114,15 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 def save_gif(path: str | Path, frames: Sequence[np.ndarray], fps: float = 8.0) -> Path:
+    """An animated GIF of uint8 H×W×3 frames, looping; each frame in 256 colours of its own from Pillow's fast
+    octree. Pillow's default for RGB frames, the median cut, is closer in colour (mean error 5.3 against 6.5
+    grey levels at 320×180; the octree shows some banding in smooth gradients) but 100× slower (70 against
+    0.6 ms a frame): too slow for overlays written by default. Palette colours that cover many pixels, as the
+    overlays' outlines, come through exactly."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(to_uint8_image(f)) for f in frames]
+    images = [Image.fromarray(to_uint8_image(f)).quantize(256, method=Image.Quantize.FASTOCTREE,
+                                                          dither=Image.Dither.NONE) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
 

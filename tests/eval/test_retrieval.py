@@ -260,6 +260,12 @@ def test_evaluate_cli_ks_context_readout_and_finetune(synthetic_root, tmp_path):
     metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert 0 <= metrics["top1"] <= 1 and metrics["test_clips"] == 2
     assert metrics["test_used"] == 24 and metrics["test_dropped"] == 0 and metrics["train_dropped"] == 0
+    # what was used: said in the start line, recorded beside the threads
+    assert ("evaluate: features checkpoint random, encoder R2D3D (16 output channels), layer context (ConvGRU over 4 "
+            "blocks), all fine-tuned, input 16x64x64 (stride 2)") in tuned.stdout.splitlines()
+    assert {k: metrics[k] for k in ("feature_source", "encoder", "width", "input_size", "threads")} == {
+        "feature_source": "checkpoint random", "encoder": "R2D3D", "width": 16, "input_size": "16x64x64 (stride 2)",
+        "threads": 1}
 
 
 def test_finetune_loads_a_dpc_encoder_with_running_statistics(tmp_path):

@@ -4,7 +4,7 @@ Each step runs the same ``tools/*.py`` commands a user types (they are printed b
 the demo doubles as a worked example. Outputs land in one folder:
 
     OUT/corpus/                 the synthetic audio-visual corpus (videos, manifest, DAVIS layout)
-    OUT/preview/                contact sheets of augmented views, log-mel images of aligned audio
+    OUT/preview/<source>/       labelled sheets of augmented views and log-mel of aligned audio (as tools/preview.py)
     OUT/runs/<task>/            training runs (checkpoints, config.yaml, TensorBoard events)
     OUT/memdpc/                 retrieval metrics, trained vs random init
     OUT/flow/, OUT/memdpc_flow/ optical flow of the corpus (DIS); RGB, flow and R+F retrieval metrics
@@ -80,13 +80,14 @@ def step_corpus(out: Path, log: list[str]) -> Path:
 
 
 def step_preview(corpus: Path, out: Path) -> list[Path]:
-    """Clips as the models see them: two augmented views per clip plus the aligned audio's log-mel."""
+    """Clips as the models see them: two augmented views per clip plus the aligned audio's log-mel, in the
+    labelled sheets of ``tools/preview.py`` (``OUT/preview/<source>/views.png`` and ``logmel.png``)."""
     from vidssl.datasets.dataset import VideoDataset
     from vidssl.datasets.formats import VideoEntry, synthetic
     from vidssl.datasets.samples import sample_clips
     from vidssl.datasets.sampling import ClipSampler
     from vidssl.datasets.transforms import ClipTransform, LogMel
-    from vidssl.app.preview import preview_dataset
+    from vidssl.app.preview_sheets import labelled_sheets
 
     def dataset(root: Path, entries: list) -> VideoDataset:
         return VideoDataset(
@@ -99,9 +100,9 @@ def step_preview(corpus: Path, out: Path) -> list[Path]:
         )
 
     entries = synthetic(corpus, split="train")[::7][:4]
-    written = preview_dataset(dataset(corpus, entries), out / "preview", "synthetic")
+    written = labelled_sheets(dataset(corpus, entries), out / "preview" / "synthetic")
     real = sample_clips()["bigbuckbunny"]
-    written += preview_dataset(dataset(real.parent, [VideoEntry(real.name)]), out / "preview", "bigbuckbunny")
+    written += labelled_sheets(dataset(real.parent, [VideoEntry(real.name)]), out / "preview" / "bigbuckbunny")
     for path in written:
         print(f"wrote {path}")
     return written

@@ -10,8 +10,10 @@ from pathlib import Path
 
 
 def _written_by_propagate(out: Path) -> list[Path]:
-    """The files propagate.py writes under ``out``: masks/*.png and overlay.* (a video), <sequence>/*.png (DAVIS)."""
-    found = [p for p in out.glob("overlay.*") if p.suffix in (".mp4", ".gif")]
+    """The files propagate.py writes under ``out``: masks/*.png and overlay.* (a video), <sequence>/*.png and
+    <sequence>/overlay.* (DAVIS)."""
+    found = [p for pattern in ("overlay.*", "*/overlay.*") for p in sorted(out.glob(pattern))
+             if p.suffix in (".mp4", ".gif")]
     found += sorted(out.glob("*/*.png"))
     return found
 

@@ -1,7 +1,7 @@
 """Your own data as a task sees it: labelled sheets of the augmented views and of the log-mel audio.
 
-`tools/preview.py dataset=… task=… out=DIR` writes them; unlike the demo's bare contact sheets (`vidssl.app.preview`)
-each row names its file and view, the frames their index, and the log-mel has axes and a colour bar.
+`tools/preview.py dataset=… task=… out=DIR` and ``make demo`` write them: each row names its file and view, the
+frames their index, and the log-mel has axes and a colour bar.
 """
 
 from __future__ import annotations

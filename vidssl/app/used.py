@@ -33,3 +33,11 @@ def describe(facts: dict[str, Any]) -> str:
     if facts.get("input_size"):
         parts.append(f"input {facts['input_size']}")
     return ", ".join(parts)
+
+
+def announce(label: str, encoder: nn.Module | None, **facts: Any) -> dict[str, Any]:
+    """`encoder_facts` of ``encoder`` (``facts``: its keyword arguments), said in one start line
+    ``label: features …`` before the work that follows; returns the facts, for metrics.json."""
+    found = encoder_facts(encoder, **facts)
+    print(f"{label}: {describe(found)}", flush=True)
+    return found

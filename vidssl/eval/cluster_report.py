@@ -42,9 +42,17 @@ def cluster_confusion(labels_csv: str | Path, manifest_csv: str | Path, *, colum
     return table, [int(c) for c in clusters], [names.get(int(c), str(c)) for c in classes], missing
 
 
+def majority_order(table: np.ndarray) -> list[int]:
+    """The rows of a clusters×classes count table ordered by their majority class (column order), the fuller
+    first within a class: a clustering that follows the classes then shows as a diagonal."""
+    majority = table.argmax(axis=1)
+    return sorted(range(table.shape[0]), key=lambda row: (majority[row], -table[row, majority[row]], row))
+
+
 def write_confusion(out_dir: str | Path, table: np.ndarray, clusters: list[int], classes: list[str],
                     ) -> tuple[Path, Path]:
-    """``confusion.csv`` (a row per cluster, a column per class) and ``confusion.png`` (counts, colour bar)."""
+    """``confusion.csv`` (a row per cluster in cluster order, a column per class) and ``confusion.png`` (counts,
+    colour bar; the clusters ordered by `majority_order`, each row labelled with its cluster id)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,13 +65,15 @@ def write_confusion(out_dir: str | Path, table: np.ndarray, clusters: list[int],
         writer = csv.writer(f)
         writer.writerow(["cluster", *classes])
         writer.writerows([[cluster, *map(int, counts)] for cluster, counts in zip(clusters, table)])
+    order = majority_order(table) if table.size else []
+    table, clusters = table[order], [clusters[i] for i in order]
     height = max(3.0, 0.35 * len(clusters) + 1.5)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(classes) + 2.5), height))
     image = ax.imshow(table, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(clusters)), [str(c) for c in clusters])
     ax.set_xlabel("class (manifest)")
-    ax.set_ylabel("cluster")
+    ax.set_ylabel("cluster (ordered by majority class)")
     if table.size <= 400:
         for (i, j), n in np.ndenumerate(table):
             ax.text(j, i, str(int(n)), ha="center", va="center", color="white" if n < table.max() / 2 else "black",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -497,9 +498,16 @@ def read_frame(path: str | Path) -> Tensor:
         return torch.from_numpy(np.array(image.convert("RGB")))
 
 
-def propagate_sequence(sequence: DavisSequence, out: str | Path, feature_fn: FeatureFn, **protocol) -> Path:
+DAVIS_FPS = 24.0  # DAVIS's frames are a 24 fps video (Perazzi et al., CVPR 2016): the overlays' default rate
+
+
+def propagate_sequence(sequence: DavisSequence, out: str | Path, feature_fn: FeatureFn, *, overlay: bool = False,
+                       fps: float | None = None, **protocol) -> Path:
     """Propagate one DAVIS sequence's first-frame annotation; writes ``out/<sequence>/<frame>.png``.
 
+    ``overlay``: also ``out/<sequence>/overlay.mp4`` and ``overlay.gif`` at ``fps`` (None: DAVIS's 24), each
+    object's outline and a legend over its frames (`vidssl.eval.overlay.OverlayVideo`), written frame by frame
+    with the masks.
     Returns the sequence's result folder. ``protocol`` is passed to `propagate_labels`.
     """
     name = sequence.name
@@ -511,33 +519,50 @@ def propagate_sequence(sequence: DavisSequence, out: str | Path, feature_fn: Fea
         raise ValueError(f"sequence {name!r}: first-frame annotation {sequence.annotations[0]} is "
                          f"{first_mask.shape[0]}×{first_mask.shape[1]} but frame {sequence.frames[0].name} is "
                          f"{frame0.shape[0]}×{frame0.shape[1]}")
+    last = {"t": 0, "frame": frame0}  # the frame read last: the overlay draws on it without decoding it again
+
+    def frame(t: int) -> Tensor:
+        if last["t"] != t:
+            last["t"], last["frame"] = t, read_frame(sequence.frames[t])
+        return last["frame"]
 
     def feats(t: int) -> Tensor:
-        frame = frame0 if t == 0 else read_frame(sequence.frames[t])
-        if frame.shape != frame0.shape:
-            raise ValueError(f"sequence {name!r}: frame {sequence.frames[t].name} is {tuple(frame.shape)}, "
+        if frame(t).shape != frame0.shape:
+            raise ValueError(f"sequence {name!r}: frame {sequence.frames[t].name} is {tuple(frame(t).shape)}, "
                              f"the first frame is {tuple(frame0.shape)}")
-        return feature_fn(frame)
+        return feature_fn(frame(t))
 
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
     maps = propagate_labels(feats, first_mask, len(sequence.frames), name=name, **protocol)
-    for frame_path, label_map in zip(sequence.frames, maps):
-        write_mask(folder / f"{frame_path.stem}.png", label_map.numpy())
+    video = None
+    if overlay:
+        from vidssl.eval.overlay import OverlayVideo
+
+        video = OverlayVideo(folder, num_objects=int(first_mask.max()), num_frames=len(sequence.frames),
+                             fps=fps or DAVIS_FPS)
+    with video or nullcontext():
+        for t, (frame_path, label_map) in enumerate(zip(sequence.frames, maps)):
+            labels = label_map.numpy()
+            write_mask(folder / f"{frame_path.stem}.png", labels)
+            if video is not None:
+                video.add(frame(t).numpy(), labels)
     return folder
 
 
 def propagate_dataset(davis_root: str | Path, out: str | Path, feature_fn: FeatureFn, split: str = "val",
-                      *, resolution: str = "480p", progress: bool = True, **protocol) -> list[Path]:
+                      *, resolution: str = "480p", progress: bool = True, overlay: bool = False,
+                      fps: float | None = None, **protocol) -> list[Path]:
     """Propagate every sequence of a DAVIS-layout split into ``out/<sequence>/<frame>.png``.
 
     ``protocol`` holds `propagate_labels`'s keyword arguments (n_context, topk, radius, temperature,
-    restrict_first, window, pad_first, downsample, tile, ties, upsample, patch). Returns the
+    restrict_first, window, pad_first, downsample, tile, ties, upsample, patch). ``overlay``: also each
+    sequence's ``overlay.mp4`` and ``overlay.gif`` beside its masks (`propagate_sequence`). Returns the
     sequences' result folders.
     """
     sequences = davis(davis_root, split=split, resolution=resolution)
     folders = []
     for sequence in tqdm(sequences, desc=f"propagate {split}", unit="seq", disable=not progress):
         with torch.inference_mode():
-            folders.append(propagate_sequence(sequence, out, feature_fn, **protocol))
+            folders.append(propagate_sequence(sequence, out, feature_fn, overlay=overlay, fps=fps, **protocol))
     return folders

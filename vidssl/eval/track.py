@@ -9,12 +9,14 @@ format FFmpeg reads, or a folder of frames) a chunk at a time, so memory does no
 length. Written to ``out``:
 
     masks/00000.png …   one DAVIS palette PNG per frame (object indices)
-    overlay.mp4         every frame with the masks blended over it (H.264)
+    overlay.mp4         every frame with the masks blended over it, outlined, and a legend (H.264)
     overlay.gif         the same, at most ``gif_width`` pixels wide and ``gif_frames`` frames
+                        (both unless ``overlay=False``)
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from vidssl import viz
 from vidssl.datasets.decode import VideoDecodeError, VideoReader
 from vidssl.datasets.formats import palette_indices, rgb_codes, write_mask
-from vidssl.eval.overlay import outlined_overlay
+from vidssl.eval.overlay import OverlayVideo
 from vidssl.eval.propagate import FeatureFn, check_first_mask, propagate_labels
 
 DECODE_CHUNK = 32  # frames decoded per call: one keyframe seek per chunk, a bounded buffer
@@ -141,6 +142,7 @@ def track_video(
     fps: float | None = None,
     gif_width: int = 320,
     gif_frames: int = 120,
+    overlay: bool = True,
     progress: bool = True,
     **protocol: Any,
 ) -> dict[str, Any]:
@@ -160,9 +162,10 @@ def track_video(
       every mask is written as it is computed, the overlays hold the frames tracked, and ``truncated`` in
       the result says where it stopped.
       fps: frame rate of the overlay MP4/GIF (None: the video's).
+      overlay: write overlay.mp4 and overlay.gif (`vidssl.eval.overlay.OverlayVideo`); False: the masks only.
       protocol: `propagate_labels`'s keyword arguments.
-    Returns: {"masks": folder, "mp4": path, "gif": path, "frames": frames tracked, "objects": N,
-    "truncated": None, or why the video ended early}.
+    Returns: {"masks": folder, "mp4": path, "gif": path (both None without ``overlay``), "frames": frames tracked,
+    "objects": N, "truncated": None, or why the video ended early}.
     """
     out = Path(out)
     reader = VideoReader(video)
@@ -201,41 +204,30 @@ def track_video(
                 raise _VideoEnded(t, chunk["reason"])
             return chunk["frames"][t - chunk["start"]]
 
-        rate = float(fps or reader.fps or 25.0)
-        gif_every = max(1, -(-num_frames // gif_frames))
-        gif_images = []
         masks_dir = out / "masks"
         try:
             frame(0)  # a video whose first frame cannot be decoded stops here, before any output
         except _VideoEnded as end:
             raise ValueError(f"{video}: its first frame cannot be decoded ({end})") from None
         tracked, truncated = 0, None
-        with torch.inference_mode(), viz.Mp4Writer(out / "overlay.mp4", fps=rate) as mp4:
+        video_out = (OverlayVideo(out, num_objects=num_objects, num_frames=num_frames,
+                                  fps=float(fps or reader.fps or 25.0), gif_width=gif_width, gif_frames=gif_frames)
+                     if overlay else None)
+        with torch.inference_mode(), video_out or nullcontext():
             maps = propagate_labels(lambda t: feature_fn(frame(t)), first, num_frames, name=str(video), **protocol)
             try:
                 for t, label_map in enumerate(tqdm(maps, total=num_frames, desc=f"track {Path(video).name}",
                                                    unit="frame", disable=not progress)):
                     labels = label_map.numpy()
                     write_mask(masks_dir / f"{t:05d}.png", labels)
-                    over = outlined_overlay(frame(t).numpy(), labels, num_objects)
-                    mp4.write(over)
+                    if video_out is not None:
+                        video_out.add(frame(t).numpy(), labels)
                     tracked = t + 1
-                    if t % gif_every == 0:
-                        gif_images.append(_shrink(over, gif_width))
             except _VideoEnded as end:
                 truncated = (f"{video} ends at frame {start_frame + end.t} of the {reader.num_frames} its header "
                              f"gives (truncated or "
                              f"corrupt); kept the {tracked} frames tracked")
-        gif = viz.save_gif(out / "overlay.gif", gif_images, fps=min(rate / gif_every, 50.0))
     finally:
         reader.close()
-    return {"masks": masks_dir, "mp4": out / "overlay.mp4", "gif": gif, "frames": tracked,
-            "objects": num_objects, "truncated": truncated}
-
-
-def _shrink(image: np.ndarray, max_width: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    if width <= max_width:
-        return image
-    size = (max_width, max(1, round(height * max_width / width)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return {"masks": masks_dir, "mp4": video_out and video_out.mp4, "gif": video_out and video_out.gif,
+            "frames": tracked, "objects": num_objects, "truncated": truncated}
