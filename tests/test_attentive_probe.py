@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from vidssl.eval.attentive_probe import AttentiveClassifier, ViewCrop, attentive_probe, holdout_split
@@ -57,3 +58,15 @@ def test_view_crops_cover_the_long_side():
     frames = torch.arange(40, dtype=torch.uint8).repeat(2, 20, 1).unsqueeze(-1).repeat(1, 1, 1, 3)  # T×H×W×3, W=40
     left, right = ViewCrop(20, 0, 3)(frames), ViewCrop(20, 2, 3)(frames)
     assert left.shape == (3, 2, 20, 20) and (left[0, 0, 0, 0] < right[0, 0, 0, -1])
+
+
+def test_one_training_clip_per_class_is_refused_before_any_probe_trains(monkeypatch: pytest.MonkeyPatch):
+    import vidssl.eval.attentive_probe as probe_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a probe was trained before the refusal")
+
+    monkeypatch.setattr(probe_module, "train_probe_grid", no_training)
+    views = [torch.randn(3, 4, 8)]
+    with pytest.raises(ValueError, match="no class has two training clips"):
+        attentive_probe((views, torch.tensor([0, 1, 2])), (views, torch.tensor([0, 1, 2])), num_classes=3)

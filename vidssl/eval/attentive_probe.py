@@ -264,10 +264,14 @@ def attentive_probe(train: tuple[Sequence[Tensor], Tensor], test: tuple[Sequence
     """
     (train_views, train_labels), (test_views, test_labels) = train, test
     device = grid_options.get("device", "cpu")
+    kept, held = holdout_split(train_labels, holdout, grid_options.get("seed", 0))
+    if held.numel() == 0:
+        raise ValueError(f"attentive probe: no class has two training clips ({len(train_labels)} clips, "
+                         f"{len(train_labels.unique())} classes), so none can be held out to pick the clean "
+                         "figure's probe; give each class two or more training clips")
     official = train_probe_grid(train_views, train_labels, num_classes=num_classes, **grid_options)
     test_acc = [probe_accuracy(p, test_views, test_labels, device=device) for _, _, p in official]
     best = max(range(len(official)), key=test_acc.__getitem__)
-    kept, held = holdout_split(train_labels, holdout, grid_options.get("seed", 0))
     clean = train_probe_grid([v[kept] for v in train_views], train_labels[kept], num_classes=num_classes,
                              **grid_options)
     held_acc = [probe_accuracy(p, [v[held] for v in train_views], train_labels[held], device=device)
