@@ -1,6 +1,7 @@
 """Speed and memory benchmarks; prints a table and writes the figures under ``out=``.
 
     python tools/benchmark.py suite=data|train|propagate|propagate_dino|sinkhorn|flow out=DIR [option=value ...]
+    python -m vidssl.app.benchmark suite=... out=DIR ...     # the same, from any install
 
 ``out=`` is required (created if missing): ``DIR/benchmark_<suite>.json`` holds the figures, the machine and
 the command, ``DIR/benchmark_<suite>.txt`` the table.
@@ -38,10 +39,12 @@ def machine() -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default ``sys.argv[1:]``), ``key=value`` each."""
+    argv = sys.argv[1:] if argv is None else argv
     options = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
     suite = options.pop("suite", None)
-    usage = f"usage: python tools/benchmark.py suite={'|'.join(SUITES)} out=DIR [key=value ...]"
+    usage = f"usage: python -m vidssl.app.benchmark suite={'|'.join(SUITES)} out=DIR [key=value ...]"
     if suite not in SUITES:
         raise SystemExit(usage)
     if options.get("out") in (None, ""):
@@ -52,7 +55,7 @@ def main(argv: list[str]) -> None:
     result = module.run(**options)
     result = {
         "suite": suite,
-        "command": "python tools/benchmark.py " + " ".join(sys.argv[1:]),
+        "command": "python -m vidssl.app.benchmark " + " ".join(argv),
         "machine": machine(),
         "seconds": round(time.time() - started, 1),
         **result,
@@ -67,4 +70,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -12,24 +12,21 @@ script builds the entries and prints a summary.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from vidssl.app.cli import explain_instantiation_errors
+from vidssl.configs import CONFIG_DIR
+from vidssl.datasets.check import check_dataset
+from vidssl.datasets.formats import MissingFilesError
 
-from vidssl.app.cli import explain_instantiation_errors  # noqa: E402
-from vidssl.datasets.check import check_dataset  # noqa: E402
-from vidssl.datasets.formats import MissingFilesError  # noqa: E402
 
-
-@hydra.main(config_path="../configs", config_name="check_dataset", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="check_dataset", version_base="1.3")
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     missing: list[str] = []
     try:
         entries = instantiate(cfg.dataset)
@@ -62,6 +59,11 @@ def main(cfg: DictConfig) -> None:
           f"report: {report.report}" + (f"; classes: {report.classes}" if report.classes else ""))
     if not report.clean:
         raise SystemExit(f"no readable video in {cfg.dataset.root}: see {report.report}")
+
+
+def main() -> None:
+    """The command line (``sys.argv``)."""
+    run()
 
 
 if __name__ == "__main__":

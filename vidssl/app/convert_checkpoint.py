@@ -13,18 +13,23 @@ import hydra
 from omegaconf import DictConfig
 
 from vidssl.app.cli import explain_instantiation_errors
-
+from vidssl.configs import CONFIG_DIR
 from vidssl.convert import convert_checkpoint
 
 
-@hydra.main(config_path="../configs", config_name="convert_checkpoint", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="convert_checkpoint", version_base="1.3")
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     # converter options the weights cannot tell (vjepa: +num_heads=N +predictor_heads=N), when given
     options = {key: cfg[key] for key in ("num_heads", "predictor_heads") if key in cfg}
     checkpoint = convert_checkpoint(cfg.source, cfg["in"], cfg.out, **options)
     print(f"wrote {cfg.out}: {len(checkpoint.encoder)} encoder tensors, {len(checkpoint.model)} model tensors "
           f"(source={cfg.source})")
+
+
+def main() -> None:
+    """The command line (``sys.argv``)."""
+    run()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 """``make demo``: the main job on the embedded synthetic corpus, through the public command lines.
 
-Each step runs the same ``tools/*.py`` commands a user types (they are printed before they run), so
-the demo doubles as a worked example. Outputs land in one folder:
+    python -m vidssl.app.demo [out=demo_out] [quick=true]      # or: python tools/demo.py ...
+
+Each step runs the same commands a user types, ``python -m vidssl.app.<tool> ...`` (the same as
+``python tools/<tool>.py ...`` in a checkout; they are printed before they run), so the demo doubles as a
+worked example, and it runs from any working directory of any install, writing only under ``out=``.
+``quick=true`` runs every step and command on a tiny corpus for a few steps each (`DemoSettings.quick`:
+a check that everything runs, in a minute or two; its tables mean nothing). Outputs land in one folder:
 
     OUT/corpus/                 the synthetic audio-visual corpus (videos, manifest, DAVIS layout)
     OUT/preview/                contact sheets of augmented views, log-mel images of aligned audio
@@ -26,12 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from vidssl import viz
 from vidssl.eval.report import format_table
 from vidssl.run import RunDir
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -52,30 +56,52 @@ class DemoSettings:
         }
     )
     num_workers: int = 2
+    corpus: list[str] = field(default_factory=list)  # further make_synthetic arguments (key=value)
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """Every step and command of the demo on 16 small videos, 2 training steps per run: a check that
+        everything runs (an install, say), not a result."""
+        tiny = ["trainer.batch_size=4", "trainer.warmup_steps=0"]
+        return cls(
+            steps={"memdpc": 2, "crw": 2, "selavi": 2},
+            overrides={
+                "memdpc": ["encoder.base_width=4", "optim.lr=2e-3", *tiny],
+                "crw": ["encoder=resnet18_dense_reflect", "encoder.base_width=4", "optim.lr=3e-4", *tiny],
+                "selavi": ["encoder.base_width=4", *tiny],
+            },
+            num_workers=1,
+            corpus=["num_videos=16", "num_classes=4", "min_frames=48", "max_frames=48", "davis_train_per_class=1"],
+        )
 
 
 def run_tool(tool: str, *args: str, log: list[str], threads: int | None = None) -> None:
-    """Run ``python tools/<tool>.py args...`` from the repository root, echoing the command."""
-    command = [sys.executable, f"tools/{tool}.py", *args]
+    """Run ``python -m vidssl.app.<tool> args...`` (what ``python tools/<tool>.py`` runs), echoing the command."""
+    command = [sys.executable, "-m", f"vidssl.app.{tool}", *args]
     env = dict(os.environ)
+    # The commands run the vidssl this demo runs: a checkout's (tools/demo.py puts it first on the path), else
+    # the installed one, whatever the working directory.
+    root = Path(__file__).resolve().parents[2]
+    if root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     shown = ("" if threads is None else f"OMP_NUM_THREADS={threads} ") + "python " + " ".join(command[1:])
     print(f"\n$ {shown}", flush=True)
     log.append(shown)
-    subprocess.run(command, cwd=REPO, env=env, check=True)
+    subprocess.run(command, env=env, check=True)
 
 
 def read_metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def step_corpus(out: Path, log: list[str]) -> Path:
+def step_corpus(out: Path, log: list[str], settings: DemoSettings) -> Path:
     corpus = out / "corpus"
     if (corpus / "manifest.csv").exists():
         print(f"corpus already at {corpus}")
     else:
-        run_tool("make_synthetic", f"out={corpus}", log=log)
+        run_tool("make_synthetic", f"out={corpus}", *settings.corpus, log=log)
     return corpus
 
 
@@ -218,7 +244,8 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
     # A fixed third of the val sequences keeps four propagation runs inside the demo's budget;
     # `split=val` runs the whole split.
     sets = davis_root / "ImageSets" / "2017"
-    (sets / "demo.txt").write_text("".join((sets / "val.txt").read_text().splitlines(True)[::3]))
+    chosen = (sets / "val.txt").read_text().splitlines(True)[::3]
+    (sets / "demo.txt").write_text("".join(chosen))
     # The periodic evaluator propagates a few val sequences during training and writes the overlays
     # to TensorBoard (RUN/ events, tag propagation/<sequence>).
     evaluator = f"{{_target_:vidssl.eval.periodic.PropagationEvaluator,davis_root:'{davis_root}',max_sequences:2}}"
@@ -249,7 +276,8 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
     written += [tracked / "overlay.gif", tracked / "overlay.mp4"]
     for path in written:
         print(f"wrote {path}")
-    return "Label propagation on 8 sequences of the synthetic DAVIS val split (CRW)\n" + format_table(rows)
+    return (f"Label propagation on {len(chosen)} sequences of the synthetic DAVIS val split (CRW)\n"
+            + format_table(rows))
 
 
 def step_selavi(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
@@ -282,7 +310,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     log: list[str] = []
     started = time.time()
     steps = [
-        ("synthetic corpus", lambda: step_corpus(out, log)),
+        ("synthetic corpus", lambda: step_corpus(out, log, settings)),
     ]
     corpus = out / "corpus"
     steps += [
@@ -315,3 +343,18 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     for t in tables:
         print("\n" + t)
     return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default ``sys.argv[1:]``), ``out=DIR`` and ``quick=true``."""
+    argv = sys.argv[1:] if argv is None else argv
+    options = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    unknown = set(options) - {"out", "quick"}
+    if unknown:
+        raise SystemExit(f"unknown option(s) {sorted(unknown)}; usage: python -m vidssl.app.demo [out=DIR] "
+                         "[quick=true]")
+    run_demo(options.get("out", "demo_out"), DemoSettings.quick() if options.get("quick") else None)
+
+
+if __name__ == "__main__":
+    main()

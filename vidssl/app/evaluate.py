@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from vidssl.app.cli import explain_instantiation_errors
 from vidssl.app.errors import check_overrides, one_line_errors
 from vidssl.app.threads import set_cpu_threads
+from vidssl.configs import CONFIG_DIR
 from vidssl.eval.report import format_table, write_metrics
 
 
@@ -292,10 +293,10 @@ EVALUATIONS = {
 }
 
 
-@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 @one_line_errors
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     if cfg.metric not in EVALUATIONS:
         raise SystemExit(f"metric={cfg.metric!r} is not one of {sorted(EVALUATIONS)}")
     _need(cfg, "out")
@@ -308,6 +309,11 @@ def main(cfg: DictConfig) -> None:
     print(f"wrote {path}")
 
 
+def main() -> None:
+    """The command line (``sys.argv``)."""
+    check_overrides("evaluate", doc=__doc__)  # a wrong key: one line, before Hydra starts
+    run()
+
+
 if __name__ == "__main__":
-    check_overrides("evaluate")  # a wrong key: one line, before Hydra starts
     main()

@@ -8,23 +8,20 @@ Then train or evaluate on it with ``dataset.modality=flow dataset.flow_root=FLOW
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from vidssl.app.cli import explain_instantiation_errors
+from vidssl.configs import CONFIG_DIR
+from vidssl.datasets.extract_flow import FlowOptions, extract_flow
 
-from vidssl.app.cli import explain_instantiation_errors  # noqa: E402
-from vidssl.datasets.extract_flow import FlowOptions, extract_flow  # noqa: E402
 
-
-@hydra.main(config_path="../configs", config_name="extract_flow", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="extract_flow", version_base="1.3")
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     if cfg.dataset.get("modality", "rgb") != "rgb":
         raise SystemExit("extract_flow reads the videos themselves: leave dataset.modality=rgb")
     entries = instantiate(cfg.dataset)
@@ -43,6 +40,11 @@ def main(cfg: DictConfig) -> None:
     print(f"flow in {cfg.out}; bad-video report: {report.report}")
     if len(report.bad) == len(report.results):
         raise SystemExit(f"no video of {cfg.dataset.root} could be read: see {report.report}")
+
+
+def main() -> None:
+    """The command line (``sys.argv``)."""
+    run()
 
 
 if __name__ == "__main__":

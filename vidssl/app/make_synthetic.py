@@ -7,19 +7,16 @@ All logic lives in `vidssl.datasets.synthetic.make_synthetic`; this script print
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from vidssl.app.cli import explain_instantiation_errors  # noqa: E402
-from vidssl.datasets.formats import davis, synthetic  # noqa: E402
+from vidssl.app.cli import explain_instantiation_errors
+from vidssl.configs import CONFIG_DIR
+from vidssl.datasets.formats import davis, synthetic
 
 
 def _progress(done: int, total: int, name: str) -> None:
@@ -27,9 +24,9 @@ def _progress(done: int, total: int, name: str) -> None:
         print(f"[{done}/{total}] {name}", flush=True)
 
 
-@hydra.main(config_path="../configs", config_name="make_synthetic", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="make_synthetic", version_base="1.3")
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     started = time.perf_counter()
     out = instantiate(cfg, progress=_progress)
     seconds = time.perf_counter() - started
@@ -42,6 +39,11 @@ def main(cfg: DictConfig) -> None:
           f"of {len(classes)} classes to {out} in {seconds:.1f} s, {size_mb:.1f} MiB")
     for split in ("train", "val"):
         print(f"DAVIS {split}: {len(davis(out / 'davis', split=split))} sequences in {out / 'davis'}")
+
+
+def main() -> None:
+    """The command line (``sys.argv``)."""
+    run()
 
 
 if __name__ == "__main__":

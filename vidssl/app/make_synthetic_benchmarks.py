@@ -10,18 +10,18 @@ Writes ``DIR/ytvos``, ``DIR/jhmdb`` and ``DIR/vip`` (`vidssl.datasets.synthetic_
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from vidssl.datasets.synthetic_benchmarks import BENCHMARKS, make_benchmarks  # noqa: E402
+from vidssl.datasets.synthetic_benchmarks import BENCHMARKS, make_benchmarks
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default ``sys.argv[1:]``), ``key=value`` each."""
+    argv = sys.argv[1:] if argv is None else argv
     options = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    usage = f"usage: python tools/make_synthetic_benchmarks.py out=DIR [which=[{','.join(BENCHMARKS)}]] [seed=0]"
+    usage = (f"usage: python -m vidssl.app.make_synthetic_benchmarks out=DIR [which=[{','.join(BENCHMARKS)}]] "
+             "[seed=0]")
     if options.get("out") in (None, ""):
         raise SystemExit(usage)
     unknown = sorted(set(options) - {"out", "which", "seed"})
@@ -35,4 +35,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -15,6 +15,8 @@ whose encoder or task.model config differs from the checkpoint's is refused firs
 Every mandatory key is checked before Hydra starts, and everything is built (every config key checked)
 before the first step runs. RUN/pretrain.log keeps the console's lines, each logged step (also with the
 progress bar on) and the traceback of a failed run; RUN/scalars.{csv,txt} every logged scalar.
+
+``python tools/pretrain.py`` (a checkout) and ``python -m vidssl.app.pretrain`` (any install) are the same command.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vidssl.app.cli import explain_instantiation_errors
 from vidssl.app.errors import check_overrides, one_line_errors, remove_if_unused
 from vidssl.app.threads import set_cpu_threads
+from vidssl.configs import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 log = logging.getLogger("vidssl.pretrain")
 
 
@@ -77,10 +79,10 @@ class _NotOnConsole(logging.Filter):
         return record.name != "vidssl.train.trainer.steps"
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
-@one_line_errors(log_traceback=False)  # main() logs it to RUN/pretrain.log itself
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
+@one_line_errors(log_traceback=False)  # run() logs it to RUN/pretrain.log itself
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except Exception:
@@ -155,9 +157,10 @@ def train(cfg: DictConfig) -> None:
         sys.exit(128 + (summary.get("signal") or 2))
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The command line (``sys.argv``)."""
     sys.argv[1:] = out_alias(sys.argv[1:])
-    check_overrides("pretrain")  # a wrong key: one line, before Hydra creates the run folder
+    check_overrides("pretrain", doc=__doc__)  # a wrong key: one line, before Hydra creates the run folder
     absent = missing_mandatory_keys(sys.argv[1:])
     if absent:
         sys.exit(f"missing mandatory value{'s' if len(absent) > 1 else ''}: {', '.join(absent)} "
@@ -166,8 +169,12 @@ if __name__ == "__main__":
     planned = next((Path(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("trainer.out_dir=")), None)
     existed = planned is not None and planned.exists()
     try:
-        main()
+        run()
     except SystemExit as stop:
         if isinstance(stop.code, str):
             remove_if_unused(planned, existed)
         raise
+
+
+if __name__ == "__main__":
+    main()

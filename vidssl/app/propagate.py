@@ -28,6 +28,7 @@ from vidssl.app.cli import explain_instantiation_errors
 from vidssl.app.errors import check_overrides, one_line_errors
 from vidssl.app.outputs import prepare_out
 from vidssl.app.threads import set_cpu_threads
+from vidssl.configs import CONFIG_DIR
 from vidssl.eval.features import build_feature_fn
 from vidssl.eval.propagate import propagate_dataset
 from vidssl.eval.track import track_video
@@ -66,10 +67,10 @@ def protocol_stride(feature_fn, cfg: DictConfig) -> str:
     return f"{stride} px" if stride else "the encoder's"
 
 
-@hydra.main(config_path="../configs", config_name="propagate", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="propagate", version_base="1.3")
 @one_line_errors
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     benchmark = cfg.layout not in (None, "davis")
     if cfg.layout == "davis" and cfg.root is not None:
         cfg.davis_root = cfg.root
@@ -147,6 +148,11 @@ def main(cfg: DictConfig) -> None:
     print(f"wrote {len(folders)} sequences to {cfg.out}")
 
 
+def main() -> None:
+    """The command line (``sys.argv``)."""
+    check_overrides("propagate", doc=__doc__)  # a wrong key: one line, before Hydra starts
+    run()
+
+
 if __name__ == "__main__":
-    check_overrides("propagate")  # a wrong key: one line, before Hydra starts
     main()

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from vidssl.app.cli import explain_instantiation_errors
 from vidssl.app.errors import check_overrides, one_line_errors
 from vidssl.app.threads import set_cpu_threads
+from vidssl.configs import CONFIG_DIR
 from vidssl.run import Checkpoint
 from vidssl.eval.clip_features import as_clip_encoder
 from vidssl.eval.report import format_table
@@ -39,10 +40,10 @@ from vidssl.eval.pseudo_label import (
 from vidssl.viz import save_png
 
 
-@hydra.main(config_path="../configs", config_name="pseudo_label", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="pseudo_label", version_base="1.3")
 @one_line_errors
 @explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     # the mandatory keys first: nothing is decoded or loaded for a command that cannot finish
     missing = [key for key in ("checkpoint", "out") if OmegaConf.is_missing(cfg, key)]
     if missing:
@@ -114,6 +115,11 @@ def main(cfg: DictConfig) -> None:
     print(f"wrote {save_png(Path(out).with_name(Path(out).stem + '_grid.png'), grid)}")
 
 
+def main() -> None:
+    """The command line (``sys.argv``)."""
+    check_overrides("pseudo_label", doc=__doc__)  # a wrong key: one line, before Hydra starts
+    run()
+
+
 if __name__ == "__main__":
-    check_overrides("pseudo_label")  # a wrong key: one line, before Hydra starts
     main()

@@ -12,12 +12,14 @@ from omegaconf import OmegaConf
 
 from vidssl.run.report import write_report
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """The command line (``sys.argv``)."""
     options = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[1:]))
     unknown = set(options) - {"run"}
     if unknown or "run" not in options:
-        raise SystemExit(f"usage: python tools/report.py run=RUN (unknown options: {sorted(unknown)})" if unknown
-                         else "missing run=RUN (a training run folder, the trainer.out_dir of a run)")
+        raise SystemExit(f"usage: python -m vidssl.app.report run=RUN (unknown options: {sorted(unknown)})"
+                         if unknown else "missing run=RUN (a training run folder, the trainer.out_dir of a run)")
     try:
         report = write_report(str(options["run"]))
     except FileNotFoundError as err:
@@ -25,3 +27,7 @@ if __name__ == "__main__":
     print(f"wrote {report.path}")
     for png in report.figures:
         print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""`python tools/evaluate.py ...` runs `python -m vidssl.app.evaluate ...`
+(documented there) with this checkout's vidssl, installed or not."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vidssl.app.evaluate import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
