@@ -42,19 +42,22 @@ def _bdist_wheel_available() -> bool:
 
 def build_wheel(source: Path, out: Path) -> Path:
     """The wheel of `source`: ``pip wheel --no-build-isolation`` where this environment can build one (setuptools
-    ≥ 70.1 or the ``wheel`` package); else the same files setuptools' build_py selects (packages.find and
-    package-data from pyproject.toml, what bdist_wheel packs), zipped with their dist-info as bdist_wheel does."""
+    ≥ 70.1 or the ``wheel`` package); else the files setuptools' build_py selects (packages.find and
+    package-data from pyproject.toml: what bdist_wheel packs), zipped with egg_info's metadata as a wheel."""
     out.mkdir(parents=True)
     if _bdist_wheel_available():
         _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
              "-w", out, source, cwd=source)
         return next(out.glob("vidssl-*.whl"))
-    stage = source / "stage"
-    _run(sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib", stage,
-         "dist_info", "--output-dir", stage, cwd=source)
+    stage, egg = out.parent / "stage", out.parent / "egg"
+    egg.mkdir()
+    _run(sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "egg_info", "--egg-base", egg,
+         "build_py", "--build-lib", stage, cwd=source)
     project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
     name = f"{project['name']}-{project['version']}"
     dist_info = stage / f"{name}.dist-info"
+    dist_info.mkdir()
+    shutil.copy2(next(egg.glob("*.egg-info")) / "PKG-INFO", dist_info / "METADATA")
     (dist_info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: tests/test_installed.py\nRoot-Is-Purelib: true\n"
                                      "Tag: py3-none-any\n")
     files = sorted(p for p in stage.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
@@ -121,7 +124,7 @@ def test_demo_and_benchmark_run_from_the_installed_wheel(installed: tuple[Path, 
                                                          tmp_path: Path) -> None:
     python, env, _ = installed
     demo = _run(python, "-m", "vidssl.app.demo", "out=demo", "quick=true", cwd=tmp_path, env=env, timeout=600)
-    assert "$ python -m vidssl.app.pretrain task=memdpc" in demo.stdout  # the commands a user types, shown
+    assert "python -m vidssl.app.pretrain task=memdpc" in demo.stdout  # the commands a user types, shown
     summary = (tmp_path / "demo" / "summary.md").read_text()
     for title in ("Video retrieval on the held-out split (MemDPC)", "Video retrieval with optical flow",
                   "Label propagation on 2 sequences", "Pseudo-labels against the true classes (SeLaVi)"):

@@ -5,8 +5,9 @@
 Each step runs the same commands a user types, ``python -m vidssl.app.<tool> ...`` (the same as
 ``python tools/<tool>.py ...`` in a checkout; they are printed before they run), so the demo doubles as a
 worked example, and it runs from any working directory of any install, writing only under ``out=``.
-``quick=true`` runs every step and command on a tiny corpus for a few steps each (`DemoSettings.quick`:
-a check that everything runs, in a minute or two; its tables mean nothing). Outputs land in one folder:
+``quick=true`` runs every step and tool on a tiny corpus for a few steps each, each table's first row only
+(`DemoSettings.quick`: a check that everything runs, in about a minute; its tables mean nothing). Outputs land
+in one folder:
 
     OUT/corpus/                 the synthetic audio-visual corpus (videos, manifest, DAVIS layout)
     OUT/preview/                contact sheets of augmented views, log-mel images of aligned audio
@@ -57,11 +58,14 @@ class DemoSettings:
     )
     num_workers: int = 2
     corpus: list[str] = field(default_factory=list)  # further make_synthetic arguments (key=value)
+    retrieval: list[str] = field(default_factory=list)  # further evaluate.py metric=retrieval arguments
+    rows: int | None = None  # the first rows of each table only (None: all)
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        """Every step and command of the demo on 16 small videos, 2 training steps per run: a check that
-        everything runs (an install, say), not a result."""
+        """Every step and tool of the demo on 16 small videos, 2 training steps per run, each table's first row
+        only (the trained model; the random-init rows rerun the same tools): a check that everything runs (an
+        install, say), not a result."""
         tiny = ["trainer.batch_size=4", "trainer.warmup_steps=0"]
         return cls(
             steps={"memdpc": 2, "crw": 2, "selavi": 2},
@@ -72,6 +76,8 @@ class DemoSettings:
             },
             num_workers=1,
             corpus=["num_videos=16", "num_classes=4", "min_frames=48", "max_frames=48", "davis_train_per_class=1"],
+            retrieval=["ks=[1,5]"],  # 12 training clips: R@10 and R@20 would exceed the gallery
+            rows=1,
         )
 
 
@@ -163,7 +169,7 @@ def encoder_overrides(settings: DemoSettings, task: str) -> list[str]:
 def step_memdpc(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
     checkpoint = pretrain("memdpc", corpus, out, settings, log)
     rows = []
-    for name, ckpt in (("MemDPC", checkpoint), ("random init", "random")):
+    for name, ckpt in (("MemDPC", checkpoint), ("random init", "random"))[:settings.rows]:
         folder = out / "memdpc" / name.replace(" ", "_")
         run_tool(
             "evaluate",
@@ -174,6 +180,7 @@ def step_memdpc(corpus: Path, out: Path, settings: DemoSettings, log: list[str])
             "dataset=synthetic",
             f"dataset.root={corpus}",
             f"out={folder}",
+            *settings.retrieval,
             log=log,
         )
         rows.append({"features": name, **{k: v for k, v in read_metrics(folder).items() if k.startswith("R@")}})
@@ -194,11 +201,12 @@ def step_flow(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -
                                "+task.data.transform.hue=0", "+task.data.transform.flip=0", run_name="memdpc_flow")
     rgb_checkpoint = RunDir(out / "runs" / "memdpc").last
     rows = []
-    for name, rgb, flow in (("MemDPC", rgb_checkpoint, flow_checkpoint), ("random init", "random", "random")):
+    for name, rgb, flow in (("MemDPC", rgb_checkpoint, flow_checkpoint), ("random init", "random", "random")
+                            )[:settings.rows]:
         folder = out / "memdpc_flow" / name.replace(" ", "_")
         run_tool("evaluate", "metric=retrieval", f"checkpoint={rgb}", f"flow_checkpoint={flow}", "encoder=r2d3d_18",
                  *encoder_overrides(settings, "memdpc"), "dataset=synthetic", f"dataset.root={corpus}",
-                 f"dataset.flow_root={flow_root}", f"out={folder}", log=log)
+                 f"dataset.flow_root={flow_root}", f"out={folder}", *settings.retrieval, log=log)
         metrics = read_metrics(folder)
         for stream in ("rgb", "flow", "R+F"):
             rows.append({"features": f"{name}, {stream}",
@@ -259,7 +267,7 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
         "random init, zero padding": ("random_zeros", ["features=random", "encoder.base_width=16"]),
         "Lab pixels": ("pixels", ["features=pixels"]),
     }
-    for name, (folder, arguments) in sources.items():
+    for name, (folder, arguments) in list(sources.items())[:settings.rows]:
         results = out / "crw" / f"results_{folder}"
         run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", "overwrite=true", *arguments, log=log,
                  threads=1)
@@ -289,7 +297,7 @@ def step_selavi(corpus: Path, out: Path, settings: DemoSettings, log: list[str])
             ("random-init heads", "random", ["equipartition=true"]),
             ("balanced k-means, SeLaVi encoder", checkpoint, ["method=sinkhorn", "num_clusters=8"]),
             ("balanced k-means, random encoder", "random", ["method=sinkhorn", "num_clusters=8"]))
-    for name, ckpt, method in runs:
+    for name, ckpt, method in runs[:settings.rows]:
         folder = out / "selavi" / name.replace(" ", "_").replace(",", "")
         labels = folder / "labels.csv"
         extra = encoder_overrides(settings, "selavi") if ckpt == "random" else []
