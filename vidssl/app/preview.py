@@ -16,21 +16,15 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vidssl import viz
 from vidssl.app.cli import explain_instantiation_errors
 from vidssl.app.errors import check_overrides, one_line_errors
+from vidssl.app.preview_sheets import as_clip, labelled_sheets
 from vidssl.configs import CONFIG_DIR
 from vidssl.datasets.dataset import VideoDataset
-
-
-def as_clip(video: torch.Tensor) -> torch.Tensor:
-    """A sample's video as one ``C×T×H×W`` clip: blocks ``N×C×L×H×W`` (``ClipTransform(blocks=N)``) are
-    laid end to end again, so a predictive-coding dataset previews like any other."""
-    return video.transpose(0, 1).flatten(1, 2) if video.ndim == 5 else video
 
 
 def preview_dataset(dataset: VideoDataset, out_dir: str | Path, name: str, num_clips: int = 4) -> list[Path]:
@@ -57,8 +51,6 @@ def preview_dataset(dataset: VideoDataset, out_dir: str | Path, name: str, num_c
 @one_line_errors
 @explain_instantiation_errors
 def run(cfg: DictConfig) -> None:
-    from vidssl.app.preview_sheets import labelled_sheets
-
     dataset = VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset),
                            **instantiate(cfg.task.data, _convert_="all"), backend=cfg.loader.backend,
                            require_audio=cfg.loader.require_audio, seed=cfg.seed)
