@@ -8,7 +8,6 @@ editable vidssl's, are not read from there), so vidssl, its tools and its config
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -34,10 +33,9 @@ def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None,
 
 
 def _bdist_wheel_available() -> bool:
-    import setuptools
-
-    native = tuple(int(x) for x in setuptools.__version__.split(".")[:2]) >= (70, 1)
-    return native or importlib.util.find_spec("wheel") is not None
+    """Whether setuptools can build a wheel here: its own bdist_wheel (≥ 70.1), or the `wheel` package's."""
+    return any(subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+               for module in ("setuptools.command.bdist_wheel", "wheel.bdist_wheel"))
 
 
 def build_wheel(source: Path, out: Path) -> Path:
