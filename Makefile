@@ -37,7 +37,7 @@ lock:
 	rm -rf .lock-venv
 
 demo: check-install
-	PYTHONUNBUFFERED=1 $(PY) tools/demo.py out=$(DEMO_DIR)
+	PYTHONUNBUFFERED=1 $(PY) -m vidssl.app.demo out=$(DEMO_DIR)
 
 test: check-install
 	$(PY) -m pytest -q --durations=15
@@ -46,7 +46,7 @@ test-fast: check-install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	for suite in data train propagate sinkhorn flow; do $(PY) tools/benchmark.py suite=$$suite out=$(BENCH_DIR) || exit 1; done
+	for suite in data train propagate sinkhorn flow; do $(PY) -m vidssl.app.benchmark suite=$$suite out=$(BENCH_DIR) || exit 1; done
 
 clean:
 	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache

@@ -11,7 +11,7 @@ import torch
 
 # Shared test helpers (tests/tiny_encoders.py, tests/media_helpers.py) import by name under --import-mode=importlib.
 sys.path.insert(0, str(Path(__file__).parent))
-# No run report (configs/trainer/default.yaml reads it) from the suite's many short runs, which tools/pretrain.py
+# No run report (vidssl/configs/trainer/default.yaml reads it) from the suite's many short runs, which tools/pretrain.py
 # subprocesses inherit: plotting costs 1-2 s a run; tests/test_run_report.py asks for it explicitly.
 os.environ.setdefault("VIDSSL_REPORT", "false")
 

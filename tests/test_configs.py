@@ -1,6 +1,6 @@
 """Every config in the tree composes and instantiates; a wrong key or value fails before any work.
 
-The group folders are globbed, so a colleague's new `configs/task/<name>.yaml` or encoder is covered
+The group folders are globbed, so a colleague's new `vidssl/configs/task/<name>.yaml` or encoder is covered
 without touching this file.
 """
 
@@ -18,8 +18,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
+from vidssl.configs import CONFIG_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+CONFIGS = CONFIG_DIR
 
 
 def names(group: str) -> list[str]:
@@ -33,7 +35,7 @@ def pretrain_cfg(*overrides: str):
 
 def test_the_groups_are_populated():
     for group in ("task", "encoder", "dataset", "optim", "trainer"):
-        assert names(group), f"configs/{group}/ is empty"
+        assert names(group), f"vidssl/configs/{group}/ is empty"
     assert {"simclr", "moco"} <= set(names("task"))
     assert set(names("dataset")) >= {"synthetic", "folder", "csv", "ucf101", "hmdb51", "kinetics", "vggsound"}
 
@@ -41,7 +43,7 @@ def test_the_groups_are_populated():
 @pytest.mark.parametrize("task", names("task"))
 def test_every_task_builds_with_its_default_encoder(task):
     cfg = pretrain_cfg(f"task={task}")
-    assert set(cfg.task) == {"model", "data"}, f"configs/task/{task}.yaml must hold exactly `model` and `data`"
+    assert set(cfg.task) == {"model", "data"}, f"vidssl/configs/task/{task}.yaml must hold exactly `model` and `data`"
     torch.manual_seed(0)
     model = instantiate(cfg.task.model)
     assert isinstance(model, torch.nn.Module) and isinstance(model.encoder, torch.nn.Module)

@@ -14,6 +14,7 @@ import torch
 
 from vidssl.app.outputs import prepare_out
 from vidssl.app.threads import choose_threads
+from vidssl.configs import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME_ENCODER = {"_target_": "vidssl.encoders.frame.resnet18_dense", "base_width": 4, "padding_mode": "reflect"}
@@ -217,7 +218,7 @@ def test_a_wrong_group_option_names_the_near_options() -> None:
 
     err = Exception("In 'pretrain': Could not find 'task/dpcc'\n\nAvailable options in 'task':\n\tcpc\n\tdpc")
     assert describe_override_error("pretrain", ["task=dpcc"], err) == (
-        "error: task=dpcc: no configs/task/dpcc.yaml (did you mean dpc?)")
+        "error: task=dpcc: no vidssl/configs/task/dpcc.yaml (did you mean dpc?)")
 
 
 def test_a_tool_error_is_one_line_and_the_traceback_on_request(small_root: Path, tmp_path: Path) -> None:
@@ -266,14 +267,12 @@ def test_the_random_baseline_of_a_named_checkpoint_is_the_same_network(tmp_path:
 
 def test_crw_checkpoint_in_retrieval_records_what_was_used(small_root: Path, crw_checkpoint: Path,
                                                            tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import importlib.util
+    import importlib
 
     from hydra import compose, initialize_config_dir
 
-    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    tool = importlib.import_module("vidssl.app.evaluate")  # what tools/evaluate.py runs
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("evaluate", overrides=["metric=retrieval", f"checkpoint={crw_checkpoint}", "dataset=synthetic",
                                              f"dataset.root={small_root}", "ks=[1]", "size=32", "num_frames=3",
                                              f"out={tmp_path / 'ev'}"])
@@ -299,7 +298,7 @@ def test_bad_files_are_summed_up_by_their_real_reason() -> None:
 
 
 def test_clusters_report_class_names_a_confusion_matrix_and_missing_clips(tmp_path: Path) -> None:
-    import importlib.util
+    import importlib
 
     from hydra import compose, initialize_config_dir
     from PIL import Image
@@ -308,10 +307,8 @@ def test_clusters_report_class_names_a_confusion_matrix_and_missing_clips(tmp_pa
                                            "f.mp4,eel\n")
     (tmp_path / "labels.csv").write_text("path,cluster,confidence\na.mp4,1,1\nb.mp4,1,1\nc.mp4,0,1\nd.mp4,1,1\n"
                                          "e.mp4,2,1\n")  # f.mp4 was never labelled
-    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    tool = importlib.import_module("vidssl.app.evaluate")  # what tools/evaluate.py runs
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("evaluate", overrides=["metric=clusters", f"labels={tmp_path / 'labels.csv'}",
                                              f"manifest={tmp_path / 'manifest.csv'}", f"out={tmp_path / 'ev'}"])
     metrics, table, _ = tool.evaluate_clusters(cfg)
@@ -457,11 +454,9 @@ def test_mostly_silent_videos_are_said_once_before_training(small_root: Path, tm
 
 
 def test_pretrain_takes_out_like_the_other_tools() -> None:
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("pretrain_tool", REPO / "tools" / "pretrain.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = importlib.import_module("vidssl.app.pretrain")  # what tools/pretrain.py runs
     assert tool.out_alias(["task=dpc", "out=RUN"]) == ["task=dpc", "trainer.out_dir=RUN"]
     assert tool.out_alias(["trainer.out_dir=RUN"]) == ["trainer.out_dir=RUN"]
     with pytest.raises(SystemExit, match="once"):
@@ -486,7 +481,7 @@ def test_preview_sheets_label_rows_frames_and_the_logmel(small_root: Path, tmp_p
     from vidssl.app.preview_sheets import labelled_sheets
     from vidssl.datasets.dataset import VideoDataset
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("preview", overrides=["task=selavi", f"dataset.root={small_root}", f"out={tmp_path}",
                                             "task.data.transform.size=32"])
     dataset = VideoDataset(root=small_root, entries=instantiate(cfg.dataset),

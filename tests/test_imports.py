@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vidssl"
 
 # Floors, lowest first: a module may import its own floor and those below it, never above.
 LAYERS = (
-    ("vidssl.files", "vidssl.color", "vidssl.distributed"),
+    ("vidssl.files", "vidssl.color", "vidssl.distributed", "vidssl.configs"),  # configs: CONFIG_DIR, then YAML
     ("vidssl.losses", "vidssl.monitors"),
     ("vidssl.datasets", "vidssl.encoders"),
     ("vidssl.viz", "vidssl.tasks"),

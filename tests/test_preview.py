@@ -1,7 +1,7 @@
 import torch
 
 from vidssl.datasets.transforms import to_blocks
-from vidssl.app.preview import as_clip
+from vidssl.app.preview_sheets import as_clip
 
 
 def test_as_clip_lays_blocks_end_to_end_again():

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vidssl.train.trainer import Trainer, param_groups
+from vidssl.configs import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -220,9 +221,9 @@ def test_pretrain_log_keeps_steps_with_the_progress_bar_and_the_error_of_a_faile
 def test_paper_presets_decay_every_parameter_as_the_official_code(preset):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("pretrain", overrides=[f"task={preset}", "trainer.out_dir=unused"])
     assert cfg.trainer.decay_norm_and_bias is True and cfg.optim.weight_decay == 1e-5
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         default = compose("pretrain", overrides=["task=dpc", "trainer.out_dir=unused"])
     assert default.trainer.decay_norm_and_bias is False

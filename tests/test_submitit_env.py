@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vidssl.distributed import adopt_submitit_environment
+from vidssl.configs import CONFIG_DIR
 
 TORCHRUN = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -65,12 +66,9 @@ def test_more_gpus_than_tasks_is_refused(clean_env):
 
 
 def test_slurm_preset_runs_one_task_per_gpu_and_requeues():
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("pretrain", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=4",
                                              "hydra.launcher.gpus_per_node=4", "trainer.out_dir=/runs/x"],
                       return_hydra_config=True)

@@ -1,21 +1,10 @@
-"""The main job on the embedded synthetic corpus (what `make demo` runs).
-
-    python tools/demo.py [out=demo_out]
-
-Steps and outputs are described in ``vidssl/app/demo.py``.
-"""
-
-from __future__ import annotations
-
+"""`python tools/demo.py ...` runs `python -m vidssl.app.demo ...`
+(documented there) with this checkout's vidssl, installed or not."""
 import sys
+from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from vidssl.app.demo import run_demo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vidssl.app.demo import main  # noqa: E402
 
 if __name__ == "__main__":
-    options = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[1:]))
-    unknown = set(options) - {"out"}
-    if unknown:
-        raise SystemExit(f"unknown option(s) {sorted(unknown)}; usage: python tools/demo.py [out=DIR]")
-    run_demo(options.get("out", "demo_out"))
+    main()

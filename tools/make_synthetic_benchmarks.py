@@ -1,38 +1,10 @@
-"""Write small tracking benchmarks in their official layouts (YouTube-VOS/MOSE, JHMDB, VIP) from the synthetic sprites.
-
-    python tools/make_synthetic_benchmarks.py out=DIR [which=[ytvos,jhmdb,vip]] [seed=0]
-
-Writes ``DIR/ytvos``, ``DIR/jhmdb`` and ``DIR/vip`` (`vidssl.datasets.synthetic_benchmarks`); then e.g.
-``python tools/propagate.py benchmark=jhmdb root=DIR/jhmdb out=RES`` and
-``python tools/evaluate.py metric=jhmdb root=DIR/jhmdb results=RES out=RES``.
-"""
-
-from __future__ import annotations
-
+"""`python tools/make_synthetic_benchmarks.py ...` runs `python -m vidssl.app.make_synthetic_benchmarks ...`
+(documented there) with this checkout's vidssl, installed or not."""
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from vidssl.datasets.synthetic_benchmarks import BENCHMARKS, make_benchmarks  # noqa: E402
-
-
-def main(argv: list[str]) -> None:
-    options = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    usage = f"usage: python tools/make_synthetic_benchmarks.py out=DIR [which=[{','.join(BENCHMARKS)}]] [seed=0]"
-    if options.get("out") in (None, ""):
-        raise SystemExit(usage)
-    unknown = sorted(set(options) - {"out", "which", "seed"})
-    if unknown:
-        raise SystemExit(f"unknown option(s) {unknown}\n{usage}")
-    which = options.get("which") or list(BENCHMARKS)
-    which = [which] if isinstance(which, str) else which
-    written = make_benchmarks(options["out"], which=tuple(which), seed=int(options.get("seed", 0)))
-    for name, folder in written.items():
-        print(f"{name}: {folder}")
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vidssl.app.make_synthetic_benchmarks import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

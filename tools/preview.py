@@ -1,35 +1,10 @@
-"""Preview your own data as a task sees it: the augmented views and the log-mel audio, labelled.
+"""`python tools/preview.py ...` runs `python -m vidssl.app.preview ...`
+(documented there) with this checkout's vidssl, installed or not."""
+import sys
+from pathlib import Path
 
-    python tools/preview.py task=simclr|selavi|dpc|… dataset=… dataset.root=DIR out=DIR [num_clips=4]
-
-Writes ``OUT/views.png`` (a row per clip and view, named, frames numbered) and, for a task that loads audio,
-``OUT/logmel.png`` (axes and a colour bar). The logic is in ``vidssl.app.preview_sheets``.
-"""
-
-from __future__ import annotations
-
-import hydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-
-from vidssl.app.cli import explain_instantiation_errors
-from vidssl.app.errors import check_overrides, one_line_errors
-
-
-@hydra.main(config_path="../configs", config_name="preview", version_base="1.3")
-@one_line_errors
-@explain_instantiation_errors
-def main(cfg: DictConfig) -> None:
-    from vidssl.app.preview_sheets import labelled_sheets
-    from vidssl.datasets.dataset import VideoDataset
-
-    dataset = VideoDataset(root=cfg.dataset.root, entries=instantiate(cfg.dataset),
-                           **instantiate(cfg.task.data, _convert_="all"), backend=cfg.loader.backend,
-                           require_audio=cfg.loader.require_audio, seed=cfg.seed)
-    for path in labelled_sheets(dataset, cfg.out, num_clips=cfg.num_clips, max_frames=cfg.max_frames):
-        print(f"wrote {path}")
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vidssl.app.preview import main  # noqa: E402
 
 if __name__ == "__main__":
-    check_overrides("preview")
     main()

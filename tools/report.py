@@ -1,27 +1,10 @@
-"""A run's report on demand: RUN/report.md and its PNG plots (loss and LR, health monitors, diagnostics,
-evaluator metrics), from RUN/scalars.csv and the run's logs. The engine writes the same at the end of a run.
-
-    python tools/report.py run=RUN
-"""
-
-from __future__ import annotations
-
+"""`python tools/report.py ...` runs `python -m vidssl.app.report ...`
+(documented there) with this checkout's vidssl, installed or not."""
 import sys
+from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from vidssl.run.report import write_report
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vidssl.app.report import main  # noqa: E402
 
 if __name__ == "__main__":
-    options = OmegaConf.to_container(OmegaConf.from_dotlist(sys.argv[1:]))
-    unknown = set(options) - {"run"}
-    if unknown or "run" not in options:
-        raise SystemExit(f"usage: python tools/report.py run=RUN (unknown options: {sorted(unknown)})" if unknown
-                         else "missing run=RUN (a training run folder, the trainer.out_dir of a run)")
-    try:
-        report = write_report(str(options["run"]))
-    except FileNotFoundError as err:
-        raise SystemExit(str(err)) from None
-    print(f"wrote {report.path}")
-    for png in report.figures:
-        print(f"wrote {png}")
+    main()

@@ -1,18 +1,18 @@
-"""Pooling, and every Hydra encoder config (configs/encoder/, the registry) mirroring its factory."""
+"""Pooling, and every Hydra encoder config (vidssl/configs/encoder/, the registry) mirroring its factory."""
 
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
+from vidssl.configs import CONFIG_DIR
 from vidssl.encoders import pool, r2d3d_18
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "encoder"
+CONFIGS = CONFIG_DIR / "encoder"
 
 
 def test_an_encoder_factory_builds_by_its_width():
@@ -25,7 +25,7 @@ def test_every_encoder_config_mirrors_its_factory(name):
     target = get_method(cfg._target_)
     assert target.__module__.startswith("vidssl.encoders.")
     keys = set(cfg.keys()) - {"_target_"}
-    assert keys == set(inspect.signature(target).parameters), f"configs/encoder/{name}.yaml keys must equal its arguments"
+    assert keys == set(inspect.signature(target).parameters), f"vidssl/configs/encoder/{name}.yaml keys must equal its arguments"
 
 
 def test_config_instantiates():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +16,9 @@ from vidssl.encoders import pool
 from vidssl.encoders.backbones import ClipBackbone, timm_clip_encoder
 from vidssl.eval.retrieval import evaluate_checkpoint
 from vidssl.eval.pseudo_label import cluster_features, encoder_features
+from vidssl.configs import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "encoder"
+CONFIGS = CONFIG_DIR / "encoder"
 TINY = {"model": "vit_small_patch16_224.dino", "model_kwargs": {"embed_dim": 8, "depth": 1, "num_heads": 2,
                                                                  "img_size": 32}}
 

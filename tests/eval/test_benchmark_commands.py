@@ -3,7 +3,7 @@ synthetic sets (vidssl.datasets.synthetic_benchmarks), and the presets each benc
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -11,22 +11,18 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from vidssl.configs import CONFIG_DIR
 from vidssl.datasets.synthetic_benchmarks import make_jhmdb, make_vip, make_ytvos
 from vidssl.eval.jhmdb import jhmdb_videos, pck, read_joints
 from vidssl.eval.report import write_metrics
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"vidssl.app.{name}")  # what tools/<name>.py runs
 
 
 def _cfg(config: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config, overrides=overrides)
 
 

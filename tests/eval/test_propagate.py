@@ -24,6 +24,7 @@ from vidssl.eval.propagate import (
     propagate_sequence,
     propagate_step,
 )
+from vidssl.configs import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -406,7 +407,7 @@ def test_propagate_config_composes_and_runs_random_features(tmp_path):
     write_sequence(root, "square", frames, masks[:1])
     (root / "ImageSets" / "2017").mkdir(parents=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("square\n")
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("propagate", overrides=[f"davis_root={root}", f"out={tmp_path / 'res'}", "features=random"])
     protocol = {k: cfg[k] for k in ("n_context", "topk", "radius", "temperature", "restrict_first", "window",
                                      "pad_first", "downsample", "tile")}

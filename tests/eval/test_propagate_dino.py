@@ -19,9 +19,10 @@ import vidssl.eval.propagate as propagate_module
 from vidssl.datasets.formats import davis, read_mask
 from vidssl.eval.backbone_features import BackboneFeatures, build_backbone_features, dino_frame_size
 from vidssl.eval.propagate import propagate_dataset, read_frame
+from vidssl.configs import CONFIG_DIR
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "protocol"
+CONFIGS = CONFIG_DIR / "protocol"
 PROPAGATION_KEYS = ("n_context", "topk", "radius", "temperature", "window", "restrict_first", "pad_first",
                     "downsample", "ties", "upsample")
 

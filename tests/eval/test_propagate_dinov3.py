@@ -17,9 +17,10 @@ import yaml
 from vidssl.datasets.formats import davis, read_mask
 from vidssl.eval.backbone_features import build_backbone_features, multiple_frame_size
 from vidssl.eval.propagate import propagate_dataset, read_frame
+from vidssl.configs import CONFIG_DIR
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-PRESET = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "protocol" / "dinov3.yaml").read_text())
+PRESET = yaml.safe_load((CONFIG_DIR / "protocol" / "dinov3.yaml").read_text())
 KEYS = ("n_context", "topk", "radius", "temperature", "window", "restrict_first", "pad_first", "downsample", "ties",
         "upsample")
 

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 ENCODER = {"_target_": "vidssl.encoders.frame.resnet18_dense", "base_width": 16}  # MAST's (zero padding)
-CRW_ENCODER = {**ENCODER, "padding_mode": "reflect"}  # configs/encoder/resnet18_dense_reflect.yaml
+CRW_ENCODER = {**ENCODER, "padding_mode": "reflect"}  # vidssl/configs/encoder/resnet18_dense_reflect.yaml
 SUBSET = {"max_sequences": 8, "max_frames": 24}
 
 

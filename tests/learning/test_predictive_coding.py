@@ -76,7 +76,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 150
 CLIP_POSITIONS = (0.0, 0.5, 1.0)  # where in each video its evaluation clips start (fraction of the slack)
 FINETUNE_STEPS = 80  # of batch 8: ~11 epochs of the 56 training videos
-# The official fine-tuning augmentation (configs/evaluate.yaml's finetune.transform) at the test's 64 px.
+# The official fine-tuning augmentation (vidssl/configs/evaluate.yaml's finetune.transform) at the test's 64 px.
 FINETUNE_AUGMENT = ClipTransform(size=64, scale=(0.5, 1.0), ratio=(0.75, 4 / 3), color_jitter=0.5, hue=0.25,
                                  jitter_p=0.3)
 

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from vidssl.eval.features import build_feature_fn
 from vidssl.eval.finetune import context_readout, load_trained
 from vidssl.run import FORMAT_VERSION, Checkpoint, Exports, RunDir
+from vidssl.configs import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 V1 = REPO / "tests" / "fixtures" / "checkpoints_v1"
@@ -59,7 +60,7 @@ def test_tasks_export_what_evaluation_reads():
 
 
 def _task_config(task: str) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("pretrain", overrides=[f"task={task}", "dataset.root=/d", "trainer.out_dir=/r"])
     return OmegaConf.to_container(cfg, resolve=True)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vidssl.configs import CONFIG_DIR
 from vidssl.tasks.dpc import DPC, dense_prediction_loss, encode_blocks, scheduled_pred_step
 from tiny_encoders import TinyVideoEncoder
 
@@ -314,8 +315,7 @@ def test_converted_config_is_the_paper_preset(source: str, tmp_path: Path) -> No
 
     converted_case(source, tmp_path)
     config = torch.load(tmp_path / "converted.pt", weights_only=True)["config"]
-    configs = Path(__file__).resolve().parents[2] / "configs"
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         preset = compose("pretrain", overrides=[f"task={source}_paper", "dataset.root=x", "trainer.out_dir=y"])
     preset = OmegaConf.to_container(preset, resolve=True)
     model = {k: v for k, v in preset["task"]["model"].items() if k not in ("encoder", "pred_step_schedule")}

@@ -1,5 +1,6 @@
-"""What the command line stands on: the demo, the install check, the preview of what a task sees, and the
-helpers `tools/` share (`cli`). Nothing below `vidssl.app` imports it."""
+"""The command line: every tool (``python -m vidssl.app.<tool>``, which ``tools/<tool>.py`` runs in a checkout),
+the demo, the install check, and the helpers the tools share (`cli`, `errors`). Nothing below `vidssl.app`
+imports it."""
 
 from vidssl.app.threads import prefer_passive_wait
 

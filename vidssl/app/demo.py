@@ -1,7 +1,13 @@
 """``make demo``: the main job on the embedded synthetic corpus, through the public command lines.
 
-Each step runs the same ``tools/*.py`` commands a user types (they are printed before they run), so
-the demo doubles as a worked example. Outputs land in one folder:
+    python -m vidssl.app.demo [out=demo_out] [quick=true]      # or: python tools/demo.py ...
+
+Each step runs the same commands a user types, ``python -m vidssl.app.<tool> ...`` (the same as
+``python tools/<tool>.py ...`` in a checkout; they are printed before they run), so the demo doubles as a
+worked example, and it runs from any working directory of any install, writing only under ``out=``.
+``quick=true`` runs every step and tool on a tiny corpus for a few steps each, each table's first row only
+(`DemoSettings.quick`: a check that everything runs, in about a minute; its tables mean nothing). Outputs land
+in one folder:
 
     OUT/corpus/                 the synthetic audio-visual corpus (videos, manifest, DAVIS layout)
     OUT/preview/<source>/       labelled sheets of augmented views and log-mel of aligned audio (as tools/preview.py)
@@ -26,12 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from vidssl import viz
 from vidssl.eval.report import format_table
 from vidssl.run import RunDir
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -52,30 +57,57 @@ class DemoSettings:
         }
     )
     num_workers: int = 2
+    corpus: list[str] = field(default_factory=list)  # further make_synthetic arguments (key=value)
+    retrieval: list[str] = field(default_factory=list)  # further evaluate.py metric=retrieval arguments
+    rows: int | None = None  # the first rows of each table only (None: all)
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """Every step and tool of the demo on 16 small videos, 2 training steps per run, each table's first row
+        only (the trained model; the random-init rows rerun the same tools): a check that everything runs (an
+        install, say), not a result."""
+        tiny = ["trainer.batch_size=4", "trainer.warmup_steps=0"]
+        return cls(
+            steps={"memdpc": 2, "crw": 2, "selavi": 2},
+            overrides={
+                "memdpc": ["encoder.base_width=4", "optim.lr=2e-3", *tiny],
+                "crw": ["encoder=resnet18_dense_reflect", "encoder.base_width=4", "optim.lr=3e-4", *tiny],
+                "selavi": ["encoder.base_width=4", *tiny],
+            },
+            num_workers=1,
+            corpus=["num_videos=16", "num_classes=4", "min_frames=48", "max_frames=48", "davis_train_per_class=1"],
+            retrieval=["ks=[1,5]"],  # 12 training clips: R@10 and R@20 would exceed the gallery
+            rows=1,
+        )
 
 
 def run_tool(tool: str, *args: str, log: list[str], threads: int | None = None) -> None:
-    """Run ``python tools/<tool>.py args...`` from the repository root, echoing the command."""
-    command = [sys.executable, f"tools/{tool}.py", *args]
+    """Run ``python -m vidssl.app.<tool> args...`` (what ``python tools/<tool>.py`` runs), echoing the command."""
+    command = [sys.executable, "-m", f"vidssl.app.{tool}", *args]
     env = dict(os.environ)
+    # The commands run the vidssl this demo runs: a checkout's (tools/demo.py puts it first on the path), else
+    # the installed one, whatever the working directory.
+    root = Path(__file__).resolve().parents[2]
+    if root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     shown = ("" if threads is None else f"OMP_NUM_THREADS={threads} ") + "python " + " ".join(command[1:])
     print(f"\n$ {shown}", flush=True)
     log.append(shown)
-    subprocess.run(command, cwd=REPO, env=env, check=True)
+    subprocess.run(command, env=env, check=True)
 
 
 def read_metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def step_corpus(out: Path, log: list[str]) -> Path:
+def step_corpus(out: Path, log: list[str], settings: DemoSettings) -> Path:
     corpus = out / "corpus"
     if (corpus / "manifest.csv").exists():
         print(f"corpus already at {corpus}")
     else:
-        run_tool("make_synthetic", f"out={corpus}", log=log)
+        run_tool("make_synthetic", f"out={corpus}", *settings.corpus, log=log)
     return corpus
 
 
@@ -138,7 +170,7 @@ def encoder_overrides(settings: DemoSettings, task: str) -> list[str]:
 def step_memdpc(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
     checkpoint = pretrain("memdpc", corpus, out, settings, log)
     rows = []
-    for name, ckpt in (("MemDPC", checkpoint), ("random init", "random")):
+    for name, ckpt in (("MemDPC", checkpoint), ("random init", "random"))[:settings.rows]:
         folder = out / "memdpc" / name.replace(" ", "_")
         run_tool(
             "evaluate",
@@ -149,6 +181,7 @@ def step_memdpc(corpus: Path, out: Path, settings: DemoSettings, log: list[str])
             "dataset=synthetic",
             f"dataset.root={corpus}",
             f"out={folder}",
+            *settings.retrieval,
             log=log,
         )
         rows.append({"features": name, **{k: v for k, v in read_metrics(folder).items() if k.startswith("R@")}})
@@ -169,11 +202,12 @@ def step_flow(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -
                                "+task.data.transform.hue=0", "+task.data.transform.flip=0", run_name="memdpc_flow")
     rgb_checkpoint = RunDir(out / "runs" / "memdpc").last
     rows = []
-    for name, rgb, flow in (("MemDPC", rgb_checkpoint, flow_checkpoint), ("random init", "random", "random")):
+    for name, rgb, flow in (("MemDPC", rgb_checkpoint, flow_checkpoint), ("random init", "random", "random")
+                            )[:settings.rows]:
         folder = out / "memdpc_flow" / name.replace(" ", "_")
         run_tool("evaluate", "metric=retrieval", f"checkpoint={rgb}", f"flow_checkpoint={flow}", "encoder=r2d3d_18",
                  *encoder_overrides(settings, "memdpc"), "dataset=synthetic", f"dataset.root={corpus}",
-                 f"dataset.flow_root={flow_root}", f"out={folder}", log=log)
+                 f"dataset.flow_root={flow_root}", f"out={folder}", *settings.retrieval, log=log)
         metrics = read_metrics(folder)
         for stream in ("rgb", "flow", "R+F"):
             rows.append({"features": f"{name}, {stream}",
@@ -219,7 +253,8 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
     # A fixed third of the val sequences keeps four propagation runs inside the demo's budget;
     # `split=val` runs the whole split.
     sets = davis_root / "ImageSets" / "2017"
-    (sets / "demo.txt").write_text("".join((sets / "val.txt").read_text().splitlines(True)[::3]))
+    chosen = (sets / "val.txt").read_text().splitlines(True)[::3]
+    (sets / "demo.txt").write_text("".join(chosen))
     # The periodic evaluator propagates a few val sequences during training and writes the overlays
     # to TensorBoard (RUN/ events, tag propagation/<sequence>).
     evaluator = f"{{_target_:vidssl.eval.periodic.PropagationEvaluator,davis_root:'{davis_root}',max_sequences:2}}"
@@ -233,7 +268,7 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
         "random init, zero padding": ("random_zeros", ["features=random", "encoder.base_width=16"]),
         "Lab pixels": ("pixels", ["features=pixels"]),
     }
-    for name, (folder, arguments) in sources.items():
+    for name, (folder, arguments) in list(sources.items())[:settings.rows]:
         results = out / "crw" / f"results_{folder}"
         run_tool("propagate", f"davis_root={davis_root}", "split=demo", f"out={results}", "overwrite=true", *arguments, log=log,
                  threads=1)
@@ -250,7 +285,8 @@ def step_crw(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) ->
     written += [tracked / "overlay.gif", tracked / "overlay.mp4"]
     for path in written:
         print(f"wrote {path}")
-    return "Label propagation on 8 sequences of the synthetic DAVIS val split (CRW)\n" + format_table(rows)
+    return (f"Label propagation on {len(chosen)} sequences of the synthetic DAVIS val split (CRW)\n"
+            + format_table(rows))
 
 
 def step_selavi(corpus: Path, out: Path, settings: DemoSettings, log: list[str]) -> str:
@@ -262,7 +298,7 @@ def step_selavi(corpus: Path, out: Path, settings: DemoSettings, log: list[str])
             ("random-init heads", "random", ["equipartition=true"]),
             ("balanced k-means, SeLaVi encoder", checkpoint, ["method=sinkhorn", "num_clusters=8"]),
             ("balanced k-means, random encoder", "random", ["method=sinkhorn", "num_clusters=8"]))
-    for name, ckpt, method in runs:
+    for name, ckpt, method in runs[:settings.rows]:
         folder = out / "selavi" / name.replace(" ", "_").replace(",", "")
         labels = folder / "labels.csv"
         extra = encoder_overrides(settings, "selavi") if ckpt == "random" else []
@@ -283,7 +319,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     log: list[str] = []
     started = time.time()
     steps = [
-        ("synthetic corpus", lambda: step_corpus(out, log)),
+        ("synthetic corpus", lambda: step_corpus(out, log, settings)),
     ]
     corpus = out / "corpus"
     steps += [
@@ -316,3 +352,18 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None) -> Path:
     for t in tables:
         print("\n" + t)
     return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default ``sys.argv[1:]``), ``out=DIR`` and ``quick=true``."""
+    argv = sys.argv[1:] if argv is None else argv
+    options = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    unknown = set(options) - {"out", "quick"}
+    if unknown:
+        raise SystemExit(f"unknown option(s) {sorted(unknown)}; usage: python -m vidssl.app.demo [out=DIR] "
+                         "[quick=true]")
+    run_demo(options.get("out", "demo_out"), DemoSettings.quick() if options.get("quick") else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vidssl.configs import CONFIG_DIR
+
 T = TypeVar("T")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def config_keys(node: Any, prefix: str = "") -> list[str]:
@@ -60,7 +61,7 @@ def describe_override_error(config_name: str, overrides: list[str], err: Excepti
     group = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if group:
         name, option = group.groups()
-        return (f"error: {name}={option}: no configs/{name}/{option}.yaml"
+        return (f"error: {name}={option}: no vidssl/configs/{name}/{option}.yaml"
                 f"{suggest(option, _group_options(name))}")
     key = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", text) or re.search(
         r"Key '([^']+)' is not in struct", text)
@@ -78,7 +79,7 @@ def describe_override_error(config_name: str, overrides: list[str], err: Excepti
 
 
 def config_help(config_name: str) -> str:
-    """``--help``: each key of ``configs/<config_name>.yaml`` with its one-line comment, then the groups the
+    """``--help``: each key of ``vidssl/configs/<config_name>.yaml`` with its one-line comment, then the groups the
     tool uses with their options (the YAML comments are the documentation; Hydra's own help drops them)."""
     lines = (CONFIG_DIR / f"{config_name}.yaml").read_text().splitlines()
     keys, groups, sub_keys, section = [], [], [], None
@@ -102,19 +103,20 @@ def config_help(config_name: str) -> str:
             continue
         keys.append(f"  {line}")
     keys += sub_keys
-    return "\n".join([f"keys of configs/{config_name}.yaml (key=value on the command line):", *keys, "",
+    return "\n".join([f"keys of vidssl/configs/{config_name}.yaml (key=value on the command line):", *keys, "",
                       "groups (group=option):", *groups, "",
                       "Hydra's own flags: --hydra-help; the composed config: --cfg job"])
 
 
-def check_overrides(config_name: str, argv: list[str] | None = None) -> None:
+def check_overrides(config_name: str, argv: list[str] | None = None, doc: str | None = None) -> None:
     """Compose ``config_name`` with the command line's overrides; exit with one line (status 2) if Hydra cannot.
 
-    Command lines with Hydra's own flags (``--help``, ``--multirun``, ``-cn``…) are left to Hydra.
+    ``--help`` prints ``doc`` (the tool module's docstring; default ``__main__``'s) and `config_help`. Command
+    lines with Hydra's other flags (``--multirun``, ``-cn``…) are left to Hydra.
     """
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
-        doc = sys.modules["__main__"].__doc__ or ""
+        doc = (sys.modules["__main__"].__doc__ if doc is None else doc) or ""
         print(doc.strip() + "\n\n" + config_help(config_name))
         sys.exit(0)
     if any(arg.startswith("-") for arg in argv) or os.environ.get("HYDRA_FULL_ERROR") == "1":

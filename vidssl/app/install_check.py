@@ -20,7 +20,7 @@ STACK = ("torch", "torchvision", "torchaudio", "av", "decord", "cv2")
 # The distribution that installs each module (its name in requirements.lock), where the two differ.
 DISTRIBUTIONS = {"cv2": "opencv-contrib-python-headless"}
 BUILT_AGAINST_TORCH = ("torchvision", "torchaudio")
-LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"  # in a checkout; absent from a wheel
 
 
 class InstallCheckError(RuntimeError):
@@ -101,6 +101,9 @@ def _failure(name: str, err: BaseException, installed: dict[str, str | None], lo
     pinned = [f"{DISTRIBUTIONS.get(n, n)}=={v}" for n, v in locked.items() if (installed.get(n) or "").split("+")[0] != v]
     fix = (f"requirements.lock pins {', '.join(pinned)}; reinstall with: rm -rf .venv && make install" if pinned
            else "reinstall with: rm -rf .venv && make install")
+    if not locked and not LOCK_FILE.is_file():  # an installed wheel: the repository's lock file is not beside it
+        fix = ("reinstall the stack with vidssl's requirements.lock as pip constraints (not found beside this "
+               "install, so the versions were not compared with its pins)")
     return f"{what} ({reason}); {fix}"
 
 

@@ -9,9 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vidssl import viz
-from vidssl.app.preview import as_clip
+
+
+def as_clip(video: torch.Tensor) -> torch.Tensor:
+    """A sample's video as one ``C×T×H×W`` clip: blocks ``N×C×L×H×W`` (``ClipTransform(blocks=N)``) are
+    laid end to end again, so a predictive-coding dataset previews like any other."""
+    return video.transpose(0, 1).flatten(1, 2) if video.ndim == 5 else video
 
 
 def labelled_sheets(dataset, out_dir: str | Path, *, num_clips: int = 4, max_frames: int = 8) -> list[Path]:

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 
 from vidssl.benchmarks.memory import PeakRSS
+from vidssl.configs import CONFIG_DIR
 from vidssl.datasets.dataset import VideoDataset
 from vidssl.datasets.formats import synthetic
 from vidssl.datasets.synthetic import make_synthetic
@@ -50,12 +51,11 @@ from vidssl.tasks.dpc import DPC
 from vidssl.tasks.memdpc import MemDPC
 from vidssl.train.step import PRECISIONS, TrainStep, move_batch, to_channels_last
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIDEO_ENCODERS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "r2d3d_18")
 
 
 def _compose(overrides: Sequence[str]):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("pretrain", overrides=["dataset.root=unused", "trainer.out_dir=unused", *overrides])
 
 
@@ -264,7 +264,7 @@ def run(
     """Benchmark encoders (``task=None``) or one training step of ``task``.
 
     Args:
-        encoders: encoder config names (``configs/encoder/<name>.yaml``); ignored when ``task`` is given.
+        encoders: encoder config names (``vidssl/configs/encoder/<name>.yaml``); ignored when ``task`` is given.
         task: a task config name; its default encoder unless ``overrides`` has ``encoder=...``.
         overrides: Hydra overrides applied to the pretrain config (e.g. the paper's input shape).
         batch_size, frames, size: the encoder input ``batch_size×3×frames×size×size`` (``frames`` and

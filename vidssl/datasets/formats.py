@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Encoders: one factory per name (each named by a Hydra config, ``configs/encoder/<name>.yaml``, the
+"""Encoders: one factory per name (each named by a Hydra config, ``vidssl/configs/encoder/<name>.yaml``, the
 registry), plus the one pooling every evaluation uses.
 
     encoder = r2d3d_18(base_width=16)

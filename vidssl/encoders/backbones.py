@@ -229,7 +229,7 @@ class ClipBackbone(nn.Module):
 def timm_clip_encoder(*, model: str = "vit_small_patch16_224.dino", weights: str | None = None,
                       checkpoint_key: str | None = None, block: int | None = None, pos_resample: str = "auto",
                       model_kwargs: dict[str, Any] | None = None) -> ClipBackbone:
-    """`TimmBackbone` as a video encoder (configs/encoder/timm.yaml): frames' maps stacked over time."""
+    """`TimmBackbone` as a video encoder (vidssl/configs/encoder/timm.yaml): frames' maps stacked over time."""
     backbone = TimmBackbone(model=model, weights=weights, checkpoint_key=checkpoint_key, block=block,
                             pos_resample=pos_resample, model_kwargs=dict(model_kwargs or {}))
     return ClipBackbone(backbone, out_channels=_channels(backbone))
@@ -237,7 +237,7 @@ def timm_clip_encoder(*, model: str = "vit_small_patch16_224.dino", weights: str
 
 def torchvision_clip_encoder(*, model: str = "resnet18", weights: str | None = None, block: int | None = 4,
                              ) -> ClipBackbone:
-    """`TorchvisionResNet` as a video encoder (configs/encoder/torchvision_resnet.yaml)."""
+    """`TorchvisionResNet` as a video encoder (vidssl/configs/encoder/torchvision_resnet.yaml)."""
     backbone = TorchvisionResNet(model=model, weights=weights, block=block)
     return ClipBackbone(backbone, out_channels=_channels(backbone))
 

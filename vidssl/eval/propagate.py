@@ -20,7 +20,7 @@ Named options, off by default, give the other common forms: ``window="square"`` 
 radius``), ``pad_first=False`` (each frame once: early frames see only what was predicted so far),
 ``downsample="area"`` (first-frame labels as area fractions), ``restrict_first=True`` (the first frame
 windowed too). Their effect on J&F is measured in docs/methods/correspondence.md. The other
-protocols' steps are options too (presets in configs/protocol/): ``window="disk"`` (distance ≤
+protocols' steps are options too (presets in vidssl/configs/protocol/): ``window="disk"`` (distance ≤
 radius), ``downsample="pil_nearest"``, ``ties=True`` (every candidate equal to the k-th score kept),
 ``upsample="patch" | "nearest" | "bilinear_minmax"`` (DINO, the DINOv3 notebook, VFS).
 

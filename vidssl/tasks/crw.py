@@ -205,7 +205,7 @@ class CRW(nn.Module):
               "embedding_std", "embedding_rankme" (of the first frame's B·N nodes, `vidssl.monitors`)}
 
     Arguments (defaults = the reference code's computation; the paper's training command sets
-    τ 0.05 and edge dropout 0.1, see configs/task/crw.yaml):
+    τ 0.05 and edge dropout 0.1, see vidssl/configs/task/crw.yaml):
       encoder: frame encoder B×C×H×W → B×D×h×w with `out_channels` (e.g. `resnet18_dense`)
       embed_dim: output size of the linear projection head; None uses the encoder's features as
         they are (the head is dropped at evaluation: only `encoder` is saved for propagation)

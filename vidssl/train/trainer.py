@@ -222,7 +222,7 @@ class _StopRequest:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
-    """Everything the loop does, as typed values (``configs/trainer/default.yaml`` holds the same keys; each
+    """Everything the loop does, as typed values (``vidssl/configs/trainer/default.yaml`` holds the same keys; each
     is documented below it)."""
 
     max_steps: int
