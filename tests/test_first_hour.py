@@ -494,13 +494,10 @@ def test_preview_sheets_label_rows_frames_and_the_logmel(small_root: Path, tmp_p
 
 
 def _load_tool(name: str):
-    """tools/<name>.py as a module, to call one of its steps in this process."""
-    import importlib.util
+    """The tool's module (``vidssl.app.<name>``), to call one of its steps in this process."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return importlib.import_module(f"vidssl.app.{name}")
 
 
 def test_davis_layouts_get_outlined_overlays_beside_their_masks(small_root: Path, tmp_path: Path) -> None:
@@ -559,7 +556,7 @@ def test_davis_layouts_get_outlined_overlays_beside_their_masks(small_root: Path
 def _clip_level_cfg(root: Path, out: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("evaluate", overrides=["checkpoint=random", "encoder=r2d3d_18", "encoder.base_width=4",
                                               "dataset=synthetic", f"dataset.root={root}", "num_frames=8", "stride=2",
                                               "size=32", "batch_size=2", f"out={out}", *overrides])
