@@ -33,7 +33,7 @@ lock:
 	  "# The whole dependency tree, pinned: \`make install\` installs vidssl with this file as pip's constraints," \
 	  "# so every fresh machine gets these exact versions. Regenerate with \`make lock\` (see the README)." \
 	  "# Made with Python 3.11 on linux x86_64; the nvidia-*/cuda-*/triton pins apply only where torch needs them."; \
-	  .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(LOCK)
 	rm -rf .lock-venv
 
 demo: check-install
