@@ -231,19 +231,21 @@ def real_clip_mask(out: Path) -> tuple[Path, Path]:
 
 def overlays(davis_root: Path, results: Path, out: Path, stem: str, split: str = "val", max_sequences: int = 4
              ) -> list[Path]:
-    """Overlay GIF + MP4 for each of the first sequences and one montage PNG (first/middle/last frame)."""
+    """The outlined overlay GIF + MP4 that propagate wrote for each of the first sequences, and one montage PNG
+    of their first, middle and last frames, drawn the same way (`outlined_overlay`)."""
     from PIL import Image
 
     from vidssl.datasets.formats import davis, read_mask
+    from vidssl.eval.overlay import outlined_overlay
 
     written, tiles = [], []
     for seq in davis(davis_root, split=split)[:max_sequences]:
-        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in seq.frames])
-        masks = np.stack([read_mask(results / seq.name / (p.stem + ".png")) for p in seq.frames])
-        over = viz.overlay_masks(frames, masks)
-        written.append(viz.save_gif(out / f"{stem}_{seq.name}.gif", over))
-        written.append(viz.save_mp4(out / f"{stem}_{seq.name}.mp4", over))
-        tiles += [over[0], over[len(over) // 2], over[-1]]
+        written += [results / seq.name / "overlay.gif", results / seq.name / "overlay.mp4"]
+        masks = [read_mask(results / seq.name / (p.stem + ".png")) for p in seq.frames]
+        num_objects = int(max(m.max() for m in masks))
+        for t in (0, len(seq.frames) // 2, len(seq.frames) - 1):
+            frame = np.asarray(Image.open(seq.frames[t]).convert("RGB"))
+            tiles.append(outlined_overlay(frame, masks[t], num_objects))
     written.append(viz.save_png(out / f"{stem}_montage.png", viz.montage(tiles, ncols=3)))
     return written
 
