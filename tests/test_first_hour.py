@@ -630,3 +630,16 @@ def test_the_demo_previews_with_the_labelled_sheets(synthetic_root: Path, tmp_pa
     source = inspect.getsource(demo)
     assert "labelled_sheets" in source and "contact_sheet" not in source and "spectrogram_image" not in source
     assert not hasattr(viz, "contact_sheet") and not hasattr(viz, "spectrogram_image")
+
+
+def test_attentive_probe_without_a_clip_to_hold_out_is_refused_before_decoding(
+        small_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vidssl.eval.attentive_probe as probe_module
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("views were extracted before the refusal")
+
+    monkeypatch.setattr(probe_module, "extract_views", no_extraction)
+    cfg = _clip_level_cfg(small_root, tmp_path / "ap", "metric=attentive_probe")  # the train split: 1 clip a class
+    with pytest.raises(ValueError, match="no class has two training clips"):
+        _load_tool("evaluate").evaluate_attentive_probe(cfg)

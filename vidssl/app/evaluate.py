@@ -252,8 +252,10 @@ def evaluate_two_stream(cfg: DictConfig) -> tuple[dict, str, Path]:
 def evaluate_attentive_probe(cfg: DictConfig) -> tuple[dict, str, Path]:
     """V-JEPA's frozen attentive probe: the official lr × wd grid over every segment and view of each video;
     the val-picked figure (the official script's) and the clean one (picked on a held-out part of train)."""
+    import torch
+
     from vidssl.run import load_encoder
-    from vidssl.eval.attentive_probe import ViewCrop, attentive_probe, extract_views
+    from vidssl.eval.attentive_probe import ViewCrop, attentive_probe, checked_holdout_split, extract_views
     from vidssl.app.used import announce
     from vidssl.eval.finetune import PositionedSampler, clip_positions
 
@@ -267,6 +269,10 @@ def evaluate_attentive_probe(cfg: DictConfig) -> tuple[dict, str, Path]:
                                                num_workers=cfg.num_workers, device=cfg.device)
         return views, labels, dropped
 
+    # the labels the clean figure needs, before any video is decoded
+    listed = torch.tensor([e.label for e in instantiate(cfg.dataset, split=cfg.train_split)])
+    if listed.numel() and listed.min() >= 0:
+        checked_holdout_split(listed, p.holdout, cfg.seed)
     encoder = load_encoder(cfg.checkpoint, cfg.encoder)
     facts = announce("evaluate", encoder, source=f"checkpoint {cfg.checkpoint}",
                      layer=f"{'tokens' if hasattr(encoder, 'tokens') else 'output map as tokens'}, frozen",

@@ -254,6 +254,16 @@ def holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, T
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
 
 
+def checked_holdout_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """`holdout_split`, refused in one line when it holds nothing out (no class has two clips)."""
+    kept, held = holdout_split(labels, fraction, seed)
+    if held.numel() == 0:
+        raise ValueError(f"attentive probe: no class has two training clips ({len(labels)} clips, "
+                         f"{len(labels.unique())} classes), so none can be held out to pick the clean "
+                         "figure's probe; give each class two or more training clips")
+    return kept, held
+
+
 def attentive_probe(train: tuple[Sequence[Tensor], Tensor], test: tuple[Sequence[Tensor], Tensor], *,
                     num_classes: int, holdout: float = 0.1, **grid_options: Any) -> dict[str, Any]:
     """Both figures of the attentive probe, with every probe's accuracy.
@@ -264,11 +274,7 @@ def attentive_probe(train: tuple[Sequence[Tensor], Tensor], test: tuple[Sequence
     """
     (train_views, train_labels), (test_views, test_labels) = train, test
     device = grid_options.get("device", "cpu")
-    kept, held = holdout_split(train_labels, holdout, grid_options.get("seed", 0))
-    if held.numel() == 0:
-        raise ValueError(f"attentive probe: no class has two training clips ({len(train_labels)} clips, "
-                         f"{len(train_labels.unique())} classes), so none can be held out to pick the clean "
-                         "figure's probe; give each class two or more training clips")
+    kept, held = checked_holdout_split(train_labels, holdout, grid_options.get("seed", 0))
     official = train_probe_grid(train_views, train_labels, num_classes=num_classes, **grid_options)
     test_acc = [probe_accuracy(p, test_views, test_labels, device=device) for _, _, p in official]
     best = max(range(len(official)), key=test_acc.__getitem__)
