@@ -9,12 +9,12 @@
 
 Protocol options (defaults = videowalk's DAVIS evaluation): n_context=20 topk=10 radius=12
 temperature=0.05 window=circle pad_first=true downsample=bilinear restrict_first=false layer=auto;
-presets: protocol=videowalk|dino|dinov3|vjepa21|vfs (configs/protocol/, each citing its source).
+presets: protocol=videowalk|dino|dinov3|vjepa21|vfs (vidssl/configs/protocol/, each citing its source).
 
 DAVIS: writes palette PNGs to ``RES/<sequence>/<frame>.png`` and (``overlay=true``, the default)
 ``RES/<sequence>/overlay.mp4`` and ``overlay.gif``; score them with
 ``python tools/evaluate.py metric=davis davis_root=DIR results=RES``. A video: writes ``DIR/masks/*.png``,
-``DIR/overlay.mp4`` and ``DIR/overlay.gif``. Benchmarks (``configs/benchmark/NAME.yaml`` sets each one's layout
+``DIR/overlay.mp4`` and ``DIR/overlay.gif``. Benchmarks (``vidssl/configs/benchmark/NAME.yaml`` sets each one's layout
 and official settings): YouTube-VOS/MOSE write ``RES/Annotations/`` and ``RES/submission.zip``, JHMDB
 ``RES/keypoints/``, VIP ``RES/<video>/``; score them with ``tools/evaluate.py metric=ytvos|jhmdb|vip root=DIR
 results=RES out=DIR``. All logic is in ``vidssl.eval``.
