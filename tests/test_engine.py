@@ -12,26 +12,22 @@ from torch import nn
 
 from vidssl.run import Checkpoint
 from vidssl.train.state import rng_state, set_rng_state
+from toy_data import SeededSamples
+
 from vidssl.train.trainer import Trainer, cosine_schedule, move_batch
 from vidssl.run import model_config_changes, refuse_changed_model_config
 from vidssl.train.batch_sampler import ResumableBatchSampler, epoch_permutation
 
 
-class ToyDataset(torch.utils.data.Dataset):
+class ToyDataset(SeededSamples):
     """Linear-regression samples whose noise is drawn from (epoch, index), like VideoDataset."""
 
     def __init__(self, n: int = 32, dim: int = 4) -> None:
-        self.n, self.dim, self.epoch = n, dim, 0
+        super().__init__(n)
+        self.dim = dim
         self.w = torch.arange(1.0, dim + 1)
 
-    def __len__(self) -> int:
-        return self.n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(1000 * self.epoch + i)
+    def sample(self, i: int, g: torch.Generator) -> dict:
         x = torch.randn(self.dim, generator=g)
         return {"video": x, "target": x @ self.w + 0.01 * torch.randn((), generator=g), "index": i, "path": f"v{i}"}
 

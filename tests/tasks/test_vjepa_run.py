@@ -19,7 +19,8 @@ from vidssl.encoders.vit_video import sincos_3d
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "vjepa"
-sys.path.insert(0, str(FIXTURES))
+sys.path[:0] = [str(FIXTURES), str(REPO / "tests")]  # also when a subprocess imports this file
+from toy_data import SeededSamples  # noqa: E402
 from vjepa_seeded import CASE, seeded_tensor, seeded_video  # noqa: E402
 
 
@@ -59,22 +60,14 @@ def test_convert_refuses_other_checkpoints(tmp_path):
         convert_checkpoint("vjepa", tmp_path / "other.pt", tmp_path / "out.pt")
 
 
-class RandomClips(torch.utils.data.Dataset):
+class RandomClips(SeededSamples):
     """Clips drawn from (epoch, index): a resumed run sees the same samples."""
 
-    epoch = 0
-
     def __init__(self, n: int, frames: int, size: int) -> None:
-        self.n, self.frames, self.size = n, frames, size
+        super().__init__(n)
+        self.frames, self.size = frames, size
 
-    def __len__(self) -> int:
-        return self.n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(1000 * self.epoch + i)
+    def sample(self, i: int, g: torch.Generator) -> dict:
         return {"video": torch.randn(3, self.frames, self.size, self.size, generator=g), "index": i, "path": str(i)}
 
 
